@@ -1,0 +1,224 @@
+"""Local training on one client: (weights, data, instructions) → (weights, metrics, affinity).
+
+Nothing here knows about servers, transports or methods. The inter-task
+affinity follows TAG (Fifty et al., NeurIPS 2021) as restated in
+../shared/MAS.md §2:
+
+    Z(i→j) = 1 − L_j(batch; θ_enc − η·u_i, θ_j) / L_j(batch; θ_enc, θ_j)
+
+where u_i is the SGD update the optimiser would apply to the shared encoder if
+the gradient were that of L_i alone (weight decay and the momentum buffer
+included). On a lookahead batch the per-task encoder gradients are computed
+once and reused: their (weighted) sum *is* the real step's encoder gradient, so
+the ordinary backward pass is skipped there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from fedmas.data.federated import batches, select_tasks
+from fedmas.models import MultiTaskModel
+from fedmas.tasks import get_task
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Instructions for one round of local training (sent as a plain config dict)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    local_epochs: int = 1
+    batch_size: int = 16
+    prox_mu: float = 0.0  # FedProx proximal term; 0 = FedAvg
+    gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
+    gradnorm_lr: float = 0.025
+    lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> LocalConfig:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in d.items() if k in fields})  # type: ignore[misc]
+
+
+@dataclass
+class LocalResult:
+    weights: dict[str, Tensor]
+    metrics: dict[str, float]
+    affinity: Tensor | None  # (n, n), row = source task, column = target task
+
+
+def _task_losses(model: MultiTaskModel, feats: Tensor, targets, masks) -> list[Tensor]:
+    return [get_task(t).loss(model.heads[t](feats), targets[t], masks.get(t)) for t in model.tasks]
+
+
+def _lookahead_params(params: Sequence[Tensor], grads: Sequence[Tensor | None], opt: torch.optim.SGD,
+                      lr: float) -> list[Tensor]:
+    """θ − lr·u with u the SGD-with-momentum update for gradient ``grads`` (state untouched)."""
+    group = opt.param_groups[0]
+    mom, wd, damp = group["momentum"], group["weight_decay"], group["dampening"]
+    out = []
+    for p, g in zip(params, grads):
+        d = (torch.zeros_like(p) if g is None else g) + wd * p
+        buf = opt.state.get(p, {}).get("momentum_buffer") if mom else None
+        u = d if buf is None else buf * mom + (1 - damp) * d
+        out.append(p - lr * u)
+    return out
+
+
+def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
+                cfg: LocalConfig, task_weights: Tensor | None = None) -> LocalResult:
+    """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights``."""
+    t0 = time.perf_counter()
+    model.load_state_dict(weights)
+    model.train()
+    tasks = model.tasks
+    n = len(tasks)
+    enc_names = [k for k, _ in model.encoder.named_parameters()]
+    enc_params = [p for _, p in model.encoder.named_parameters()]
+    enc_buffers = dict(model.encoder.named_buffers())
+    head_params = {t: list(model.heads[t].parameters()) for t in tasks}
+    last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
+    gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
+    w = (task_weights.clone().float() if task_weights is not None else torch.ones(n))
+    initial_losses: Tensor | None = None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_sums = torch.zeros(n)
+    aff_sum = torch.zeros(n, n)
+    aff_count = 0
+    nb = samples = 0
+    for _epoch in range(cfg.local_epochs):
+        for batch in batches(data, cfg.batch_size, gen):
+            x, targets, masks = select_tasks(batch, tasks)
+            look = cfg.lookahead_step > 0 and n > 1 and nb % cfg.lookahead_step == 0
+            opt.zero_grad(set_to_none=True)
+            feats = model.encoder(x)
+            losses = _task_losses(model, feats, targets, masks)
+            lvec = torch.stack([loss.detach() for loss in losses])
+            if initial_losses is None:
+                initial_losses = lvec.clamp_min(1e-8)
+            if look:
+                norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params, last_shared)
+                aff_sum += _affinity(model, x, targets, masks, enc_names, enc_params, enc_buffers,
+                                     opt, lvec, per_task)
+                aff_count += 1
+            else:
+                total = sum(wi * li for wi, li in zip(w, losses))
+                if gradnorm:
+                    norms = torch.stack([_grad_norm(li, last_shared) for li in losses])
+                total.backward()  # type: ignore[union-attr]
+            if global_ref is not None:
+                for p, g in zip(model.parameters(), global_ref):
+                    if p.grad is not None:
+                        p.grad.add_(p.detach() - g, alpha=cfg.prox_mu)
+            opt.step()
+            if gradnorm:
+                w = _gradnorm_update(w, norms, lvec, initial_losses, cfg)
+            loss_sums += lvec * len(x)
+            samples += len(x)
+            nb += 1
+    metrics = {f"train_loss/{t}": float(loss_sums[i] / max(samples, 1)) for i, t in enumerate(tasks)}
+    metrics.update(samples=float(samples), batches=float(nb), lookahead_batches=float(aff_count),
+                   compute_s=time.perf_counter() - t0)
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if gradnorm:
+        out["gradnorm.weights"] = w
+    return LocalResult(out, metrics, aff_sum / aff_count if aff_count else None)
+
+
+def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
+    g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.tensor(0.0)))
+
+
+def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, enc_params: list[Tensor],
+                         head_params: dict[str, list[Tensor]], last_shared: list[Tensor]
+                         ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
+    """One backward per task into (encoder, own head); fills ``.grad`` for the real step
+    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead."""
+    enc_acc = [torch.zeros_like(p) for p in enc_params]
+    last_ids = {id(p) for p in last_shared}
+    norms = []
+    per_task = []
+    for i, (t, li) in enumerate(zip(model.tasks, losses)):
+        hp = head_params[t]
+        g = torch.autograd.grad(li, enc_params + hp, retain_graph=i < len(losses) - 1, allow_unused=True)
+        ge, gh = g[:len(enc_params)], g[len(enc_params):]
+        per_task.append(ge)
+        sq = torch.tensor(0.0)
+        for acc, p, gi in zip(enc_acc, enc_params, ge):
+            if gi is not None:
+                acc.add_(gi, alpha=float(w[i]))
+                if id(p) in last_ids:
+                    sq = sq + gi.pow(2).sum()
+        norms.append(sq.sqrt())
+        for p, gi in zip(hp, gh):
+            p.grad = None if gi is None else gi * w[i]
+    for p, acc in zip(enc_params, enc_acc):
+        p.grad = acc
+    return torch.stack(norms), per_task
+
+
+@torch.no_grad()
+def _affinity(model: MultiTaskModel, x: Tensor, targets, masks, enc_names: list[str], enc_params: list[Tensor],
+              enc_buffers: dict[str, Tensor], opt: torch.optim.SGD, base: Tensor,
+              per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
+    """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch."""
+    lr = opt.param_groups[0]["lr"]
+    n = len(model.tasks)
+    z = torch.zeros(n, n)
+    for i, grads in enumerate(per_task):
+        new = _lookahead_params(enc_params, grads, opt, lr)
+        params = dict(zip(enc_names, new))
+        params.update({k: b.clone() for k, b in enc_buffers.items()})  # running stats stay untouched
+        feats = functional_call(model.encoder, params, (x,))
+        after = torch.stack(_task_losses(model, feats, targets, masks))
+        z[i] = 1.0 - after / base.clamp_min(1e-12)
+    return z
+
+
+def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, cfg: LocalConfig) -> Tensor:
+    """GradNorm (Chen et al., ICML 2018) with its closed-form gradient for G_i = w_i·‖∇L_i‖."""
+    g = w * norms
+    ratio = losses / initial
+    target = g.mean() * (ratio / ratio.mean()) ** cfg.gradnorm_alpha
+    grad = torch.sign(g - target) * norms
+    w = (w - cfg.gradnorm_lr * grad).clamp_min(1e-3)
+    return w * (len(w) / w.sum())
+
+
+@torch.no_grad()
+def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: Dataset,
+             batch_size: int = 64) -> dict[str, float]:
+    """Mean test loss and task metrics of ``model`` on ``data``: keys ``loss/<task>``, ``<metric>/<task>``."""
+    if weights is not None:
+        model.load_state_dict(weights)
+    model.eval()
+    sums: dict[str, dict[str, Tensor]] = {t: {} for t in model.tasks}
+    loss = torch.zeros(len(model.tasks), dtype=torch.float64)
+    count = 0
+    for batch in batches(data, batch_size, shuffle=False):
+        x, targets, masks = select_tasks(batch, model.tasks)
+        preds = model(x)
+        for i, t in enumerate(model.tasks):
+            task = get_task(t)
+            loss[i] += float(task.loss(preds[t], targets[t], masks.get(t))) * len(x)
+            for k, v in task.metric_sums(preds[t], targets[t], masks.get(t)).items():
+                sums[t][k] = sums[t][k] + v if k in sums[t] else v.clone()
+        count += len(x)
+    out = {f"loss/{t}": float(loss[i] / max(count, 1)) for i, t in enumerate(model.tasks)}
+    for t in model.tasks:
+        if sums[t]:
+            out.update({f"{k}/{t}": v for k, v in get_task(t).finalize(sums[t]).items()})
+    return out
