@@ -1,0 +1,40 @@
+"""Federated datasets: built-in ``scenes``, Taskonomy on disk, or your own."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedmas.data.federated import FederatedData, MultiTaskArrays, concat
+from fedmas.data.scenes import SceneSpec, load_or_render
+from fedmas.data.taskonomy import DataError, read_buildings_file, read_taskonomy
+
+__all__ = ["DataError", "FederatedData", "MultiTaskArrays", "load_federated", "scenes_federated"]
+
+
+def scenes_federated(spec: SceneSpec, tasks: Sequence[str], cache_dir: Path | None = None) -> FederatedData:
+    raw = load_or_render(spec, cache_dir)
+    clients = {f"building_{b:03d}": MultiTaskArrays.from_raw(raw[b]["train"], tasks) for b in raw}
+    test = concat([MultiTaskArrays.from_raw(raw[b]["test"], tasks) for b in raw])
+    return FederatedData(clients=clients, test=test, tasks=tuple(tasks))
+
+
+def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.config.DataConfig
+    """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes."""
+    if cfg.dataset == "scenes":
+        spec = SceneSpec(buildings=cfg.buildings, train_images=cfg.train_images, test_images=cfg.test_images,
+                         resolution=cfg.resolution, views_per_room=cfg.views_per_room)
+        return scenes_federated(spec, tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    if cfg.dataset == "taskonomy":
+        buildings = read_buildings_file(Path(cfg.buildings_file)) if cfg.buildings_file else None
+        return read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
+    _, module, func = cfg.dataset.split(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"data.dataset {cfg.dataset!r}: cannot import {module}.{func} ({e})") from e
+    data = fn(cfg, tasks)
+    if not isinstance(data, FederatedData):
+        raise DataError(f"{module}.{func} must return a fedmas.data.FederatedData, got {type(data).__name__}")
+    return data
