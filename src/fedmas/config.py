@@ -32,6 +32,7 @@ class DataConfig(_Strict):
     test_images: int = Field(16, ge=1)
     resolution: int = Field(64, ge=16, le=1024)
     views_per_room: int = Field(8, ge=1)
+    seed: int = Field(0, description="seed of the rendered scenes (independent of the training seed)")
     root: str | None = None
     buildings_file: str | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)

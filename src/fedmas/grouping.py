@@ -111,12 +111,19 @@ def _layer(val: np.ndarray, prev: np.ndarray, n: int, masks_only: np.ndarray | N
 def exact_partition(z: np.ndarray, k: int, exactly: bool = False) -> Grouping:
     """The optimal partition of the tasks into at most ``k`` groups (exactly ``k`` if ``exactly``)."""
     z = validate_affinity(z)
-    n = len(z)
+    g = partition_by_values(group_values(z), len(z), k, exactly)
+    return Grouping(g.groups, g.score / len(z), True)
+
+
+def partition_by_values(val: np.ndarray, n: int, k: int, exactly: bool = False) -> Grouping:
+    """Maximise Σ_groups val[G] over partitions of n items into ≤ k (or exactly k) groups.
+
+    ``val`` is indexed by subset bitmask. The returned score is the sum (not the mean).
+    """
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of tasks ({n}), got {k}")
     if n > EXACT_LIMIT:
         raise ValueError(f"exact search supports at most {EXACT_LIMIT} tasks, got {n}; use the heuristic")
-    val = group_values(z)
     full = (1 << n) - 1
     prev = np.full(1 << n, NEG)
     prev[0] = 0.0
@@ -140,7 +147,7 @@ def exact_partition(z: np.ndarray, k: int, exactly: bool = False) -> Grouping:
         groups.append([i for i in range(n) if g >> i & 1])
         mask ^= g
         layer -= 1
-    return Grouping(groups, float(layers[k][full]) / n, True)
+    return Grouping(groups, float(layers[k][full]), True)
 
 
 def heuristic_partition(z: np.ndarray, k: int, restarts: int = 20, seed: int = 0,

@@ -24,7 +24,7 @@ def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.c
     """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes."""
     if cfg.dataset == "scenes":
         spec = SceneSpec(buildings=cfg.buildings, train_images=cfg.train_images, test_images=cfg.test_images,
-                         resolution=cfg.resolution, views_per_room=cfg.views_per_room)
+                         resolution=cfg.resolution, views_per_room=cfg.views_per_room, seed=cfg.seed)
         return scenes_federated(spec, tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
     if cfg.dataset == "taskonomy":
         buildings = read_buildings_file(Path(cfg.buildings_file)) if cfg.buildings_file else None

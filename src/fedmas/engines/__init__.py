@@ -1,0 +1,1 @@
+"""Engines carry jobs to clients and replies back; the round loop does not know which one runs."""

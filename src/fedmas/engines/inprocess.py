@@ -1,0 +1,57 @@
+"""The default engine: clients run in this process, one after another.
+
+Messages are handed over as tensors (no serialisation); the bytes they would
+take on the wire (safetensors) are computed exactly and accounted. With a
+per-round deadline, each job runs in a worker thread with its own model and gets
+the deadline from its own start (clients run one after another here, in
+parallel on real devices); a job that has not replied in time is reported as a
+timeout (its thread is abandoned, its result ignored).
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+from torch.utils.data import Dataset
+
+from fedmas.messages import Job, Message, ModelCache, Reply, handle_train, message_nbytes
+from fedmas.models import ModelSpec
+
+
+class InProcessEngine:
+    def __init__(self, clients: dict[str, Dataset], spec: ModelSpec):
+        self.clients = clients
+        self.spec = spec
+        self.models = ModelCache(spec)
+
+    def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
+        if deadline_s is None:
+            return [self._one(job, self.models) for job in jobs]
+        return self._with_deadline(jobs, deadline_s)
+
+    def _one(self, job: Job, models: ModelCache) -> Reply:
+        down = message_nbytes(job.message)
+        try:
+            out = handle_train(job.message, self.clients[job.client], models)
+        except Exception as e:  # noqa: BLE001 - a failing client is a dropout, not a crash
+            last = traceback.extract_tb(e.__traceback__)[-1]
+            return Reply(job.client, job.fl_task, None, f"{type(e).__name__}: {e} (at {last.name})", down, 0)
+        return Reply(job.client, job.fl_task, out, None, down, message_nbytes(out))
+
+    def _with_deadline(self, jobs: list[Job], deadline_s: float) -> list[Reply]:
+        replies: list[Reply] = []
+        for job in jobs:
+            box: list[Reply] = []
+            worker = threading.Thread(target=lambda j=job: box.append(self._one(j, ModelCache(self.spec))),
+                                      daemon=True)
+            worker.start()
+            worker.join(deadline_s)
+            if box:
+                replies.append(box[0])
+            else:
+                replies.append(Reply(job.client, job.fl_task, None, f"timeout: no reply within {deadline_s:g} s",
+                                     message_nbytes(job.message), 0))
+        return replies
+
+

@@ -1,0 +1,264 @@
+"""Methods as plans on the shared round loop: which FL tasks exist and when they change.
+
+Each plan's ``update`` runs before every round and after a resume; it decides
+only from the server state (and writes its decisions into ``state.plan``), so a
+resumed run takes the same decisions as an uninterrupted one.
+
+- ``all-in-one``  the merged model for R rounds (FedAvg / FedProx / GradNorm by config)
+- ``one-by-one``  one single-task FL task per task, one after another, R rounds each
+- ``mas``         merge R0 rounds measuring affinity → exact split → continue R − R0 rounds
+- ``tag``         affinity from R0 merged rounds → TAG's overlapping groups, retrained from scratch R rounds
+- ``hoa``         every single task and pair trained ``hoa.pair_rounds`` rounds → higher-order
+                  estimate → best partition, retrained from scratch R rounds
+- ``random``      merge R0 rounds (no affinity) → a seeded random partition into k groups → continue
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import numpy as np
+
+from fedmas import grouping
+from fedmas.models import build_model
+from fedmas.server.loop import Server, stable_seed
+from fedmas.server.state import atomic_write_text
+
+MERGED = "merged"
+
+
+def _group_name(i: int, tasks: list[str]) -> str:
+    return f"group{i + 1}"
+
+
+class AllInOne:
+    def update(self, server: Server) -> None:
+        if not server.state.plan.get("started"):
+            server.add_task("all-in-one", list(server.tasks), server.cfg.federation.rounds)
+            server.state.plan["started"] = True
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        return {t: "all-in-one" for t in server.tasks}
+
+
+class OneByOne:
+    def update(self, server: Server) -> None:
+        st = server.state
+        if st.active:
+            return
+        nxt = st.plan.get("next", 0)
+        if nxt < len(server.tasks):
+            t = server.tasks[nxt]
+            server.add_task(f"single-{t}", [t], server.cfg.federation.rounds)
+            st.plan["next"] = nxt + 1
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        return {t: f"single-{t}" for t in server.tasks}
+
+
+class _MergeThenSplit:
+    """Shared by MAS and the random control: a merged phase, then groups from its weights."""
+
+    measure = True
+
+    def merge_rounds(self, server: Server) -> int:
+        m = server.cfg.mas
+        if m.merge_rounds == "auto":
+            return min(m.max_merge_rounds, server.cfg.federation.rounds - 1)
+        return int(m.merge_rounds)
+
+    def update(self, server: Server) -> None:
+        st, R = server.state, server.cfg.federation.rounds
+        if not st.plan.get("started"):
+            server.add_task(MERGED, list(server.tasks), self.merge_rounds(server), role="merged",
+                            measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=R)
+            st.plan["started"] = True
+        merged = next((t for t in st.active if t.name == MERGED), None)
+        if merged is not None and server.cfg.mas.merge_rounds == "auto" and self.measure:
+            self._maybe_stop_merge(server, merged)
+        done = server.finished(MERGED)
+        if done is not None and "groups" not in st.plan:
+            groups = self.choose_groups(server)
+            st.plan["groups"] = groups
+            for i, g in enumerate(groups):
+                server.add_task(_group_name(i, g), g, R - done.done_rounds, init_from=MERGED,
+                                schedule_offset=done.done_rounds, schedule_total=R)
+
+    def _maybe_stop_merge(self, server: Server, merged) -> None:
+        m = server.cfg.mas
+        rows = [np.asarray(a["matrix"]) for a in server.state.affinity if a["fl_task"] == MERGED]
+        rhos = [grouping.spearman(np.mean(rows[:i + 1], 0), np.mean(rows[:i], 0)) for i in range(1, len(rows))]
+        server.state.plan["settle_rho"] = rhos
+        settled = len(rhos) >= m.settle_patience and all(r >= m.settle_threshold for r in rhos[-m.settle_patience:])
+        if settled and merged.done_rounds >= m.min_merge_rounds:
+            merged.rounds = merged.done_rounds
+            merged.finished_round = server.state.round - 1
+            server.state.active.remove(merged)
+            server.state.finished.append(merged)
+            server.state.plan["merge_stopped"] = {"round": merged.done_rounds, "rho": rhos[-m.settle_patience:],
+                                                  "rule": f"rank correlation of successive running-mean affinity "
+                                                          f"≥ {m.settle_threshold} for {m.settle_patience} rounds"}
+
+    def choose_groups(self, server: Server) -> list[list[str]]:
+        raise NotImplementedError
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        groups = server.state.plan["groups"]
+        return {t: _group_name(i, g) for i, g in enumerate(groups) for t in g}
+
+
+class MAS(_MergeThenSplit):
+    """Merge and Split (Zhuang et al., ICCV 2023)."""
+
+    def choose_groups(self, server: Server) -> list[list[str]]:
+        m = server.cfg.mas
+        tasks, z = server.affinity(MERGED, m.affinity_window) or (list(server.tasks), None)
+        n = len(tasks)
+        if z is None:  # a single task: nothing to split
+            return [list(tasks)]
+        ks = range(1, min(n, m.max_splits if m.splits == "auto" else int(m.splits)) + 1)
+        cands = []
+        for k in ks:
+            g = grouping.best_partition(z, k, exactly=True, seed=server.cfg.seed)
+            cands.append({"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score,
+                          "exact": g.exact})
+        if m.splits == "auto":
+            chosen, rule = _auto_k(server, cands)
+        else:
+            best = grouping.best_partition(z, int(m.splits), seed=server.cfg.seed)
+            groups = [[tasks[i] for i in grp] for grp in best.groups]
+            chosen = {"k": len(groups), "groups": groups, "score": best.score, "exact": best.exact}
+            rule = f"best partition into at most {m.splits} groups (mas.splits)"
+        _write_split(server, tasks, z, cands, chosen, rule)
+        return chosen["groups"]
+
+
+def _auto_k(server: Server, cands: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    m = server.cfg.mas
+    feasible = cands
+    rule = ""
+    if m.compute_budget_h is not None:
+        led = server.state.costs.per_task.get(MERGED)
+        merged = server.finished(MERGED)
+        per_round = (led["train_s"] / max(merged.done_rounds, 1)) if led and merged else 0.0
+        remaining = server.cfg.federation.rounds - (merged.done_rounds if merged else 0)
+        spent = server.state.costs.totals()["train_s"]
+        full = _param_count(server, list(server.tasks))
+        for c in cands:
+            c["projected_h"] = (spent + remaining * per_round *
+                                sum(_param_count(server, g) / full for g in c["groups"])) / 3600
+        feasible = [c for c in cands if c["projected_h"] <= m.compute_budget_h] or cands[:1]
+        rule = f"within the compute budget of {m.compute_budget_h} h, "
+    best = max(c["score"] for c in feasible)
+    tol = m.auto_epsilon * abs(best)
+    chosen = min((c for c in feasible if c["score"] >= best - tol), key=lambda c: c["k"])
+    rule += f"smallest k whose objective is within ε={m.auto_epsilon} × |best| of the best ({best:.4g})"
+    return chosen, rule
+
+
+def _param_count(server: Server, tasks: list[str]) -> int:
+    return sum(p.numel() for p in build_model(tasks, server.spec).parameters())
+
+
+def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
+    doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
+           "chosen": chosen, "rule": rule, "affinity_rounds": sum(a["fl_task"] == MERGED for a in server.state.affinity)}
+    server.state.plan["split"] = doc
+    atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))
+
+
+class RandomSplit(_MergeThenSplit):
+    """Control: the same merge phase (no affinity measured) and a seeded random partition."""
+
+    measure = False
+
+    def choose_groups(self, server: Server) -> list[list[str]]:
+        tasks = list(server.tasks)
+        k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+        rng = np.random.default_rng(stable_seed(server.cfg.seed, "random-split"))
+        labels = rng.permutation(np.arange(len(tasks)) % k)
+        groups = [[t for t, lab in zip(tasks, labels) if lab == g] for g in range(k)]
+        _write_split(server, tasks, np.zeros((len(tasks), len(tasks))), [], {"k": k, "groups": groups},
+                     "random partition into k groups (control)")
+        return groups
+
+
+class TAG:
+    """Task Affinity Grouping (Fifty et al., NeurIPS 2021): groups retrained from scratch."""
+
+    def update(self, server: Server) -> None:
+        st, R = server.state, server.cfg.federation.rounds
+        if not st.plan.get("started"):
+            r0 = MAS().merge_rounds(server)
+            server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=R)
+            st.plan["started"] = True
+        if server.finished(MERGED) is not None and "groups" not in st.plan:
+            tasks, z = server.affinity(MERGED, server.cfg.mas.affinity_window)
+            k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+            sel = grouping.tag_selection(z, k)
+            groups = [[tasks[i] for i in g] for g in sel.groups]
+            assign = grouping.tag_assignment(z, sel.groups)
+            st.plan["groups"] = groups
+            st.plan["assignment"] = {tasks[t]: _group_name(gi, []) for t, gi in assign.items()}
+            _write_split(server, tasks, z, [], {"k": k, "groups": groups, "score": sel.score},
+                         "TAG's overlapping selection; each task reported from its best group")
+            for i, g in enumerate(groups):
+                server.add_task(_group_name(i, g), g, R)
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        return dict(server.state.plan["assignment"])
+
+
+class HOA:
+    """Higher-Order Approximation (Standley et al., ICML 2020), as restated in ../shared/MAS.md §5."""
+
+    def update(self, server: Server) -> None:
+        st, tasks = server.state, list(server.tasks)
+        probes = [[t] for t in tasks] + [list(p) for p in itertools.combinations(tasks, 2)]
+        started = st.plan.setdefault("probes_started", 0)
+        if started < len(probes) and not any(t.role == "probe" for t in st.active):
+            wave = probes[started:started + server.capacity()]
+            for p in wave:
+                server.add_task("probe-" + "+".join(p), p, server.cfg.hoa.pair_rounds, role="probe")
+            st.plan["probes_started"] = started + len(wave)
+            return
+        if started == len(probes) and not st.active and "groups" not in st.plan:
+            groups = self._choose(server, tasks)
+            st.plan["groups"] = groups
+            for i, g in enumerate(groups):
+                server.add_task(_group_name(i, g), g, server.cfg.federation.rounds)
+
+    def _choose(self, server: Server, tasks: list[str]) -> list[list[str]]:
+        n = len(tasks)
+        single = np.array([server.finished("probe-" + t).last_eval[f"loss/{t}"] for t in tasks])  # type: ignore[union-attr]
+        pair = np.zeros((n, n))
+        for i, j in itertools.combinations(range(n), 2):
+            ev = server.finished(f"probe-{tasks[i]}+{tasks[j]}").last_eval  # type: ignore[union-attr]
+            pair[i, j], pair[j, i] = ev[f"loss/{tasks[i]}"], ev[f"loss/{tasks[j]}"]
+        bits = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(bool)
+        val = np.zeros(1 << n)
+        for g in range(1, 1 << n):
+            members = np.flatnonzero(bits[g])
+            if len(members) == 1:
+                val[g] = -single[members[0]]
+            else:
+                val[g] = -sum(pair[t, members[members != t]].mean() for t in members)
+        k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+        best = grouping.partition_by_values(val, n, k)
+        groups = [[tasks[i] for i in g] for g in best.groups]
+        server.state.plan["estimate"] = {"single": single.tolist(), "pair": pair.tolist(),
+                                         "estimated_mean_loss": -best.score / n}
+        return groups
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        groups = server.state.plan["groups"]
+        return {t: _group_name(i, g) for i, g in enumerate(groups) for t in g}
+
+
+PLANS = {"mas": MAS, "all-in-one": AllInOne, "one-by-one": OneByOne, "tag": TAG, "hoa": HOA, "random": RandomSplit}
+
+
+def make_plan(method: str):
+    return PLANS[method]()

@@ -1,0 +1,143 @@
+"""Figures and tables: affinity heatmaps, loss curves, the comparison figure, energy bars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SHORT = {"segment_semantic": "seg", "depth_zbuffer": "depth", "normal": "normal", "keypoints2d": "kpt2d",
+         "edge_texture": "edge2d", "edge_occlusion": "edge3d", "principal_curvature": "curv",
+         "reshading": "reshade", "rgb": "rgb"}
+
+
+def short(t: str) -> str:
+    return SHORT.get(t, t)
+
+
+def affinity_doc(tasks: list[str], z: np.ndarray, rounds: int, clients: int) -> dict[str, Any]:
+    """The affinity file contract of ../shared/MAS.md §7."""
+    return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
+                                               for i, s in enumerate(tasks)},
+            "rounds": rounds, "clients": clients}
+
+
+def read_affinity(path: Path) -> tuple[list[str], np.ndarray]:
+    """Parse an affinity file; raises ValueError naming what is wrong."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"affinity file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not isinstance(doc.get("affinity"), dict):
+        raise ValueError(f'{path}: expected {{"tasks": [...], "affinity": {{source: {{target: value}}}}}}')
+    tasks = [str(t) for t in doc["tasks"]]
+    if len(set(tasks)) != len(tasks) or not tasks:
+        raise ValueError(f"{path}: 'tasks' must be a non-empty list of distinct names")
+    z = np.zeros((len(tasks), len(tasks)))
+    for i, s in enumerate(tasks):
+        row = doc["affinity"].get(s)
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: affinity has no row for task {s!r} (needs an n×n matrix over 'tasks')")
+        for j, t in enumerate(tasks):
+            v = row.get(t)
+            if not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(f"{path}: affinity[{s!r}][{t!r}] must be a finite number, got {v!r}")
+            z[i, j] = v
+    extra = set(doc["affinity"]) - set(tasks)
+    if extra:
+        raise ValueError(f"{path}: affinity rows for tasks not in 'tasks': {sorted(extra)}")
+    return tasks, z
+
+
+def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-task affinity Z(i→j)",
+            groups: list[list[str]] | None = None) -> None:
+    n = len(tasks)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2.5, 1.0 * n + 1.8), dpi=120)
+    off = z - np.diag(np.diag(z))
+    lim = max(float(np.abs(off).max()), 1e-9)
+    im = ax.imshow(z, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(n), [short(t) for t in tasks], rotation=40, ha="right")
+    ax.set_yticks(range(n), [short(t) for t in tasks])
+    ax.set_xlabel("target task j (helped when positive)")
+    ax.set_ylabel("source task i (step on its loss)")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{z[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(z[i, j]) > 0.6 * lim else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if groups:
+        title += "\nsplit: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in groups)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def loss_curves(metrics_path: Path, path: Path) -> None:
+    rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if "total_loss" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name in dict.fromkeys(r["fl_task"] for r in rows):
+        rr = [r for r in rows if r["fl_task"] == name]
+        label = name if len(rr[0]["tasks"]) > 3 else f"{name}: " + ", ".join(short(t) for t in rr[0]["tasks"])
+        ax.plot([r["round"] + 1 for r in rr], [r["total_loss"] for r in rr], marker=".", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test loss (sum over the FL task's tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Total test loss against training compute, one marker per method (the paper's figure)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=130)
+    families: dict[str, str] = {}
+    markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "x"}
+    cmap = plt.get_cmap("tab10")
+    for r in results:
+        fam = r["method"]
+        color = families.setdefault(fam, cmap(len(families) % 10))
+        ax.scatter(r["compute_h"] * 3600, r["total_loss"], s=160 if fam == "mas" else 70,
+                   marker=markers.get(fam, "o"), color=color, zorder=3, edgecolor="black", linewidth=0.5)
+        ax.annotate(r["label"], (r["compute_h"] * 3600, r["total_loss"]), textcoords="offset points",
+                    xytext=(6, 5), fontsize=8)
+    ax.set_xlabel("training compute on clients (CPU seconds, all phases)")
+    ax.set_ylabel("total test loss (sum over tasks, lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def energy_figure(results: list[dict[str, Any]], path: Path, source: str) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=130)
+    labels = [r["label"] for r in results]
+    vals = [r["energy_j"] / 1000 for r in results]
+    colors = ["tab:red" if r["method"] == "mas" else "tab:gray" for r in results]
+    ax.bar(range(len(vals)), vals, color=colors)
+    ax.set_xticks(range(len(vals)), labels, rotation=35, ha="right")
+    ax.set_ylabel(f"client energy (kJ, {source})")
+    ax.set_title("Training energy per method (MAS in red)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])

@@ -1,0 +1,146 @@
+"""One run of one method: data → engine → plan → round loop → summary, resumable.
+
+Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
+``affinity.json`` / ``affinity.png`` (methods that measure affinity),
+``split.json`` (the split decision and each candidate's objective),
+``costs.json``, ``losses.png`` and, only once the run is complete, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from fedmas.config import Config, ConfigError, load_config
+from fedmas.data import load_federated
+from fedmas.methods import MERGED, make_plan
+from fedmas.report import affinity_doc, heatmap, loss_curves, short, table
+from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metrics
+from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
+
+
+def make_engine(cfg: Config, data, spec):
+    if cfg.engine == "inprocess":
+        from fedmas.engines.inprocess import InProcessEngine
+
+        return InProcessEngine(data.clients, spec)
+    from fedmas.engines.flower import make_flower_engine  # optional extra
+
+    return make_flower_engine(cfg, data, spec)
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
+    if (run_dir / "checkpoint" / "state.json").exists() or (run_dir / "summary.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          f"or choose another --out")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # debris of a run that never checkpointed
+    run_dir.mkdir(parents=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+def resume_config(run_dir: Path) -> Config:
+    p = run_dir / "config.yaml"
+    if not p.exists():
+        raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
+    return load_config(p)
+
+
+def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
+            engine=None, stop_after: int | None = None) -> dict[str, Any] | None:
+    """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``."""
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = resume_config(run_dir)
+        if (run_dir / "summary.json").exists():
+            return json.loads((run_dir / "summary.json").read_text())
+        state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
+        if state is None:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    else:
+        assert cfg is not None
+        prepare_run_dir(run_dir, cfg)
+        state = None
+    assert cfg is not None
+    torch.set_num_threads(cfg.threads)
+    data = load_federated(cfg.data, cfg.task_list)
+    if state is None:
+        from fedmas.accounting import CostLedger
+
+        state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
+    truncate_metrics(run_dir, state.round)
+    server = Server(cfg, state, data.client_ids, run_dir)
+    engine = engine or make_engine(cfg, data, server.spec)
+    plan = make_plan(cfg.method)
+
+    def on_round(srv: Server) -> None:
+        _write_affinity(srv)
+        if progress:
+            print_progress(srv)
+
+    loop = RoundLoop(server, engine, plan, data.test, on_round)
+    loop.run(stop_after)
+    if state.active or not state.finished:
+        return None
+    return finish(server, plan, progress)
+
+
+def _write_affinity(server: Server) -> None:
+    rows = [a for a in server.state.affinity if a["fl_task"] == MERGED]
+    if not rows or rows[-1]["round"] != server.state.round - 1:
+        return
+    tasks, z = server.affinity(MERGED, server.cfg.mas.affinity_window)
+    doc = affinity_doc(tasks, z, len(rows), sum(a["clients"] for a in rows))
+    doc["history"] = [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]} for a in rows]
+    atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
+
+
+def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
+    st, run_dir, cfg = server.state, server.run_dir, server.cfg
+    owner = plan.final_assignment(server)
+    per_task = {t: st.task(fl).last_eval[f"loss/{t}"] for t, fl in owner.items()}
+    metrics = {t: {k.split("/")[0]: v for k, v in st.task(fl).last_eval.items()
+                   if k.endswith(f"/{t}") and not k.startswith("loss/")} for t, fl in owner.items()}
+    totals = st.costs.totals()
+    summary = {
+        "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
+        "total_test_loss": sum(per_task.values()), "test_loss": per_task, "test_metrics": metrics,
+        "owner": owner, "groups": st.plan.get("groups"),
+        "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
+                      "started_round": t.started_round, "finished_round": t.finished_round,
+                      "final_total_loss": t.last_eval.get("total_loss"),
+                      "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
+        "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
+    }
+    atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
+    if (run_dir / "affinity.json").exists():
+        aff = json.loads((run_dir / "affinity.json").read_text())
+        import numpy as np
+
+        z = np.array([[aff["affinity"][s][t] for t in aff["tasks"]] for s in aff["tasks"]])
+        heatmap(aff["tasks"], z, run_dir / "affinity.png",
+                f"Inter-task affinity, mean of {aff['rounds']} merged rounds", st.plan.get("groups"))
+    loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    if progress:
+        print(render_summary(summary))
+    return summary
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    rows = [[short(t), f"{v:.4f}", s["owner"][t]] for t, v in s["test_loss"].items()]
+    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}", ""])
+    c = s["costs"]
+    lines = [f"\n{s['method']} on {len(s['tasks'])} tasks, {s['rounds']} rounds"]
+    if s.get("groups"):
+        lines.append("groups: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in s["groups"]))
+    lines.append(table(rows, ["task", "test loss", "FL task"]))
+    lines.append(f"client compute {c['train_s']:.1f} s | energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
+                 f"| traffic {(c['bytes_down'] + c['bytes_up']) / 1e6:.1f} MB | simulated wall-clock "
+                 f"{c['sim_wallclock_s']:.1f} s")
+    return "\n".join(lines)

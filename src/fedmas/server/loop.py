@@ -1,0 +1,297 @@
+"""The one round loop every method runs on.
+
+Each round: the plan may change which FL tasks exist (merge, split, next task);
+the server selects clients and schedules which FL task each trains (at most
+``max_tasks_per_client`` per client), sends plain-data messages through the
+engine, rejects bad replies, aggregates each FL task with FedAvg, averages the
+clients' affinity matrices, evaluates, accounts costs, logs one metrics line per
+FL task and checkpoints the complete state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedmas.accounting import EnergyMeter
+from fedmas.client import evaluate
+from fedmas.config import Config
+from fedmas.messages import Job, Message, ModelCache, Reply
+from fedmas.models import ModelSpec, build_model, subset_state
+from fedmas.server.aggregate import check_reply, fedavg
+from fedmas.server.state import FLTaskState, ServerState, atomic_write_text, save_checkpoint
+
+log = logging.getLogger("fedmas")
+
+
+class Engine(Protocol):
+    """Carries jobs to clients and brings their replies back (in-process, Flower, ...)."""
+
+    def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]: ...
+
+
+class Plan(Protocol):
+    """A method: which FL tasks exist and when they change."""
+
+    def update(self, server: Server) -> None:
+        """Called before every round (and again after a resume); must be idempotent."""
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        """Task → the FL task whose evaluation reports that task's final loss."""
+
+
+def stable_seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class Server:
+    """The state plus the operations plans may use."""
+
+    def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path):
+        self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
+        self.spec = ModelSpec(cfg.model.encoder, cfg.model.width)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.cfg.task_list
+
+    def capacity(self) -> int:
+        """How many FL tasks can train at once with a full client quota each."""
+        f = self.cfg.federation
+        return max(1, (len(self.clients) * f.max_tasks_per_client) // f.clients_per_round)
+
+    def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
+                 measure_affinity: bool = False, init_from: str | None = None,
+                 schedule_offset: int = 0, schedule_total: int | None = None) -> FLTaskState:
+        if any(t.name == name for t in self.state.active + self.state.finished):
+            raise ValueError(f"FL task {name!r} exists already")
+        fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
+                         schedule_offset=schedule_offset, schedule_total=schedule_total or rounds,
+                         started_round=self.state.round)
+        src = self.state.weights[init_from] if init_from else None
+        model = build_model(tasks, self.spec, init_from=src, seed=stable_seed(self.cfg.seed, "init", name))
+        w = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
+            w["gradnorm.weights"] = torch.ones(len(tasks))
+        self.state.weights[name] = w
+        self.state.active.append(fl)
+        return fl
+
+    def finished(self, name: str) -> FLTaskState | None:
+        return next((t for t in self.state.finished if t.name == name), None)
+
+    def affinity(self, fl_task: str, window: int | None = None) -> tuple[list[str], np.ndarray] | None:
+        """Mean of the per-round affinity matrices of ``fl_task`` (the last ``window`` rounds)."""
+        rows = [a for a in self.state.affinity if a["fl_task"] == fl_task]
+        if not rows:
+            return None
+        if window:
+            rows = rows[-window:]
+        return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
+
+
+def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
+             max_per_client: int, round_index: int) -> dict[str, list[str]]:
+    """Seeded random selection: each FL task gets up to ``per_round`` distinct clients, no client
+    more than ``max_per_client`` FL tasks; the order of FL tasks rotates each round for fairness."""
+    load: dict[str, int] = defaultdict(int)
+    out: dict[str, list[str]] = {}
+    order = list(range(len(fl_tasks)))
+    if order:
+        r = round_index % len(order)
+        order = order[r:] + order[:r]
+    perm = [clients[i] for i in rng.permutation(len(clients))]
+    for i in order:
+        chosen: list[str] = []
+        for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
+            if len(chosen) == per_round:
+                break
+            if load[c] < max_per_client:
+                chosen.append(c)
+                load[c] += 1
+        out[fl_tasks[i].name] = chosen
+    return out
+
+
+def lr_at(cfg: Config, fl: FLTaskState) -> float:
+    f = cfg.federation
+    if f.schedule == "constant":
+        return f.lr
+    pos = fl.schedule_offset + fl.done_rounds
+    return f.lr * max(0.0, 1 - pos / fl.schedule_total) ** 0.9
+
+
+def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> dict[str, Any]:
+    f = cfg.federation
+    return {
+        "tasks": ",".join(fl.tasks), "lr": lr_at(cfg, fl), "momentum": f.momentum, "weight_decay": f.weight_decay,
+        "local_epochs": f.local_epochs, "batch_size": f.batch_size,
+        "prox_mu": f.prox_mu if f.aggregation == "fedprox" else 0.0,
+        "gradnorm_alpha": f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
+        "lookahead_step": cfg.mas.lookahead_step if fl.measure_affinity else 0,
+        "seed": stable_seed(cfg.seed, round_index, client, fl.name, attempt), "round": round_index,
+    }
+
+
+class RoundLoop:
+    def __init__(self, server: Server, engine: Engine, plan: Plan, test_data, on_round: Callable | None = None):
+        self.server, self.engine, self.plan, self.test_data = server, engine, plan, test_data
+        self.cfg = server.cfg
+        self.models = ModelCache(server.spec)
+        self.meter = EnergyMeter(self.cfg.cost.measure_energy)
+        self.on_round = on_round
+        server.state.costs.energy_source = self.meter.source
+
+    def run(self, stop_after: int | None = None) -> ServerState:
+        st = self.server.state
+        rng = np.random.default_rng(self.cfg.seed)
+        if st.rng:
+            rng.bit_generator.state = st.rng
+        if st.torch_rng is not None:
+            torch.set_rng_state(st.torch_rng)
+        done = 0
+        while True:
+            self.plan.update(self.server)
+            if not st.active:
+                break
+            self._round(rng)
+            st.rng = rng.bit_generator.state
+            st.torch_rng = torch.get_rng_state()
+            save_checkpoint(self.server.run_dir, st)
+            if self.on_round:
+                self.on_round(self.server)
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                break
+        return st
+
+    def _round(self, rng: np.random.Generator) -> None:
+        st, cfg, f = self.server.state, self.cfg, self.cfg.federation
+        t_round = time.perf_counter()
+        assign = schedule(rng, self.server.clients, st.active, f.clients_per_round, f.max_tasks_per_client, st.round)
+        client_time: dict[str, float] = defaultdict(float)
+        lines = []
+        for fl in list(st.active):
+            valid = self._train_fl_task(fl, assign[fl.name], client_time)
+            fl.done_rounds += 1
+            ev = {}
+            if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
+                t0 = time.perf_counter()
+                ev = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(st.weights[fl.name]),
+                              self.test_data, f.eval_batch_size)
+                st.costs.add_eval(fl.name, time.perf_counter() - t0)
+                ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
+                fl.last_eval = ev
+            lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
+                          "fl_round": fl.done_rounds, "lr": lr_at(cfg, fl) if fl.done_rounds < fl.rounds else 0.0,
+                          "clients": assign[fl.name], "accepted": valid, **ev})
+            if fl.done_rounds >= fl.rounds:
+                fl.finished_round = st.round
+                st.active.remove(fl)
+                st.finished.append(fl)
+        speed = cfg.cost.speed_factors
+        st.costs.sim_wallclock_s += max((s * speed.get(c, 1.0) for c, s in client_time.items()), default=0.0)
+        st.costs.rounds += 1
+        _append_metrics(self.server.run_dir, lines, time.perf_counter() - t_round)
+        st.round += 1
+
+    def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float]) -> int:
+        st, f = self.server.state, self.cfg.federation
+        weights = st.weights[fl.name]
+        expected = {k: v for k, v in weights.items()}
+        for attempt in range(f.max_round_retries + 1):
+            jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt)))
+                    for c in clients]
+            e0 = self.meter.read()
+            replies = self.engine.run(jobs, f.round_deadline_s)
+            e1 = self.meter.read()
+            measured = (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
+            good: list[tuple[dict[str, Tensor], float]] = []
+            affs: list[tuple[Tensor, float]] = []
+            for r in replies:
+                why = check_reply(r, expected, len(fl.tasks), fl.measure_affinity and len(fl.tasks) > 1)
+                if why is not None:
+                    log.warning("round %d, FL task %s: rejected client %s: %s", st.round, fl.name, r.client, why)
+                    st.faults[why.split(":")[0].split(" (")[0]] = st.faults.get(why.split(":")[0].split(" (")[0], 0) + 1
+                    st.costs.add_rejected(fl.name, r.client, r.bytes_down)
+                    continue
+                assert r.message is not None
+                m = r.message.metrics
+                client_time[r.client] += m["compute_s"]
+                st.costs.add_train(fl.name, r.client, m["compute_s"], m["samples"], r.bytes_down, r.bytes_up,
+                                   measured)
+                arrays = dict(r.message.arrays)
+                aff = arrays.pop("affinity", None)
+                good.append((arrays, m["samples"]))
+                if aff is not None and fl.measure_affinity:
+                    affs.append((aff, m["samples"]))
+            if len(good) >= min(f.min_replies, len(clients)) and good:
+                st.weights[fl.name] = fedavg(good)
+                if affs:
+                    tot = sum(n for _, n in affs)
+                    mean = sum(a.double() * (n / tot) for a, n in affs)
+                    st.affinity.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks,
+                                        "matrix": mean.tolist(), "clients": len(affs), "samples": tot})
+                return len(good)
+            log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round, fl.name,
+                        len(good), f.min_replies, attempt + 1, f.max_round_retries)
+            st.faults["round_retries"] = st.faults.get("round_retries", 0) + 1
+        st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
+        return 0
+
+
+def _model_weights(w: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in w.items() if k != "gradnorm.weights"}
+
+
+def _append_metrics(run_dir: Path, lines: list[dict[str, Any]], seconds: float) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        for ln in lines:
+            fh.write(json.dumps({**ln, "round_s": seconds}) + "\n")
+
+
+def truncate_metrics(run_dir: Path, completed_rounds: int) -> None:
+    """Drop metric lines of rounds the checkpoint does not contain (a crash after logging)."""
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return
+    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and _round_of(ln) < completed_rounds]
+    atomic_write_text(p, "".join(k + "\n" for k in keep))
+
+
+def _round_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["round"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 30  # a torn last line is dropped
+
+
+def progress_line(server: Server) -> str:
+    st = server.state
+    parts = []
+    for fl in st.active + [t for t in st.finished if t.finished_round == st.round - 1]:
+        if fl.last_eval:
+            parts.append(f"{fl.name} {fl.last_eval['total_loss']:.3f}")
+    return f"round {st.round:>3} | " + " | ".join(parts)
+
+
+def print_progress(server: Server, total_rounds: int | None = None) -> None:
+    total = f"/{total_rounds}" if total_rounds else ""
+    line = progress_line(server).replace("round ", "round ", 1)
+    print(f"[fedmas] {line.replace(f'{server.state.round:>3} |', f'{server.state.round:>3}{total} |', 1)}",
+          file=sys.stderr, flush=True)
+
+
+def subset_weights(server: Server, src: str, tasks: list[str]) -> dict[str, Tensor]:
+    return subset_state(_model_weights(server.state.weights[src]), tasks)
