@@ -235,14 +235,24 @@ def sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _filter3(gray, _DIFF, _SMOOTH) / 8, _filter3(gray, _SMOOTH, _DIFF) / 8
 
 
-def occlusion_edges(depth_m: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """Largest depth jump (metres) to a 4-neighbour, zero below ``threshold``."""
-    p = np.pad(depth_m, [(0, 0), (1, 1), (1, 1)], mode="edge")
-    c = p[:, 1:-1, 1:-1]
-    jumps = [np.abs(c - p[:, :-2, 1:-1]), np.abs(c - p[:, 2:, 1:-1]),
-             np.abs(c - p[:, 1:-1, :-2]), np.abs(c - p[:, 1:-1, 2:])]
-    j = np.max(jumps, axis=0)
-    return np.where(j > threshold, j, 0.0)
+def occlusion_edges(depth_m: np.ndarray, surface: np.ndarray, abs_thr: float = 0.05,
+                    rel_thr: float = 0.04) -> np.ndarray:
+    """Depth jump (metres) to the farthest-apart 4-neighbour on a *different surface*,
+    where the jump exceeds ``max(abs_thr, rel_thr·depth)``; zero elsewhere.
+
+    Creases (a wall meeting the floor) are continuous in depth and give no edge; a
+    grazing plane has large depth steps between pixels but no change of surface.
+    """
+    pd = np.pad(depth_m, [(0, 0), (1, 1), (1, 1)], mode="edge")
+    ps = np.pad(surface, [(0, 0), (1, 1), (1, 1)], mode="edge")
+    c, cs = pd[:, 1:-1, 1:-1], ps[:, 1:-1, 1:-1]
+    out = np.zeros_like(depth_m)
+    for sl in ((slice(None), slice(0, -2), slice(1, -1)), (slice(None), slice(2, None), slice(1, -1)),
+               (slice(None), slice(1, -1), slice(0, -2)), (slice(None), slice(1, -1), slice(2, None))):
+        jump = np.abs(c - pd[sl])
+        edge = (ps[sl] != cs) & (jump > np.maximum(abs_thr, rel_thr * np.minimum(c, pd[sl])))
+        out = np.maximum(out, np.where(edge, jump, 0.0))
+    return out
 
 
 def _albedo(room: Room, h: _Hits, p: np.ndarray) -> np.ndarray:
@@ -296,7 +306,9 @@ def render_views(room: Room, cams: Cameras, res: int) -> dict[str, np.ndarray]:
     tex = np.hypot(gx, gy)
     sxx, syy, sxy = (_filter3(a, _BOX, _BOX) for a in (gx * gx, gy * gy, gx * gy))
     harris = np.clip(sxx * syy - sxy * sxy - 0.05 * (sxx + syy) ** 2, 0, None)
-    occ = occlusion_edges(np.where(window, 20.0, depth_m))
+    # The room is a convex box seen from inside: its walls, floor and ceiling never occlude each other.
+    surface = np.where(h.sid < 3, 0, h.sid).reshape(shp)
+    occ = occlusion_edges(np.where(window, 20.0, depth_m), np.where(window, -1, surface))
     depth_raw = np.where(window, INVALID_DEPTH, np.clip(depth_m * DEPTH_UNITS_PER_M, 0, 65534))
     curv = np.clip(0.5 + h.k / 20.0, 0, 1).reshape(*shp, 2)
     return {

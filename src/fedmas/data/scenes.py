@@ -78,8 +78,8 @@ def building_style(seed: int, building: int) -> BuildingStyle:
         floor_pattern=float(rng.choice([0.0, rng.uniform(0.1, 0.5)])),
         floor_freq=float(rng.uniform(2, 8)),
         n_lights=int(rng.integers(1, 4)),
-        light_power=float(rng.uniform(1.0, 2.5)),
-        ambient=float(rng.uniform(0.15, 0.4)),
+        light_power=float(rng.uniform(1.2, 2.2)),  # split over the lights
+        ambient=float(rng.uniform(0.1, 0.3)),
         light_color=np.array([1.0, rng.uniform(0.9, 1.0), warm]),
         cam_height=float(rng.uniform(1.0, 1.8)),
         pitch=float(rng.uniform(-0.45, -0.05)),
@@ -170,7 +170,7 @@ def sample_room(style: BuildingStyle, rng: np.random.Generator) -> Room:
     return Room(size=size, wall_color=jitter(style.wall_hue), floor_color=jitter(style.floor_hue),
                 ceiling_color=np.full(3, 0.92), wall_pattern=style.wall_pattern, wall_freq=style.wall_freq,
                 floor_pattern=style.floor_pattern, floor_freq=style.floor_freq, lights=lights,
-                light_power=np.full(style.n_lights, style.light_power), light_color=style.light_color,
+                light_power=np.full(style.n_lights, style.light_power / style.n_lights), light_color=style.light_color,
                 ambient=style.ambient, objects=objects, window=window)
 
 
