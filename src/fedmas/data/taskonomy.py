@@ -35,12 +35,9 @@ def png_path(root: Path, label: str, building: str, point: int, view: int) -> Pa
 
 def write_png(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if arr.dtype == np.uint16:
-        img = Image.fromarray(arr, mode="I;16") if arr.ndim == 2 else None
-        if img is None:
-            raise ValueError("16-bit labels must be single-channel")
-    else:
-        img = Image.fromarray(arr.astype(np.uint8))
+    if arr.dtype == np.uint16 and arr.ndim != 2:
+        raise ValueError("16-bit labels must be single-channel")
+    img = Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8))
     img.save(path, format="PNG")
 
 

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("fedmas-cache")
+    os.environ["FEDMAS_CACHE"] = str(d)
+    return d
+
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "tasks": ["segment_semantic", "depth_zbuffer", "normal"],
+    "data": {"buildings": 4, "train_images": 8, "test_images": 4, "resolution": 32, "views_per_room": 4},
+    "model": {"width": 8},
+    "federation": {"rounds": 4, "clients_per_round": 2, "batch_size": 4},
+    "mas": {"splits": 2, "merge_rounds": 2, "lookahead_step": 1},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY)
