@@ -1,0 +1,69 @@
+"""FedAvg invariants (property-based) and reply validation."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedmas.messages import Message, Reply, payload_nbytes
+from fedmas.server.aggregate import check_reply, fedavg
+
+floats = st.floats(-100, 100, allow_nan=False, width=32)
+
+
+def _upd(vals):
+    return {"w": torch.tensor(vals, dtype=torch.float32), "steps": torch.tensor(len(vals))}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(floats, min_size=3, max_size=3), st.floats(0.1, 50)), min_size=1, max_size=6),
+       st.randoms())
+def test_fedavg_weighted_mean_and_permutation_invariant(updates, rnd):
+    ups = [(_upd(v), n) for v, n in updates]
+    out = fedavg(ups)
+    total = sum(n for _, n in updates)
+    expect = sum(torch.tensor(v, dtype=torch.float64) * n for v, n in updates) / total
+    torch.testing.assert_close(out["w"].double(), expect, rtol=1e-4, atol=1e-3)
+    shuffled = list(ups)
+    rnd.shuffle(shuffled)
+    torch.testing.assert_close(fedavg(shuffled)["w"], out["w"], rtol=1e-5, atol=1e-4)
+    lo = torch.stack([u["w"] for u, _ in ups]).min(0).values
+    hi = torch.stack([u["w"] for u, _ in ups]).max(0).values
+    assert bool((out["w"] >= lo - 1e-3).all() and (out["w"] <= hi + 1e-3).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(floats, min_size=2, max_size=2), min_size=1, max_size=5), st.floats(0.5, 10))
+def test_fedavg_equal_weights_is_plain_mean(vals, n):
+    out = fedavg([(_upd(v), n) for v in vals])
+    torch.testing.assert_close(out["w"], torch.tensor(vals).mean(0), rtol=1e-5, atol=1e-4)
+
+
+def _reply(arrays, samples=10.0, error=None):
+    return Reply("c1", "t", None if error else Message(arrays, {}, {"samples": samples}), error)
+
+
+def test_check_reply_rejections():
+    ref = {"w": torch.zeros(3)}
+    assert check_reply(_reply({"w": torch.ones(3)}), ref, 1, False) is None
+    assert "client error" in check_reply(_reply({}, error="boom"), ref, 1, False)
+    assert "non-finite" in check_reply(_reply({"w": torch.tensor([1.0, float("nan"), 0])}), ref, 1, False)
+    assert "non-finite" in check_reply(_reply({"w": torch.tensor([1.0, float("inf"), 0])}), ref, 1, False)
+    assert "wrong tensor names" in check_reply(_reply({"v": torch.ones(3)}), ref, 1, False)
+    assert "wrong shape" in check_reply(_reply({"w": torch.ones(4)}), ref, 1, False)
+    assert "sample count" in check_reply(_reply({"w": torch.ones(3)}, samples=0), ref, 1, False)
+    assert "sample count" in check_reply(_reply({"w": torch.ones(3)}, samples=-3), ref, 1, False)
+    bad_aff = {"w": torch.ones(3), "affinity": torch.zeros(2, 3)}
+    assert "malformed affinity" in check_reply(_reply(bad_aff), ref, 2, True)
+    assert "missing affinity" in check_reply(_reply({"w": torch.ones(3)}), ref, 2, True)
+
+
+def test_payload_nbytes_is_the_serialised_size():
+    from safetensors.torch import save
+
+    arrays = {"a.weight": torch.randn(3, 4), "b": torch.zeros(7, dtype=torch.int64), "c": torch.ones(2, 2,
+              dtype=torch.float16)}
+    assert payload_nbytes(arrays) == len(save(arrays))
+    meta = {"tasks": "x,y", "lr": "0.1"}
+    assert payload_nbytes(arrays, meta) == len(save(arrays, metadata=meta))
