@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedmas.cli import main
+from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
 from fedmas.data.taskonomy import DataError, export, png_path, read_png, read_taskonomy
-from fedmas.data.federated import MultiTaskArrays
 from fedmas.tasks import TASK_SETS
 
 ALL = list(TASK_SETS["all9"])

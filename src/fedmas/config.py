@@ -123,6 +123,7 @@ class Config(_Strict):
     name: str = "run"
     seed: int = 0
     method: str = "mas"
+    plugins: list[str] = Field(default_factory=list, description="modules imported first (own tasks, datasets)")
     tasks: list[str] | str = "sdnkt"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -138,6 +139,18 @@ class Config(_Strict):
     def _method(cls, v: str) -> str:
         if v not in METHODS:
             raise ValueError(f"unknown method {v!r}; accepted: {', '.join(METHODS)}")
+        return v
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: list[str]) -> list[str]:
+        import importlib
+
+        for mod in v:
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise ValueError(f"cannot import plugin module {mod!r} ({e})") from None
         return v
 
     @field_validator("tasks")

@@ -163,8 +163,9 @@ def _param_count(server: Server, tasks: list[str]) -> int:
 
 
 def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
+    rounds = sum(a["fl_task"] == MERGED for a in server.state.affinity)
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
-           "chosen": chosen, "rule": rule, "affinity_rounds": sum(a["fl_task"] == MERGED for a in server.state.affinity)}
+           "chosen": chosen, "rule": rule, "affinity_rounds": rounds}
     server.state.plan["split"] = doc
     atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))
 

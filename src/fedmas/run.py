@@ -84,8 +84,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             print_progress(srv)
 
     loop = RoundLoop(server, engine, plan, data.test, on_round)
-    loop.run(stop_after)
-    if state.active or not state.finished:
+    if not loop.run(stop_after):
         return None
     return finish(server, plan, progress)
 

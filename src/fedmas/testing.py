@@ -37,7 +37,7 @@ def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, mask
         probe.zero_grad()
         _losses(probe, x, targets, masks)[i].backward()
         with torch.no_grad():
-            for (name, p), orig in zip(probe.encoder.named_parameters(), model.encoder.parameters()):
+            for p, orig in zip(probe.encoder.parameters(), model.encoder.parameters()):
                 d = (p.grad if p.grad is not None else torch.zeros_like(p)) + wd * p
                 buf = opt.state.get(orig, {}).get("momentum_buffer")
                 u = d if buf is None or not mom else mom * buf + d

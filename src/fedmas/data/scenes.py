@@ -143,7 +143,8 @@ def sample_room(style: BuildingStyle, rng: np.random.Generator) -> Room:
         parts = _furniture(cls, rng, size[2])
         radius = max(p[3] for p in parts)
         for _try in range(20):
-            x, y = rng.uniform(radius + 0.05, size[0] - radius - 0.05), rng.uniform(radius + 0.05, size[1] - radius - 0.05)
+            x = rng.uniform(radius + 0.05, size[0] - radius - 0.05)
+            y = rng.uniform(radius + 0.05, size[1] - radius - 0.05)
             if CLASSES[cls] == "rug" or all(np.hypot(x - a, y - b) > radius + r for a, b, r in placed):
                 break
         else:
@@ -194,7 +195,8 @@ def _inside(ob: Primitive, p: np.ndarray, margin: float) -> bool:
     if ob.kind == "sphere":
         return bool(np.linalg.norm(p - ob.center) < ob.size[0] + margin)
     if ob.kind == "cylinder":
-        return bool(np.hypot(*(p[:2] - ob.center[:2])) < ob.size[0] + margin and p[2] < ob.center[2] + ob.size[1] + margin)
+        near = np.hypot(*(p[:2] - ob.center[:2])) < ob.size[0] + margin
+        return bool(near and p[2] < ob.center[2] + ob.size[1] + margin)
     top = ob.z0 + ob.size[2]
     return bool(np.hypot(*(p[:2] - ob.center[:2])) < 0.5 * np.hypot(ob.size[0], ob.size[1]) + margin
                 and p[2] < top + margin)

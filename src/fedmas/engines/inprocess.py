@@ -15,7 +15,7 @@ import traceback
 
 from torch.utils.data import Dataset
 
-from fedmas.messages import Job, Message, ModelCache, Reply, handle_train, message_nbytes
+from fedmas.messages import Job, ModelCache, Reply, handle_train, message_nbytes
 from fedmas.models import ModelSpec
 
 
@@ -43,7 +43,7 @@ class InProcessEngine:
         replies: list[Reply] = []
         for job in jobs:
             box: list[Reply] = []
-            worker = threading.Thread(target=lambda j=job: box.append(self._one(j, ModelCache(self.spec))),
+            worker = threading.Thread(target=lambda j=job, b=box: b.append(self._one(j, ModelCache(self.spec))),
                                       daemon=True)
             worker.start()
             worker.join(deadline_s)

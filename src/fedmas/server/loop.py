@@ -153,7 +153,8 @@ class RoundLoop:
         self.on_round = on_round
         server.state.costs.energy_source = self.meter.source
 
-    def run(self, stop_after: int | None = None) -> ServerState:
+    def run(self, stop_after: int | None = None) -> bool:
+        """Train until the plan has no FL task left (returns True) or ``stop_after`` rounds (False)."""
         st = self.server.state
         rng = np.random.default_rng(self.cfg.seed)
         if st.rng:
@@ -164,7 +165,7 @@ class RoundLoop:
         while True:
             self.plan.update(self.server)
             if not st.active:
-                break
+                return True
             self._round(rng)
             st.rng = rng.bit_generator.state
             st.torch_rng = torch.get_rng_state()
@@ -173,8 +174,7 @@ class RoundLoop:
                 self.on_round(self.server)
             done += 1
             if stop_after is not None and done >= stop_after:
-                break
-        return st
+                return False
 
     def _round(self, rng: np.random.Generator) -> None:
         st, cfg, f = self.server.state, self.cfg, self.cfg.federation
