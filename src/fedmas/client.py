@@ -174,14 +174,16 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
 def _affinity(model: MultiTaskModel, x: Tensor, targets, masks, enc_names: list[str], enc_params: list[Tensor],
               enc_buffers: dict[str, Tensor], opt: torch.optim.SGD, base: Tensor,
               per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
-    """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch."""
+    """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch.
+
+    (Stacking the n lookahead feature maps into one n-times larger batch per head
+    was measured slower on CPU than this loop; see docs/benchmarks.md.)
+    """
     lr = opt.param_groups[0]["lr"]
-    n = len(model.tasks)
-    z = torch.zeros(n, n)
+    z = torch.zeros(len(model.tasks), len(model.tasks))
     for i, grads in enumerate(per_task):
-        new = _lookahead_params(enc_params, grads, opt, lr)
-        params = dict(zip(enc_names, new))
-        params.update({k: b.clone() for k, b in enc_buffers.items()})  # running stats stay untouched
+        params = dict(zip(enc_names, _lookahead_params(enc_params, grads, opt, lr)))
+        params.update({k: v.clone() for k, v in enc_buffers.items()})  # running stats stay untouched
         feats = functional_call(model.encoder, params, (x,))
         after = torch.stack(_task_losses(model, feats, targets, masks))
         z[i] = 1.0 - after / base.clamp_min(1e-12)

@@ -55,7 +55,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    encoder: Literal["small", "xception"] = "small"
+    encoder: Literal["small", "resnet18", "xception"] = "small"
     width: int = Field(16, ge=2, le=512)
 
 

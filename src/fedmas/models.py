@@ -1,7 +1,8 @@
 """Multi-task models: a shared encoder plus one head per task, for any subset of tasks.
 
-Two encoder families: ``small`` (a compact CNN that trains fast on CPU; the
-default) and ``xception`` (the Xception-style Taskonomy network of Standley et
+Encoders: ``small`` (a compact CNN that trains fast on CPU; the default),
+``resnet18`` (ResNet-18 layout, for comparisons with the reference's CPU
+measurements) and ``xception`` (the Xception-style Taskonomy network of Standley et
 al., ICML 2020, with up-convolution decoders; meant for GPU runs at 256×256).
 State-dict keys are ``encoder.*`` and ``heads.<task>.*`` so a model for tasks S
 can be initialised from a model for tasks T ⊇ S by copying keys
@@ -91,12 +92,43 @@ class XceptionEncoder(nn.Sequential):
         self.out_channels, self.stride = 512, 16
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _gn(cout), nn.ReLU(inplace=True),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _gn(cout))
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+                     if stride > 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet18Encoder(nn.Sequential):
+    """ResNet-18 layout (stem + 4×2 basic blocks, 64→512 channels), GroupNorm: (3, H, W) → (512, H/32, W/32)."""
+
+    def __init__(self):
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _gn(64), nn.ReLU(inplace=True),
+                                   nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        super().__init__(*layers)
+        self.out_channels, self.stride = 512, 32
+
+
+ENCODERS = ("small", "resnet18", "xception")
+
+
 def _encoder(spec: ModelSpec) -> nn.Module:
     if spec.encoder == "small":
         return SmallEncoder(spec.width)
+    if spec.encoder == "resnet18":
+        return ResNet18Encoder()
     if spec.encoder == "xception":
         return XceptionEncoder()
-    raise ValueError(f"unknown encoder {spec.encoder!r}; accepted: 'small', 'xception'")
+    raise ValueError(f"unknown encoder {spec.encoder!r}; accepted: {', '.join(ENCODERS)}")
 
 
 def _head(spec: ModelSpec, encoder: nn.Module, task: str) -> nn.Module:
@@ -107,6 +139,8 @@ def _head(spec: ModelSpec, encoder: nn.Module, task: str) -> nn.Module:
     if spec.encoder == "small":
         w = spec.width
         return UpDecoder(cin, t.channels, (2 * w, w, w))
+    if spec.encoder == "resnet18":
+        return UpDecoder(cin, t.channels, (256, 128, 64, 32, 32))
     return UpDecoder(cin, t.channels, (256, 128, 64, 32))
 
 
