@@ -66,7 +66,8 @@ def main() -> None:
     }
     print(f"{a.encoder}, 5 tasks, 64×64, batch {a.batch_size}, {a.batches} batches/epoch, {a.threads} threads, "
           f"median of {a.repeats}")
-    print(f"  normal batch: ours {t['ours_off'] / a.batches * 1000:.0f} ms, naive {t['naive_off'] / a.batches * 1000:.0f} ms")
+    ms = {k: v / a.batches * 1000 for k, v in t.items()}
+    print(f"  normal batch: ours {ms['ours_off']:.0f} ms, naive {ms['naive_off']:.0f} ms")
     print(f"  lookahead batch ÷ normal batch:          ours {res['ours_lookahead_batch_ratio']:.2f}   "
           f"naive {res['naive_lookahead_batch_ratio']:.2f}   (target ≤ 3.0; reference 3.8)")
     print(f"  epoch, affinity every 10 batches ÷ off:  ours {res['ours_epoch_ratio_step10']:.3f}  "
