@@ -1,0 +1,152 @@
+"""Client faults are rejected with a log line naming client and reason; the run goes on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+import torch
+
+from fedmas.config import Config
+from fedmas.data import load_federated
+from fedmas.engines.inprocess import InProcessEngine
+from fedmas.messages import Message
+from fedmas.models import ModelSpec
+from fedmas.run import execute
+from fedmas.server.state import CheckpointError, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+class RaisingData(torch.utils.data.Dataset):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def batch(self, idx):
+        raise OSError("disk on fire")
+
+
+class HangingData(RaisingData):
+    def batch(self, idx):
+        time.sleep(3)
+        return self.inner.batch(idx)
+
+
+class NaNData(RaisingData):
+    def batch(self, idx):
+        x, t, m = self.inner.batch(idx)
+        return x * float("nan"), t, m
+
+
+class Tamper(InProcessEngine):
+    """Clients that reply with malformed updates (what a buggy or malicious client could send)."""
+
+    def __init__(self, clients, spec, how):
+        super().__init__(clients, spec)
+        self.how = how
+
+    def _one(self, job, models):
+        r = super()._one(job, models)
+        fn = self.how.get(job.client)
+        if fn and r.message is not None:
+            fn(r.message)
+        return r
+
+
+def _rename(m: Message):
+    k = next(iter(m.arrays))
+    m.arrays["bogus." + k] = m.arrays.pop(k)
+
+
+def _reshape(m: Message):
+    k = next(iter(m.arrays))
+    m.arrays[k] = torch.zeros(3, 3)
+
+
+def _zero_samples(m: Message):
+    m.metrics["samples"] = 0.0
+
+
+def _neg_samples(m: Message):
+    m.metrics["samples"] = -5.0
+
+
+def _bad_affinity(m: Message):
+    m.arrays["affinity"] = torch.zeros(2, 7)
+
+
+def _cfg(tiny_raw, **fed) -> Config:
+    raw = dict(tiny_raw)
+    raw["data"] = {**raw["data"], "buildings": 8}
+    raw["federation"] = {**raw["federation"], "clients_per_round": 8, "rounds": 2, **fed}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 1}
+    return Config.model_validate(raw)
+
+
+def test_faulty_clients_are_rejected_and_counted(tiny_raw, tmp_path, caplog):
+    cfg = _cfg(tiny_raw, round_deadline_s=1.5)
+    cfg.method = "mas"
+    data = load_federated(cfg.data, cfg.task_list)
+    ids = data.client_ids
+    clients = dict(data.clients)
+    clients[ids[0]] = RaisingData(clients[ids[0]])
+    clients[ids[1]] = HangingData(clients[ids[1]])
+    clients[ids[2]] = NaNData(clients[ids[2]])
+    engine = Tamper(clients, ModelSpec(cfg.model.encoder, cfg.model.width),
+                    {ids[3]: _rename, ids[4]: _reshape, ids[5]: _zero_samples, ids[6]: _neg_samples,
+                     ids[7]: _bad_affinity})
+    with caplog.at_level(logging.WARNING, logger="fedmas"):
+        s = execute(cfg, tmp_path / "run", progress=False, engine=engine)
+    assert s is not None and all(v == v for v in s["test_loss"].values())  # finished, no NaN leaked in
+    log = caplog.text
+    for cid, why in [(ids[0], "disk on fire"), (ids[1], "timeout"), (ids[2], "non-finite"),
+                     (ids[3], "wrong tensor names"), (ids[4], "wrong shape"), (ids[5], "invalid sample count"),
+                     (ids[6], "invalid sample count"), (ids[7], "malformed affinity")]:
+        assert any(cid in ln and why in ln for ln in log.splitlines()), (cid, why)
+    faults = s["faults"]
+    assert faults["client error"] >= 1
+    assert sum(faults.values()) >= 8
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(ln["accepted"] < 8 for ln in lines)
+
+
+def test_too_few_replies_retries_then_skips(tiny_raw, tmp_path, caplog):
+    cfg = _cfg(tiny_raw, min_replies=8, max_round_retries=1)
+    cfg.method = "all-in-one"
+    data = load_federated(cfg.data, cfg.task_list)
+    clients = dict(data.clients)
+    clients[data.client_ids[0]] = RaisingData(clients[data.client_ids[0]])
+    engine = InProcessEngine(clients, ModelSpec(cfg.model.encoder, cfg.model.width))
+    with caplog.at_level(logging.WARNING, logger="fedmas"):
+        s = execute(cfg, tmp_path / "run", progress=False, engine=engine)
+    assert s["faults"]["round_retries"] == 2 * 2  # two rounds, each retried once, then skipped
+    assert s["faults"]["rounds_without_update"] == 2
+    assert "retry" in caplog.text
+
+
+def test_crafted_pickle_checkpoint_is_refused(tiny_raw, tmp_path):
+    import pickle
+
+    cfg = _cfg(tiny_raw)
+    cfg.method = "all-in-one"
+    run = tmp_path / "run"
+    execute(cfg, run, progress=False, stop_after=1)
+    st = json.loads((run / "checkpoint" / "state.json").read_text())
+    wfile = run / "checkpoint" / st["weights_file"]
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+
+    wfile.write_bytes(pickle.dumps({"x": Boom()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(run)
+    assert not (tmp_path / "pwned").exists()
+    (run / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(run)
