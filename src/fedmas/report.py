@@ -104,7 +104,7 @@ def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> 
     """Total test loss against training compute, one marker per method (the paper's figure)."""
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=130)
     families: dict[str, str] = {}
-    markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "x"}
+    markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "P"}
     cmap = plt.get_cmap("tab10")
     for r in results:
         fam = r["method"]
