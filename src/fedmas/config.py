@@ -119,6 +119,15 @@ class CostConfig(_Strict):
     measure_energy: bool = True
 
 
+class FlowerConfig(_Strict):
+    nodes: int = Field(2, ge=1, description="SuperNodes: simulated (flower-sim) or expected to connect (flower)")
+    superlink: str = Field("127.0.0.1:9093", description="host:port of the SuperLink (engine: flower)")
+    root_certificates: str | None = Field(None, description="CA certificate (PEM) for TLS; None = insecure")
+    connect_timeout_s: float = Field(120.0, gt=0)
+    round_deadline_s: float = Field(300.0, gt=0, description="used when federation.round_deadline_s is unset")
+    poll_s: float = Field(0.2, gt=0)
+
+
 class Config(_Strict):
     name: str = "run"
     seed: int = 0
@@ -132,6 +141,7 @@ class Config(_Strict):
     hoa: HOAConfig = HOAConfig()
     cost: CostConfig = CostConfig()
     engine: Literal["inprocess", "flower-sim", "flower"] = "inprocess"
+    flower: FlowerConfig = FlowerConfig()
     threads: int = Field(2, ge=1, le=256)
 
     @field_validator("method")

@@ -24,14 +24,12 @@ from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metri
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 
 
-def make_engine(cfg: Config, data, spec):
-    if cfg.engine == "inprocess":
-        from fedmas.engines.inprocess import InProcessEngine
-
-        return InProcessEngine(data.clients, spec)
-    from fedmas.engines.flower import make_flower_engine  # optional extra
-
-    return make_flower_engine(cfg, data, spec)
+def _flower():
+    try:
+        from fedmas.engines import flower
+    except ImportError as e:
+        raise ConfigError(f"engine flower needs the optional extra: pip install 'fedmas[flower]' ({e})") from None
+    return flower
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -67,6 +65,14 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         prepare_run_dir(run_dir, cfg)
         state = None
     assert cfg is not None
+    if engine is None and cfg.engine != "inprocess":
+        fl = _flower()
+        if cfg.engine == "flower-sim":
+            fl.run_simulation(cfg, run_dir, resume=state is not None or resume)
+        else:
+            fl.submit(cfg, run_dir, resume=resume)
+        p = run_dir / "summary.json"
+        return json.loads(p.read_text()) if p.exists() else None
     torch.set_num_threads(cfg.threads)
     data = load_federated(cfg.data, cfg.task_list)
     if state is None:
@@ -75,7 +81,10 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir)
-    engine = engine or make_engine(cfg, data, server.spec)
+    if engine is None:
+        from fedmas.engines.inprocess import InProcessEngine
+
+        engine = InProcessEngine(data.clients, server.spec)
     plan = make_plan(cfg.method)
 
     def on_round(srv: Server) -> None:

@@ -20,12 +20,25 @@ def scenes_federated(spec: SceneSpec, tasks: Sequence[str], cache_dir: Path | No
     return FederatedData(clients=clients, test=test, tasks=tuple(tasks))
 
 
+def load_client(cfg, tasks: Sequence[str], client: str):
+    """One client's training data only (what a Flower node needs); the whole set for other sources."""
+    if cfg.dataset == "scenes" and client.startswith("building_"):
+        spec = _scene_spec(cfg)
+        b = int(client.split("_")[1])
+        raw = load_or_render(spec, Path(cfg.cache_dir) if cfg.cache_dir else None, only=[b])
+        return MultiTaskArrays.from_raw(raw[b]["train"], tasks)
+    return load_federated(cfg, tasks).clients[client]
+
+
+def _scene_spec(cfg) -> SceneSpec:
+    return SceneSpec(buildings=cfg.buildings, train_images=cfg.train_images, test_images=cfg.test_images,
+                     resolution=cfg.resolution, views_per_room=cfg.views_per_room, seed=cfg.seed)
+
+
 def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.config.DataConfig
     """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes."""
     if cfg.dataset == "scenes":
-        spec = SceneSpec(buildings=cfg.buildings, train_images=cfg.train_images, test_images=cfg.test_images,
-                         resolution=cfg.resolution, views_per_room=cfg.views_per_room, seed=cfg.seed)
-        return scenes_federated(spec, tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
+        return scenes_federated(_scene_spec(cfg), tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
     if cfg.dataset == "taskonomy":
         buildings = read_buildings_file(Path(cfg.buildings_file)) if cfg.buildings_file else None
         return read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)

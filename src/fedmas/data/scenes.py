@@ -226,7 +226,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FEDMAS_CACHE", Path.home() / ".cache" / "fedmas"))
 
 
-def load_or_render(spec: SceneSpec, cache_dir: Path | None = None) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+def load_or_render(spec: SceneSpec, cache_dir: Path | None = None,
+                   only: list[int] | None = None) -> dict[int, dict[str, dict[str, np.ndarray]]]:
     """Raw labels for every building and split, rendering only what is not cached.
 
     Returns ``{building: {"train": {label: array}, "test": {...}}}``.
@@ -235,7 +236,7 @@ def load_or_render(spec: SceneSpec, cache_dir: Path | None = None) -> dict[int, 
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
     result: dict[int, dict[str, dict[str, np.ndarray]]] = {}
-    for b in range(spec.buildings):
+    for b in (range(spec.buildings) if only is None else only):
         result[b] = {}
         for split in ("train", "test"):
             path = root / f"building_{b:03d}_{split}.npz"
