@@ -67,3 +67,21 @@ def test_payload_nbytes_is_the_serialised_size():
     assert payload_nbytes(arrays) == len(save(arrays))
     meta = {"tasks": "x,y", "lr": "0.1"}
     assert payload_nbytes(arrays, meta) == len(save(arrays, metadata=meta))
+
+
+def test_schedule_shares_the_pool_fairly():
+    import numpy as np
+
+    from fedmas.server.loop import schedule
+    from fedmas.server.state import FLTaskState
+
+    tasks = [FLTaskState(f"g{i}", ["a"], 5) for i in range(3)]
+    clients = [f"c{i}" for i in range(7)]
+    for rnd in range(4):
+        got = schedule(np.random.default_rng(rnd), clients, tasks, 4, 1, rnd)
+        sizes = sorted(len(v) for v in got.values())
+        assert sizes == [2, 2, 3]  # 7 slots over 3 FL tasks
+        used = [c for v in got.values() for c in v]
+        assert len(used) == len(set(used))  # nobody trains two models in one round
+    two = schedule(np.random.default_rng(0), clients, tasks, 4, 2, 0)
+    assert all(len(v) == 4 and len(set(v)) == 4 for v in two.values())

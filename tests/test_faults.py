@@ -109,7 +109,7 @@ def test_faulty_clients_are_rejected_and_counted(tiny_raw, tmp_path, caplog):
                      (ids[6], "invalid sample count"), (ids[7], "malformed affinity")]:
         assert any(cid in ln and why in ln for ln in log.splitlines()), (cid, why)
     faults = s["faults"]
-    assert faults["client error"] >= 1
+    assert faults["client error: OSError"] >= 1 and faults["client error: timeout"] >= 1
     assert sum(faults.values()) >= 8
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(ln["accepted"] < 8 for ln in lines)
@@ -124,7 +124,7 @@ def test_too_few_replies_retries_then_skips(tiny_raw, tmp_path, caplog):
     engine = InProcessEngine(clients, ModelSpec(cfg.model.encoder, cfg.model.width))
     with caplog.at_level(logging.WARNING, logger="fedmas"):
         s = execute(cfg, tmp_path / "run", progress=False, engine=engine)
-    assert s["faults"]["round_retries"] == 2 * 2  # two rounds, each retried once, then skipped
+    assert s["faults"]["round_retries"] == 2  # two rounds, each retried once, then skipped
     assert s["faults"]["rounds_without_update"] == 2
     assert "retry" in caplog.text
 
@@ -141,7 +141,8 @@ def test_crafted_pickle_checkpoint_is_refused(tiny_raw, tmp_path):
 
     class Boom:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+            target = str(tmp_path / "pwned")
+            return (exec, (f"open({target!r}, 'w').write('pwned')",))
 
     wfile.write_bytes(pickle.dumps({"x": Boom()}))
     with pytest.raises(CheckpointError):

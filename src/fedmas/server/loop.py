@@ -103,19 +103,26 @@ class Server:
 
 def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
              max_per_client: int, round_index: int) -> dict[str, list[str]]:
-    """Seeded random selection: each FL task gets up to ``per_round`` distinct clients, no client
-    more than ``max_per_client`` FL tasks; the order of FL tasks rotates each round for fairness."""
-    load: dict[str, int] = defaultdict(int)
+    """Seeded random selection: each FL task gets up to ``per_round`` distinct clients and no client
+    trains more than ``max_per_client`` FL tasks. When the pool cannot give every FL task its full
+    quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness."""
+    n = len(fl_tasks)
     out: dict[str, list[str]] = {}
-    order = list(range(len(fl_tasks)))
-    if order:
-        r = round_index % len(order)
-        order = order[r:] + order[:r]
+    if n == 0:
+        return out
+    slots = len(clients) * max_per_client
+    quota = [per_round] * n
+    if per_round * n > slots:
+        base, extra = divmod(slots, n)
+        quota = [min(per_round, base + (1 if i < extra else 0)) for i in range(n)]
+    r = round_index % n
+    order = list(range(n))[r:] + list(range(n))[:r]
+    load: dict[str, int] = defaultdict(int)
     perm = [clients[i] for i in rng.permutation(len(clients))]
-    for i in order:
+    for rank, i in enumerate(order):
         chosen: list[str] = []
         for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
-            if len(chosen) == per_round:
+            if len(chosen) == quota[rank]:
                 break
             if load[c] < max_per_client:
                 chosen.append(c)
@@ -223,7 +230,10 @@ class RoundLoop:
                 why = check_reply(r, expected, len(fl.tasks), fl.measure_affinity and len(fl.tasks) > 1)
                 if why is not None:
                     log.warning("round %d, FL task %s: rejected client %s: %s", st.round, fl.name, r.client, why)
-                    st.faults[why.split(":")[0].split(" (")[0]] = st.faults.get(why.split(":")[0].split(" (")[0], 0) + 1
+                    kind = why.split(":")[0].split(" (")[0]
+                    if r.error is not None:  # the client's own failure: raised, timed out, dropped out
+                        kind = f"client error: {r.error.split(':')[0]}"
+                    st.faults[kind] = st.faults.get(kind, 0) + 1
                     st.costs.add_rejected(fl.name, r.client, r.bytes_down)
                     continue
                 assert r.message is not None
@@ -244,9 +254,11 @@ class RoundLoop:
                     st.affinity.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks,
                                         "matrix": mean.tolist(), "clients": len(affs), "samples": tot})
                 return len(good)
-            log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round, fl.name,
-                        len(good), f.min_replies, attempt + 1, f.max_round_retries)
-            st.faults["round_retries"] = st.faults.get("round_retries", 0) + 1
+            if attempt < f.max_round_retries:
+                log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round,
+                            fl.name, len(good), f.min_replies, attempt + 1, f.max_round_retries)
+                st.faults["round_retries"] = st.faults.get("round_retries", 0) + 1
+        log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
         st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
         return 0
 
