@@ -114,7 +114,7 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
                                      opt, lvec, per_task)
                 aff_count += 1
             else:
-                total = sum(wi * li for wi, li in zip(w, losses))
+                total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
                 if gradnorm:
                     norms = torch.stack([_grad_norm(li, last_shared) for li in losses])
                 total.backward()  # type: ignore[union-attr]

@@ -93,16 +93,9 @@ class MASConfig(_Strict):
     max_merge_rounds: int = Field(15, ge=1)
     min_merge_rounds: int = Field(3, ge=1)
 
-    @field_validator("splits")
+    @field_validator("splits", "merge_rounds")
     @classmethod
-    def _splits(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be ≥ 1 or 'auto'")
-        return v
-
-    @field_validator("merge_rounds")
-    @classmethod
-    def _merge(cls, v: int | str) -> int | str:
+    def _positive_or_auto(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("must be ≥ 1 or 'auto'")
         return v
