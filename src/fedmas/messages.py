@@ -8,7 +8,6 @@ it turns a train message into a reply using :func:`fedmas.client.train_local`.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -101,7 +100,3 @@ def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
     if result.affinity is not None:
         out["affinity"] = result.affinity
     return Message(arrays=out, config={"tasks": ",".join(tasks)}, metrics=result.metrics)
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -28,7 +28,7 @@ from fedmas.accounting import EnergyMeter
 from fedmas.client import evaluate
 from fedmas.config import Config
 from fedmas.messages import Job, Message, ModelCache, Reply
-from fedmas.models import ModelSpec, build_model, subset_state
+from fedmas.models import ModelSpec, build_model
 from fedmas.server.aggregate import check_reply, fedavg
 from fedmas.server.state import FLTaskState, ServerState, atomic_write_text, save_checkpoint
 
@@ -298,12 +298,5 @@ def progress_line(server: Server) -> str:
     return f"round {st.round:>3} | " + " | ".join(parts)
 
 
-def print_progress(server: Server, total_rounds: int | None = None) -> None:
-    total = f"/{total_rounds}" if total_rounds else ""
-    line = progress_line(server).replace("round ", "round ", 1)
-    print(f"[fedmas] {line.replace(f'{server.state.round:>3} |', f'{server.state.round:>3}{total} |', 1)}",
-          file=sys.stderr, flush=True)
-
-
-def subset_weights(server: Server, src: str, tasks: list[str]) -> dict[str, Tensor]:
-    return subset_state(_model_weights(server.state.weights[src]), tasks)
+def print_progress(server: Server) -> None:
+    print(f"[fedmas] {progress_line(server)}", file=sys.stderr, flush=True)
