@@ -106,14 +106,19 @@ def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> 
     families: dict[str, str] = {}
     markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "P"}
     cmap = plt.get_cmap("tab10")
+    placed: list[tuple[float, float]] = []
+    span_y = (max(r["total_loss"] for r in results) - min(r["total_loss"] for r in results)) or 1.0
+    span_x = (max(r["compute_h"] for r in results) - min(r["compute_h"] for r in results)) or 1.0
     for r in results:
         fam = r["method"]
         color = families.setdefault(fam, cmap(len(families) % 10))
         ax.scatter(r["compute_h"] * 3600, r["total_loss"], s=160 if fam == "mas" else 70,
                    marker=markers.get(fam, "o"), color=color, zorder=3, edgecolor="black", linewidth=0.5)
-        ax.annotate(r["label"], (r["compute_h"] * 3600, r["total_loss"]), textcoords="offset points",
-                    xytext=(6, 5), fontsize=8)
-    ax.set_xlabel("training compute on clients (CPU seconds, all phases)")
+        x, y = r["compute_h"], r["total_loss"]
+        crowded = sum(abs(x - px) / span_x < 0.08 and abs(y - py) / span_y < 0.05 for px, py in placed)
+        placed.append((x, y))
+        ax.annotate(r["label"], (x * 3600, y), textcoords="offset points", xytext=(6, 5 - 12 * crowded), fontsize=8)
+    ax.set_xlabel("training compute on clients (seconds, all phases)")
     ax.set_ylabel("total test loss (sum over tasks, lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
