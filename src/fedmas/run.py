@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import load_federated
-from fedmas.methods import MERGED, make_plan
+from fedmas.methods import MAS, MERGED, make_plan
 from fedmas.report import affinity_doc, heatmap, loss_curves, short, table
 from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
@@ -87,15 +88,32 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         engine = InProcessEngine(data.clients, server.spec)
     plan = make_plan(cfg.method)
 
+    total, t0, r0 = expected_rounds(server), time.perf_counter(), state.round
+
     def on_round(srv: Server) -> None:
         _write_affinity(srv)
         if progress:
-            print_progress(srv)
+            done = srv.state.round - r0
+            print_progress(srv, total, (time.perf_counter() - t0) / done if done else None)
 
     loop = RoundLoop(server, engine, plan, data.test, on_round)
     if not loop.run(stop_after):
         return None
     return finish(server, plan, progress)
+
+
+def expected_rounds(server: Server) -> int | None:
+    """Rounds the method will run (for progress), or None when it cannot be known up front."""
+    cfg = server.cfg
+    R, n = cfg.federation.rounds, len(cfg.task_list)
+    if cfg.method in ("mas", "random", "all-in-one"):
+        return R
+    if cfg.method == "one-by-one":
+        return n * R
+    if cfg.method == "tag":
+        return MAS().merge_rounds(server) + R
+    probes = n + n * (n - 1) // 2
+    return -(-probes // server.capacity()) * cfg.hoa.pair_rounds + R
 
 
 def _write_affinity(server: Server) -> None:

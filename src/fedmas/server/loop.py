@@ -298,5 +298,12 @@ def progress_line(server: Server) -> str:
     return f"round {st.round:>3} | " + " | ".join(parts)
 
 
-def print_progress(server: Server) -> None:
-    print(f"[fedmas] {progress_line(server)}", file=sys.stderr, flush=True)
+def print_progress(server: Server, total: int | None = None, s_per_round: float | None = None) -> None:
+    """One line per round: round k/total, each FL task's current test loss, and an ETA."""
+    r = server.state.round
+    line = progress_line(server)
+    if total:
+        line = line.replace(f"round {r:>3}", f"round {r:>3}/{total}", 1)
+        if s_per_round:
+            line += f" | eta {s_per_round * max(total - r, 0):.0f} s"
+    print(f"[fedmas] {line}", file=sys.stderr, flush=True)
