@@ -33,9 +33,12 @@ def _bin(name: str) -> str:
 def flower_env(home: Path) -> dict[str, str]:
     """Offline, self-contained Flower: no telemetry, no update check, no dependency install."""
     home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_TMPDIR": str(home / "ray"),
-            "PYTHONUNBUFFERED": "1"}
+    # Flower's processes start further Flower commands (flower-superexec, flwr-serverapp, ...) by
+    # name: make sure the ones installed beside this Python are found even in an unactivated venv.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_TMPDIR": str(home / "ray"), "PYTHONUNBUFFERED": "1"}
 
 
 def free_port() -> int:
