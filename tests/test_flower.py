@@ -80,3 +80,14 @@ def test_tls_deployment(tiny_raw, tmp_path):
         cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
         assert submit(cfg, tmp_path / "fl", home=lb.root / "cli", timeout_s=400) == 0
     assert (tmp_path / "fl" / "summary.json").exists()
+
+
+def test_simulation_engine_matches_inprocess(tiny_raw, tmp_path):
+    """engine: flower-sim through the same runner (needs the fedmas[flower-sim] extra: Ray)."""
+    pytest.importorskip("ray")
+    cfg = _cfg(tiny_raw)
+    ref = execute(cfg, tmp_path / "inprocess", progress=False)
+    cfg.engine, cfg.flower.nodes = "flower-sim", 2
+    got = execute(cfg, tmp_path / "sim", progress=False)
+    assert got is not None and got["groups"] == ref["groups"]
+    assert got["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-5)

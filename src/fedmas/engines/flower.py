@@ -199,7 +199,12 @@ def run_simulation(cfg: Config, run_dir: Path, resume: bool = False) -> None:
 
     from flwr.simulation import run_simulation as flwr_sim
 
-    os.environ.setdefault("RAY_TMPDIR", str(Path(run_dir).resolve().parent / ".ray"))
+    ray_tmp = Path(run_dir).resolve().parent / ".ray"
+    if len(str(ray_tmp)) > 40:  # Ray's unix-socket paths must stay under ~107 characters
+        import tempfile
+
+        ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-"))
+    os.environ.setdefault("RAY_TMPDIR", str(ray_tmp))
     flwr_sim(server_app=make_server_app(cfg, run_dir, resume), client_app=make_client_app(),
              num_supernodes=cfg.flower.nodes,
              backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
