@@ -11,6 +11,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # The CPU wheel of torch first, so the package's torch requirement is already met.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,flower]"
+  .venv/bin/python -m pip install -q -e ".[test,flower-sim]"
   touch "$stamp"
 fi
