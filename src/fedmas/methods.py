@@ -29,7 +29,7 @@ from fedmas.server.state import atomic_write_text
 MERGED = "merged"
 
 
-def _group_name(i: int, tasks: list[str]) -> str:
+def _group_name(i: int) -> str:
     return f"group{i + 1}"
 
 
@@ -83,7 +83,7 @@ class _MergeThenSplit:
             groups = self.choose_groups(server)
             st.plan["groups"] = groups
             for i, g in enumerate(groups):
-                server.add_task(_group_name(i, g), g, R - done.done_rounds, init_from=MERGED,
+                server.add_task(_group_name(i), g, R - done.done_rounds, init_from=MERGED,
                                 schedule_offset=done.done_rounds, schedule_total=R)
 
     def _maybe_stop_merge(self, server: Server, merged) -> None:
@@ -106,7 +106,7 @@ class _MergeThenSplit:
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         groups = server.state.plan["groups"]
-        return {t: _group_name(i, g) for i, g in enumerate(groups) for t in g}
+        return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
 
 
 class MAS(_MergeThenSplit):
@@ -202,11 +202,11 @@ class TAG:
             groups = [[tasks[i] for i in g] for g in sel.groups]
             assign = grouping.tag_assignment(z, sel.groups)
             st.plan["groups"] = groups
-            st.plan["assignment"] = {tasks[t]: _group_name(gi, []) for t, gi in assign.items()}
+            st.plan["assignment"] = {tasks[t]: _group_name(gi) for t, gi in assign.items()}
             _write_split(server, tasks, z, [], {"k": k, "groups": groups, "score": sel.score},
                          "TAG's overlapping selection; each task reported from its best group")
             for i, g in enumerate(groups):
-                server.add_task(_group_name(i, g), g, R)
+                server.add_task(_group_name(i), g, R)
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         return dict(server.state.plan["assignment"])
@@ -229,7 +229,7 @@ class HOA:
             groups = self._choose(server, tasks)
             st.plan["groups"] = groups
             for i, g in enumerate(groups):
-                server.add_task(_group_name(i, g), g, server.cfg.federation.rounds)
+                server.add_task(_group_name(i), g, server.cfg.federation.rounds)
 
     def _choose(self, server: Server, tasks: list[str]) -> list[list[str]]:
         n = len(tasks)
@@ -255,7 +255,7 @@ class HOA:
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         groups = server.state.plan["groups"]
-        return {t: _group_name(i, g) for i, g in enumerate(groups) for t in g}
+        return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
 
 
 PLANS = {"mas": MAS, "all-in-one": AllInOne, "one-by-one": OneByOne, "tag": TAG, "hoa": HOA, "random": RandomSplit}

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
+from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import load_federated
 from fedmas.methods import MAS, MERGED, make_plan
@@ -77,8 +79,6 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     torch.set_num_threads(cfg.threads)
     data = load_federated(cfg.data, cfg.task_list)
     if state is None:
-        from fedmas.accounting import CostLedger
-
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir)
@@ -146,8 +146,6 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
     if (run_dir / "affinity.json").exists():
         aff = json.loads((run_dir / "affinity.json").read_text())
-        import numpy as np
-
         z = np.array([[aff["affinity"][s][t] for t in aff["tasks"]] for s in aff["tasks"]])
         heatmap(aff["tasks"], z, run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {aff['rounds']} merged rounds", st.plan.get("groups"))

@@ -215,8 +215,7 @@ class RoundLoop:
 
     def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float]) -> int:
         st, f = self.server.state, self.cfg.federation
-        weights = st.weights[fl.name]
-        expected = {k: v for k, v in weights.items()}
+        weights = expected = st.weights[fl.name]
         for attempt in range(f.max_round_retries + 1):
             jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt)))
                     for c in clients]
