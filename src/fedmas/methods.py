@@ -58,21 +58,23 @@ class OneByOne:
         return {t: f"single-{t}" for t in server.tasks}
 
 
+def merge_rounds(server: Server) -> int:
+    """R0: rounds of the merged phase (the maximum when ``mas.merge_rounds`` is auto)."""
+    m = server.cfg.mas
+    if m.merge_rounds == "auto":
+        return min(m.max_merge_rounds, server.cfg.federation.rounds - 1)
+    return int(m.merge_rounds)
+
+
 class _MergeThenSplit:
     """Shared by MAS and the random control: a merged phase, then groups from its weights."""
 
     measure = True
 
-    def merge_rounds(self, server: Server) -> int:
-        m = server.cfg.mas
-        if m.merge_rounds == "auto":
-            return min(m.max_merge_rounds, server.cfg.federation.rounds - 1)
-        return int(m.merge_rounds)
-
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
         if not st.plan.get("started"):
-            server.add_task(MERGED, list(server.tasks), self.merge_rounds(server), role="merged",
+            server.add_task(MERGED, list(server.tasks), merge_rounds(server), role="merged",
                             measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=R)
             st.plan["started"] = True
         merged = next((t for t in st.active if t.name == MERGED), None)
@@ -126,10 +128,8 @@ class MAS(_MergeThenSplit):
                           "exact": g.exact})
         if m.splits == "auto":
             chosen, rule = _auto_k(server, cands)
-        else:
-            best = grouping.best_partition(z, int(m.splits), seed=server.cfg.seed)
-            groups = [[tasks[i] for i in grp] for grp in best.groups]
-            chosen = {"k": len(groups), "groups": groups, "score": best.score, "exact": best.exact}
+        else:  # at most k groups: the best of the exactly-j optima, j ≤ k (fewest groups on ties)
+            chosen = max(cands, key=lambda c: (c["score"], -c["k"]))
             rule = f"best partition into at most {m.splits} groups (mas.splits)"
         _write_split(server, tasks, z, cands, chosen, rule)
         return chosen["groups"]
@@ -192,7 +192,7 @@ class TAG:
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
         if not st.plan.get("started"):
-            r0 = MAS().merge_rounds(server)
+            r0 = merge_rounds(server)
             server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=R)
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import load_federated
-from fedmas.methods import MAS, MERGED, make_plan
+from fedmas.methods import MERGED, make_plan, merge_rounds
 from fedmas.report import affinity_doc, heatmap, loss_curves, short, table
 from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
@@ -53,7 +52,7 @@ def resume_config(run_dir: Path) -> Config:
 
 
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
-            engine=None, stop_after: int | None = None) -> dict[str, Any] | None:
+            engine=None, stop_after: int | None = None, engine_factory=None) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``."""
     run_dir = Path(run_dir)
     if resume:
@@ -68,7 +67,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         prepare_run_dir(run_dir, cfg)
         state = None
     assert cfg is not None
-    if engine is None and cfg.engine != "inprocess":
+    if engine is None and engine_factory is None and cfg.engine != "inprocess":
         fl = _flower()
         if cfg.engine == "flower-sim":
             fl.run_simulation(cfg, run_dir, resume=state is not None or resume)
@@ -82,6 +81,8 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir)
+    if engine is None and engine_factory is not None:
+        engine = engine_factory(data)  # e.g. Flower: needs the client list of the data just loaded
     if engine is None:
         from fedmas.engines.inprocess import InProcessEngine
 
@@ -111,7 +112,7 @@ def expected_rounds(server: Server) -> int | None:
     if cfg.method == "one-by-one":
         return n * R
     if cfg.method == "tag":
-        return MAS().merge_rounds(server) + R
+        return merge_rounds(server) + R
     probes = n + n * (n - 1) // 2
     return -(-probes // server.capacity()) * cfg.hoa.pair_rounds + R
 
@@ -144,11 +145,12 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
     }
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
-    if (run_dir / "affinity.json").exists():
-        aff = json.loads((run_dir / "affinity.json").read_text())
-        z = np.array([[aff["affinity"][s][t] for t in aff["tasks"]] for s in aff["tasks"]])
-        heatmap(aff["tasks"], z, run_dir / "affinity.png",
-                f"Inter-task affinity, mean of {aff['rounds']} merged rounds", st.plan.get("groups"))
+    measured = server.affinity(MERGED, cfg.mas.affinity_window)
+    if measured is not None:
+        rounds = sum(a["fl_task"] == MERGED for a in st.affinity)
+        heatmap(measured[0], measured[1], run_dir / "affinity.png",
+                f"Inter-task affinity, mean of {rounds} merged rounds",
+                st.plan.get("groups"))
     loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     if progress:

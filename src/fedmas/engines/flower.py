@@ -184,11 +184,8 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, resu
         if conf is None:
             conf = resume_config(out) if res else load_config(str(rc["config"]),
                                                                   [s for s in str(rc.get("set", "")).split() if s])
-        from fedmas.data import load_federated
-
-        clients = load_federated(conf.data, conf.task_list).client_ids
-        engine = FlowerEngine(grid, conf, clients)
-        execute(None if res else conf, out, resume=res, engine=engine)
+        execute(None if res else conf, out, resume=res,
+                engine_factory=lambda data: FlowerEngine(grid, conf, data.client_ids))
 
     return app
 
