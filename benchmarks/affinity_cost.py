@@ -6,12 +6,17 @@ encoder, 64×64, batch 16, CPU, 2 threads. Prints, side by side in one process:
   (2) a local epoch with affinity every 10 batches ÷ without (target ≤ 1.20; reference ≈ 1.28)
 for fedmas's client and for the naive per-task loop (full backward + model copy + forward).
 
-Usage: python benchmarks/affinity_cost.py [--encoder resnet18|small] [--batches 20] [--repeats 3]
+Every variant runs once per repeat, the repeats interleaved, so that the drift of a shared
+machine hits all variants alike; ratios are the median over repeats of on ÷ off measured
+next to each other (the ratio of the medians is printed beside it).
+
+Usage: python benchmarks/affinity_cost.py [--encoder resnet18|small] [--batches 20] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,7 +38,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -52,26 +57,41 @@ def main() -> None:
         return lambda: naive_train_with_affinity(model, w0, data, LocalConfig(batch_size=a.batch_size,
                                                                                lookahead_step=step))
 
+    runs = [("ours_off", ours(0)), ("ours_every", ours(1)), ("ours_10", ours(10)),
+            ("naive_off", naive(0)), ("naive_every", naive(1)), ("naive_10", naive(10))]
     ours(0)()  # warm-up
-    t = {name: median_time(fn, a.repeats) for name, fn in [
-        ("ours_off", ours(0)), ("ours_every", ours(1)), ("ours_10", ours(10)),
-        ("naive_off", naive(0)), ("naive_every", naive(1)), ("naive_10", naive(10))]}
+    times: dict[str, list[float]] = {name: [] for name, _ in runs}
+    for _ in range(a.repeats):  # interleaved: drift of this shared machine hits every variant alike
+        for name, fn in runs:
+            times[name].append(median_time(fn, 1))
+    t = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(on: str, off: str) -> tuple[float, float]:
+        """(median of the ratios of runs measured next to each other, ratio of the medians)"""
+        return statistics.median(x / y for x, y in zip(times[on], times[off])), t[on] / t[off]
+
     res = {
-        "ours_lookahead_batch_ratio": t["ours_every"] / t["ours_off"],
-        "ours_epoch_ratio_step10": t["ours_10"] / t["ours_off"],
-        "naive_lookahead_batch_ratio": t["naive_every"] / t["naive_off"],
-        "naive_epoch_ratio_step10": t["naive_10"] / t["naive_off"],
-        "ours_vs_naive_off": t["ours_off"] / t["naive_off"],
-        "seconds": t, "batches": a.batches, "batch_size": a.batch_size, "encoder": a.encoder, "tasks": list(tasks),
+        "ours_lookahead_batch_ratio": ratio("ours_every", "ours_off"),
+        "ours_epoch_ratio_step10": ratio("ours_10", "ours_off"),
+        "naive_lookahead_batch_ratio": ratio("naive_every", "naive_off"),
+        "naive_epoch_ratio_step10": ratio("naive_10", "naive_off"),
+        "ours_vs_naive_off": ratio("ours_off", "naive_off"),
+        "seconds": times, "batches": a.batches, "batch_size": a.batch_size, "encoder": a.encoder,
+        "tasks": list(tasks), "threads": a.threads, "repeats": a.repeats,
     }
     print(f"{a.encoder}, 5 tasks, 64×64, batch {a.batch_size}, {a.batches} batches/epoch, {a.threads} threads, "
-          f"median of {a.repeats}")
+          f"{a.repeats} interleaved repeats; ratios: median of paired runs (ratio of medians)")
     ms = {k: v / a.batches * 1000 for k, v in t.items()}
     print(f"  normal batch: ours {ms['ours_off']:.0f} ms, naive {ms['naive_off']:.0f} ms")
-    print(f"  lookahead batch ÷ normal batch:          ours {res['ours_lookahead_batch_ratio']:.2f}   "
-          f"naive {res['naive_lookahead_batch_ratio']:.2f}   (target ≤ 3.0; reference 3.8)")
-    print(f"  epoch, affinity every 10 batches ÷ off:  ours {res['ours_epoch_ratio_step10']:.3f}  "
-          f"naive {res['naive_epoch_ratio_step10']:.3f}  (target ≤ 1.20; reference ≈ 1.28)")
+
+    def fmt(key: str, digits: int) -> str:
+        paired, of_medians = res[key]
+        return f"{paired:.{digits}f} ({of_medians:.{digits}f})"
+
+    print(f"  lookahead batch ÷ normal batch:          ours {fmt('ours_lookahead_batch_ratio', 2)}   "
+          f"naive {fmt('naive_lookahead_batch_ratio', 2)}   (target ≤ 3.0; reference 3.8)")
+    print(f"  epoch, affinity every 10 batches ÷ off:  ours {fmt('ours_epoch_ratio_step10', 3)}  "
+          f"naive {fmt('naive_epoch_ratio_step10', 3)}  (target ≤ 1.20; reference ≈ 1.28)")
     save(f"affinity_cost_{a.encoder}", res)
 
 

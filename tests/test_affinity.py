@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedmas.client import LocalConfig, train_local
@@ -18,22 +19,46 @@ def _data() -> MultiTaskArrays:
     return MultiTaskArrays.from_raw(raw, TASKS)
 
 
-def test_affinity_matches_naive_definition_with_momentum():
+class _Float64:
+    """The same data in float64."""
+
+    def __init__(self, ds: MultiTaskArrays):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def batch(self, idx):
+        x, t, m = self.ds.batch(idx)
+        return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(width=8), ModelSpec(encoder="resnet18")], ids=["small", "resnet18"])
+def test_affinity_matches_naive_definition_with_momentum(spec: ModelSpec):
+    """Also with BatchNorm in encoder and heads (resnet18), in float64: a freshly initialised
+    BatchNorm network trained on batches of 4 is so sensitive that float32 rounding alone
+    (the per-task gradients summed in another order; even 1 vs 2 threads) moves its weights
+    by ~0.1 within three steps, which would hide a real difference."""
     torch.manual_seed(0)
     data = _data()
-    model = build_model(TASKS, ModelSpec(width=8), seed=3)
+    bn = spec.encoder == "resnet18"
+    ds = _Float64(data) if bn else data
+    dtype = torch.float64 if bn else torch.float32
+    model = build_model(TASKS, spec, seed=3).to(dtype)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
     # 3 batches, a lookahead on every batch: batches 2 and 3 see a non-zero momentum buffer
     cfg = LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=4, lookahead_step=1, seed=11)
-    fast = train_local(model, w0, data, cfg)
-    slow_w, slow_z = naive_train_with_affinity(build_model(TASKS, ModelSpec(width=8)), w0, data, cfg)
+    fast = train_local(model, w0, ds, cfg)
+    slow_w, slow_z = naive_train_with_affinity(build_model(TASKS, spec).to(dtype), w0, ds, cfg)
     assert fast.metrics["lookahead_batches"] == 3
     assert fast.affinity is not None and slow_z is not None
     torch.testing.assert_close(fast.affinity, slow_z, rtol=1e-3, atol=2e-5)
     assert (fast.affinity != 0).all()
-    # the lookahead never disturbed the real training: same weights as plain training
+    # the lookahead never disturbed the real training: same weights (and running statistics) as plain training
+    plain = train_local(model, w0, ds, LocalConfig(**{**cfg.__dict__, "lookahead_step": 0}))
     for k in slow_w:
         torch.testing.assert_close(fast.weights[k], slow_w[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast.weights[k], plain.weights[k], rtol=1e-4, atol=1e-5)
 
 
 def test_momentum_changes_the_affinity():

@@ -15,12 +15,13 @@ the ordinary backward pass is skipped there.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
@@ -61,18 +62,42 @@ def _task_losses(model: MultiTaskModel, feats: Tensor, targets, masks) -> list[T
     return [get_task(t).loss(model.heads[t](feats), targets[t], masks.get(t)) for t in model.tasks]
 
 
-def _lookahead_params(params: Sequence[Tensor], grads: Sequence[Tensor | None], opt: torch.optim.SGD,
-                      lr: float) -> list[Tensor]:
-    """θ − lr·u with u the SGD-with-momentum update for gradient ``grads`` (state untouched)."""
-    group = opt.param_groups[0]
-    mom, wd, damp = group["momentum"], group["weight_decay"], group["dampening"]
-    out = []
-    for p, g in zip(params, grads):
-        d = (torch.zeros_like(p) if g is None else g) + wd * p
-        buf = opt.state.get(p, {}).get("momentum_buffer") if mom else None
-        u = d if buf is None else buf * mom + (1 - damp) * d
-        out.append(p - lr * u)
-    return out
+class _Lookahead:
+    """θ_enc − lr·u_i for each task i, where u_i is the SGD-with-momentum update the optimiser
+    would apply for gradient g_i (weight decay and momentum buffer included; optimiser state untouched).
+
+    The part of u_i that does not depend on g_i (momentum and weight decay) is computed once
+    per lookahead batch: θ'_i = shared − c·g_i, with c = lr·(1 − dampening) once a momentum
+    buffer exists and lr before (PyTorch starts the buffer at the first gradient, undamped).
+    The buffers are allocated once and reused for every task and lookahead batch: fresh
+    allocations of this size cost page faults that were measured to matter on CPU.
+    """
+
+    def __init__(self, params: Sequence[Tensor]):
+        self.live = list(params)
+        self.shared = [torch.empty_like(p) for p in self.live]
+        self.scratch = [torch.empty_like(p) for p in self.live]
+        self.coef = [0.0] * len(self.live)
+
+    @torch.no_grad()
+    def prepare(self, opt: torch.optim.SGD) -> None:
+        group = opt.param_groups[0]
+        if group.get("nesterov"):
+            raise ValueError("the affinity lookahead implements SGD without Nesterov momentum")
+        lr, mom, wd, damp = group["lr"], group["momentum"], group["weight_decay"], group["dampening"]
+        for k, (p, s) in enumerate(zip(self.live, self.shared)):
+            buf = opt.state.get(p, {}).get("momentum_buffer") if mom else None
+            c = lr if buf is None else lr * (1 - damp)
+            torch.mul(p, 1 - c * wd, out=s)
+            if buf is not None:
+                s.add_(buf, alpha=-lr * mom)
+            self.coef[k] = c
+
+    @torch.no_grad()
+    def params(self, grads: Sequence[Tensor | None]) -> list[Tensor]:
+        """The lookahead parameters for one task's gradients (valid until the next call)."""
+        return [s if g is None else torch.add(s, g, alpha=-c, out=o)
+                for s, c, g, o in zip(self.shared, self.coef, grads, self.scratch)]
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
@@ -97,6 +122,7 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
     loss_sums = torch.zeros(n)
     aff_sum = torch.zeros(n, n)
     aff_count = 0
+    aff: tuple[_Lookahead, _HeadMirror] | None = None  # built at the first lookahead batch
     nb = samples = 0
     for _epoch in range(cfg.local_epochs):
         for batch in batches(data, cfg.batch_size, gen):
@@ -110,8 +136,9 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
                 initial_losses = lvec.clamp_min(1e-8)
             if look:
                 norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params, last_shared)
-                aff_sum += _affinity(model, x, targets, masks, enc_names, enc_params, enc_buffers,
-                                     opt, lvec, per_task)
+                if aff is None:
+                    aff = _Lookahead(enc_params), _HeadMirror(model)
+                aff_sum += _affinity(model, *aff, x, targets, masks, enc_names, enc_buffers, opt, lvec, per_task)
                 aff_count += 1
             else:
                 total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
@@ -170,22 +197,50 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
     return torch.stack(norms), per_task
 
 
+class _HeadMirror:
+    """A copy of the heads for the lookahead forwards (they run without autograd, and a
+    head's running statistics, if it has any, must not see the lookahead batches).
+
+    On CPU the copy is kept in ``channels_last`` memory format, which runs these
+    inference-only forwards faster (measured for all three encoders' heads, see
+    docs/benchmarks.md); training keeps the default format, whose backward is faster.
+    The copy is refreshed from the live heads before each lookahead batch.
+    """
+
+    def __init__(self, model: MultiTaskModel):
+        self.channels_last = next(model.parameters()).device.type == "cpu"
+        self.heads = copy.deepcopy(model.heads)
+        if self.channels_last:
+            self.heads.to(memory_format=torch.channels_last)
+        self._dst = list(self.heads.parameters()) + list(self.heads.buffers())
+        self._src = list(model.heads.parameters()) + list(model.heads.buffers())
+
+    @torch.no_grad()
+    def refresh(self) -> nn.ModuleDict:
+        torch._foreach_copy_(self._dst, self._src)
+        return self.heads
+
+    def features(self, feats: Tensor) -> Tensor:
+        return feats.contiguous(memory_format=torch.channels_last) if self.channels_last and feats.dim() == 4 else feats
+
+
 @torch.no_grad()
-def _affinity(model: MultiTaskModel, x: Tensor, targets, masks, enc_names: list[str], enc_params: list[Tensor],
-              enc_buffers: dict[str, Tensor], opt: torch.optim.SGD, base: Tensor,
+def _affinity(model: MultiTaskModel, look: _Lookahead, mirror: _HeadMirror, x: Tensor, targets, masks,
+              enc_names: list[str], enc_buffers: dict[str, Tensor], opt: torch.optim.SGD, base: Tensor,
               per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
     """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch.
 
     (Stacking the n lookahead feature maps into one n-times larger batch per head
     was measured slower on CPU than this loop; see docs/benchmarks.md.)
     """
-    lr = opt.param_groups[0]["lr"]
+    look.prepare(opt)
+    heads = mirror.refresh()
     z = torch.zeros(len(model.tasks), len(model.tasks))
     for i, grads in enumerate(per_task):
-        params = dict(zip(enc_names, _lookahead_params(enc_params, grads, opt, lr)))
+        params = dict(zip(enc_names, look.params(grads)))
         params.update({k: v.clone() for k, v in enc_buffers.items()})  # running stats stay untouched
-        feats = functional_call(model.encoder, params, (x,))
-        after = torch.stack(_task_losses(model, feats, targets, masks))
+        feats = mirror.features(functional_call(model.encoder, params, (x,)))
+        after = torch.stack([get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in model.tasks])
         z[i] = 1.0 - after / base.clamp_min(1e-12)
     return z
 

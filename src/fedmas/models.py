@@ -1,9 +1,11 @@
 """Multi-task models: a shared encoder plus one head per task, for any subset of tasks.
 
 Encoders: ``small`` (a compact CNN that trains fast on CPU; the default),
-``resnet18`` (ResNet-18 layout, for comparisons with the reference's CPU
-measurements) and ``xception`` (the Xception-style Taskonomy network of Standley et
-al., ICML 2020, with up-convolution decoders; meant for GPU runs at 256×256).
+``resnet18`` (the layout of the MAS reference implementation's ResNet-18
+model — BatchNorm encoder, decoders of up-convolution + 3×3 convolution stages —
+for comparisons with the reference's CPU measurements) and ``xception`` (the
+Xception-style Taskonomy network of Standley et al., ICML 2020, with
+up-convolution decoders; meant for GPU runs at 256×256).
 State-dict keys are ``encoder.*`` and ``heads.<task>.*`` so a model for tasks S
 can be initialised from a model for tasks T ⊇ S by copying keys
 (:func:`build_model` with ``init_from``).
@@ -92,12 +94,16 @@ class XceptionEncoder(nn.Sequential):
         self.out_channels, self.stride = 512, 16
 
 
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _gn(cout), nn.ReLU(inplace=True),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _gn(cout))
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _bn(cout), nn.ReLU(inplace=True),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _bn(cout))
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
                      if stride > 1 or cin != cout else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -105,10 +111,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18Encoder(nn.Sequential):
-    """ResNet-18 layout (stem + 4×2 basic blocks, 64→512 channels), GroupNorm: (3, H, W) → (512, H/32, W/32)."""
+    """ResNet-18 layout (stem + 4×2 basic blocks, 64→512 channels, BatchNorm): (3, H, W) → (512, H/32, W/32)."""
 
     def __init__(self):
-        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _gn(64), nn.ReLU(inplace=True),
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _bn(64), nn.ReLU(inplace=True),
                                    nn.MaxPool2d(3, 2, 1)]
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
@@ -116,6 +122,21 @@ class ResNet18Encoder(nn.Sequential):
             cin = cout
         super().__init__(*layers)
         self.out_channels, self.stride = 512, 32
+
+
+class ResNetDecoder(nn.Sequential):
+    """The reference's ResNet-18 decoder: per stage a 2×2 up-convolution and a 3×3 convolution
+    (each with BatchNorm and ReLU); the last stage's 3×3 convolution gives the task's channels."""
+
+    def __init__(self, cin: int, channels: int, stages: Sequence[int] = (256, 128, 64, 48, 32)):
+        layers: list[nn.Module] = []
+        for k, cout in enumerate(stages):
+            layers += [nn.ConvTranspose2d(cin, cout, 2, 2), _bn(cout), nn.ReLU(inplace=True)]
+            if k < len(stages) - 1:
+                layers += [nn.Conv2d(cout, cout, 3, padding=1), _bn(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        layers.append(nn.Conv2d(cin, channels, 3, padding=1))
+        super().__init__(*layers)
 
 
 ENCODERS = ("small", "resnet18", "xception")
@@ -140,7 +161,7 @@ def _head(spec: ModelSpec, encoder: nn.Module, task: str) -> nn.Module:
         w = spec.width
         return UpDecoder(cin, t.channels, (2 * w, w, w))
     if spec.encoder == "resnet18":
-        return UpDecoder(cin, t.channels, (256, 128, 64, 32, 32))
+        return ResNetDecoder(cin, t.channels)
     return UpDecoder(cin, t.channels, (256, 128, 64, 32))
 
 

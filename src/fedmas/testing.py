@@ -29,8 +29,8 @@ def _losses(model: MultiTaskModel, x, targets, masks) -> list[Tensor]:
 def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, masks) -> Tensor:
     n = len(model.tasks)
     lr, mom, wd = (opt.param_groups[0][k] for k in ("lr", "momentum", "weight_decay"))
-    with torch.no_grad():
-        base = torch.stack(_losses(model, x, targets, masks))
+    with torch.no_grad():  # on a copy: BatchNorm's running statistics of the model must not see this pass
+        base = torch.stack(_losses(copy.deepcopy(model), x, targets, masks))
     z = torch.zeros(n, n)
     for i in range(n):
         probe = copy.deepcopy(model)
