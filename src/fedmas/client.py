@@ -135,7 +135,8 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
             if initial_losses is None:
                 initial_losses = lvec.clamp_min(1e-8)
             if look:
-                norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params, last_shared)
+                norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params,
+                                                        last_shared if gradnorm else [])
                 if aff is None:
                     aff = _Lookahead(enc_params), _HeadMirror(model)
                 aff_sum += _affinity(model, *aff, x, targets, masks, enc_names, enc_buffers, opt, lvec, per_task)
@@ -173,7 +174,8 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
                          head_params: dict[str, list[Tensor]], last_shared: list[Tensor]
                          ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
     """One backward per task into (encoder, own head); fills ``.grad`` for the real step
-    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead."""
+    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead.
+    GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
     enc_acc = [torch.zeros_like(p) for p in enc_params]
     last_ids = {id(p) for p in last_shared}
     norms = []
