@@ -18,17 +18,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import median_time, save  # noqa: E402
 
+from fedmas import client  # noqa: E402
 from fedmas.client import LocalConfig, train_local  # noqa: E402
 from fedmas.data.federated import MultiTaskArrays  # noqa: E402
 from fedmas.data.scenes import SceneSpec, load_or_render  # noqa: E402
 from fedmas.models import ModelSpec, build_model  # noqa: E402
+from fedmas.runtime import configure_cpu, keep_freed_memory  # noqa: E402
 from fedmas.tasks import TASK_SETS  # noqa: E402
 from fedmas.testing import naive_train_with_affinity  # noqa: E402
 
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    configure_cpu(a.threads)  # as `fedmas run` does: threads and malloc keeping freed memory
     tasks = TASK_SETS["sdnkt"]
     n_img = a.batches * a.batch_size
     raw = load_or_render(SceneSpec(buildings=1, train_images=n_img, test_images=1, resolution=64))[0]["train"]
@@ -77,10 +78,11 @@ def main() -> None:
         "naive_epoch_ratio_step10": ratio("naive_10", "naive_off"),
         "ours_vs_naive_off": ratio("ours_off", "naive_off"),
         "seconds": times, "batches": a.batches, "batch_size": a.batch_size, "encoder": a.encoder,
-        "tasks": list(tasks), "threads": a.threads, "repeats": a.repeats,
+        "tasks": list(tasks), "threads": a.threads, "repeats": a.repeats, "malloc_keeps_freed": keep_freed_memory(),
     }
     print(f"{a.encoder}, 5 tasks, 64×64, batch {a.batch_size}, {a.batches} batches/epoch, {a.threads} threads, "
-          f"{a.repeats} interleaved repeats; ratios: median of paired runs (ratio of medians)")
+          f"{a.repeats} interleaved repeats, malloc keeps freed memory: {keep_freed_memory()}; "
+          "ratios: median of paired runs (ratio of medians)")
     ms = {k: v / a.batches * 1000 for k, v in t.items()}
     print(f"  normal batch: ours {ms['ours_off']:.0f} ms, naive {ms['naive_off']:.0f} ms")
 
@@ -92,7 +94,37 @@ def main() -> None:
           f"naive {fmt('naive_lookahead_batch_ratio', 2)}   (target ≤ 3.0; reference 3.8)")
     print(f"  epoch, affinity every 10 batches ÷ off:  ours {fmt('ours_epoch_ratio_step10', 3)}  "
           f"naive {fmt('naive_epoch_ratio_step10', 3)}  (target ≤ 1.20; reference ≈ 1.28)")
+    res["lookahead_batch_breakdown_ms"] = breakdown(ours(1), a.batches)
+    b = res["lookahead_batch_breakdown_ms"]
+    print(f"  where a lookahead batch's {b['total']:.0f} ms go: n per-task backwards {b['per_task_backward']:.0f}, "
+          f"n lookahead forwards {b['lookahead_forwards']:.0f}, forward + step + rest {b['rest']:.0f}")
     save(f"affinity_cost_{a.encoder}", res)
+
+
+def breakdown(run, batches: int) -> dict[str, float]:
+    """Time of the phases of a lookahead batch (one extra run with a lookahead on every batch)."""
+    acc = {"per_task_backward": 0.0, "lookahead_forwards": 0.0}
+    originals = {"_step_grads_per_task": client._step_grads_per_task, "_affinity": client._affinity}
+
+    def timed(key: str, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            acc[key] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    client._step_grads_per_task = timed("per_task_backward", originals["_step_grads_per_task"])
+    client._affinity = timed("lookahead_forwards", originals["_affinity"])
+    try:
+        total = median_time(run, 1)
+    finally:
+        for k, v in originals.items():
+            setattr(client, k, v)
+    out = {k: v / batches * 1000 for k, v in acc.items()}
+    out["total"] = total / batches * 1000
+    out["rest"] = out["total"] - out["per_task_backward"] - out["lookahead_forwards"]
+    return out
 
 
 if __name__ == "__main__":

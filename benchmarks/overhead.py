@@ -29,6 +29,7 @@ from fedmas.data.federated import batches  # noqa: E402
 from fedmas.engines.inprocess import InProcessEngine  # noqa: E402
 from fedmas.methods import AllInOne  # noqa: E402
 from fedmas.models import build_model  # noqa: E402
+from fedmas.runtime import configure_cpu  # noqa: E402
 from fedmas.server.loop import RoundLoop, Server, schedule  # noqa: E402
 from fedmas.server.state import ServerState  # noqa: E402
 from fedmas.tasks import get_task  # noqa: E402
@@ -47,7 +48,7 @@ def main() -> None:
         "model": {"encoder": a.encoder},
         "federation": {"rounds": 10, "clients_per_round": a.clients, "batch_size": 16, "schedule": "constant"},
     })
-    torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads)  # as `fedmas run` does: threads and malloc keeping freed memory
     data = load_federated(cfg.data, cfg.task_list)
     tmp = Path(tempfile.mkdtemp())
     server = Server(cfg, ServerState(), data.client_ids, tmp)

@@ -176,8 +176,9 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
     """One backward per task into (encoder, own head); fills ``.grad`` for the real step
     (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead.
     GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
-    enc_acc = [torch.zeros_like(p) for p in enc_params]
+    enc_acc: list[Tensor | None] = [None] * len(enc_params)
     last_ids = {id(p) for p in last_shared}
+    unit = bool((w == 1).all())
     norms = []
     per_task = []
     for i, (t, li) in enumerate(zip(model.tasks, losses)):
@@ -186,14 +187,19 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
         ge, gh = g[:len(enc_params)], g[len(enc_params):]
         per_task.append(ge)
         sq = torch.tensor(0.0)
-        for acc, p, gi in zip(enc_acc, enc_params, ge):
-            if gi is not None:
+        for k, (p, gi) in enumerate(zip(enc_params, ge)):
+            if gi is None:
+                continue
+            acc = enc_acc[k]
+            if acc is None:  # the first contribution starts the sum (no zero-filled buffer)
+                enc_acc[k] = gi.clone() if unit else gi * w[i]
+            else:
                 acc.add_(gi, alpha=float(w[i]))
-                if id(p) in last_ids:
-                    sq = sq + gi.pow(2).sum()
+            if id(p) in last_ids:
+                sq = sq + gi.pow(2).sum()
         norms.append(sq.sqrt())
-        for p, gi in zip(hp, gh):
-            p.grad = None if gi is None else gi * w[i]
+        for p, gi in zip(hp, gh):  # a head only gets its own task's gradient: no copy needed at weight 1
+            p.grad = None if gi is None else (gi if unit else gi * w[i])
     for p, acc in zip(enc_params, enc_acc):
         p.grad = acc
     return torch.stack(norms), per_task

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from fedmas.accounting import CostLedger
@@ -22,6 +21,7 @@ from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import load_federated
 from fedmas.methods import MERGED, make_plan, merge_rounds
 from fedmas.report import affinity_doc, heatmap, loss_curves, short, table
+from fedmas.runtime import configure_cpu
 from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 
@@ -75,7 +75,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             fl.submit(cfg, run_dir, resume=resume)
         p = run_dir / "summary.json"
         return json.loads(p.read_text()) if p.exists() else None
-    torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads)
     data = load_federated(cfg.data, cfg.task_list)
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.app import Message as FlMessage
@@ -28,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmas.config import Config, load_config
 from fedmas.messages import Job, Message, ModelCache, Reply, handle_train
 from fedmas.models import ModelSpec
+from fedmas.runtime import configure_cpu
 
 log = logging.getLogger("fedmas")
 TRAIN, QUERY = "train", "query"
@@ -137,7 +137,7 @@ def _client_data(cfg_yaml: str, client: str):
     from fedmas.data import load_client
 
     cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
-    torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads)
     return cfg, load_client(cfg.data, cfg.task_list, client)
 
 
