@@ -58,8 +58,9 @@ class LocalResult:
     affinity: Tensor | None  # (n, n), row = source task, column = target task
 
 
-def _task_losses(model: MultiTaskModel, feats: Tensor, targets, masks) -> list[Tensor]:
-    return [get_task(t).loss(model.heads[t](feats), targets[t], masks.get(t)) for t in model.tasks]
+def _task_losses(heads: Mapping[str, nn.Module], tasks: Sequence[str], feats: Tensor, targets, masks
+                 ) -> list[Tensor]:
+    return [get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in tasks]
 
 
 class _Lookahead:
@@ -73,8 +74,11 @@ class _Lookahead:
     allocations of this size cost page faults that were measured to matter on CPU.
     """
 
-    def __init__(self, params: Sequence[Tensor]):
-        self.live = list(params)
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder
+        self.names = [k for k, _ in encoder.named_parameters()]
+        self.live = [p for _, p in encoder.named_parameters()]
+        self.buffers = dict(encoder.named_buffers())
         self.shared = [torch.empty_like(p) for p in self.live]
         self.scratch = [torch.empty_like(p) for p in self.live]
         self.coef = [0.0] * len(self.live)
@@ -94,10 +98,13 @@ class _Lookahead:
             self.coef[k] = c
 
     @torch.no_grad()
-    def params(self, grads: Sequence[Tensor | None]) -> list[Tensor]:
-        """The lookahead parameters for one task's gradients (valid until the next call)."""
-        return [s if g is None else torch.add(s, g, alpha=-c, out=o)
-                for s, c, g, o in zip(self.shared, self.coef, grads, self.scratch)]
+    def features(self, x: Tensor, grads: Sequence[Tensor | None]) -> Tensor:
+        """The encoder's output on ``x`` with the lookahead parameters for one task's gradients;
+        BatchNorm running statistics are updated on copies, so the model's stay untouched."""
+        params = [s if g is None else torch.add(s, g, alpha=-c, out=o)
+                  for s, c, g, o in zip(self.shared, self.coef, grads, self.scratch)]
+        state = dict(zip(self.names, params)) | {k: v.clone() for k, v in self.buffers.items()}
+        return functional_call(self.encoder, state, (x,))
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
@@ -108,9 +115,7 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
     model.train()
     tasks = model.tasks
     n = len(tasks)
-    enc_names = [k for k, _ in model.encoder.named_parameters()]
-    enc_params = [p for _, p in model.encoder.named_parameters()]
-    enc_buffers = dict(model.encoder.named_buffers())
+    enc_params = list(model.encoder.parameters())
     head_params = {t: list(model.heads[t].parameters()) for t in tasks}
     last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -130,7 +135,7 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
             look = cfg.lookahead_step > 0 and n > 1 and nb % cfg.lookahead_step == 0
             opt.zero_grad(set_to_none=True)
             feats = model.encoder(x)
-            losses = _task_losses(model, feats, targets, masks)
+            losses = _task_losses(model.heads, tasks, feats, targets, masks)
             lvec = torch.stack([loss.detach() for loss in losses])
             if initial_losses is None:
                 initial_losses = lvec.clamp_min(1e-8)
@@ -138,8 +143,8 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
                 norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params,
                                                         last_shared if gradnorm else [])
                 if aff is None:
-                    aff = _Lookahead(enc_params), _HeadMirror(model)
-                aff_sum += _affinity(model, *aff, x, targets, masks, enc_names, enc_buffers, opt, lvec, per_task)
+                    aff = _Lookahead(model.encoder), _HeadMirror(model)
+                aff_sum += _affinity(tasks, *aff, x, targets, masks, opt, lvec, per_task)
                 aff_count += 1
             else:
                 total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
@@ -233,9 +238,8 @@ class _HeadMirror:
 
 
 @torch.no_grad()
-def _affinity(model: MultiTaskModel, look: _Lookahead, mirror: _HeadMirror, x: Tensor, targets, masks,
-              enc_names: list[str], enc_buffers: dict[str, Tensor], opt: torch.optim.SGD, base: Tensor,
-              per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
+def _affinity(tasks: Sequence[str], look: _Lookahead, mirror: _HeadMirror, x: Tensor, targets, masks,
+              opt: torch.optim.SGD, base: Tensor, per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
     """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch.
 
     (Stacking the n lookahead feature maps into one n-times larger batch per head
@@ -243,12 +247,10 @@ def _affinity(model: MultiTaskModel, look: _Lookahead, mirror: _HeadMirror, x: T
     """
     look.prepare(opt)
     heads = mirror.refresh()
-    z = torch.zeros(len(model.tasks), len(model.tasks))
+    z = torch.zeros(len(tasks), len(tasks))
     for i, grads in enumerate(per_task):
-        params = dict(zip(enc_names, look.params(grads)))
-        params.update({k: v.clone() for k, v in enc_buffers.items()})  # running stats stay untouched
-        feats = mirror.features(functional_call(model.encoder, params, (x,)))
-        after = torch.stack([get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in model.tasks])
+        feats = mirror.features(look.features(x, grads))
+        after = torch.stack(_task_losses(heads, tasks, feats, targets, masks))
         z[i] = 1.0 - after / base.clamp_min(1e-12)
     return z
 

@@ -94,16 +94,13 @@ class XceptionEncoder(nn.Sequential):
         self.out_channels, self.stride = 512, 16
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c)
-
-
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _bn(cout), nn.ReLU(inplace=True),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _bn(cout))
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.ReLU(inplace=True),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
                      if stride > 1 or cin != cout else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,7 +111,7 @@ class ResNet18Encoder(nn.Sequential):
     """ResNet-18 layout (stem + 4×2 basic blocks, 64→512 channels, BatchNorm): (3, H, W) → (512, H/32, W/32)."""
 
     def __init__(self):
-        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _bn(64), nn.ReLU(inplace=True),
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
                                    nn.MaxPool2d(3, 2, 1)]
         cin = 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
@@ -131,9 +128,9 @@ class ResNetDecoder(nn.Sequential):
     def __init__(self, cin: int, channels: int, stages: Sequence[int] = (256, 128, 64, 48, 32)):
         layers: list[nn.Module] = []
         for k, cout in enumerate(stages):
-            layers += [nn.ConvTranspose2d(cin, cout, 2, 2), _bn(cout), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(cin, cout, 2, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             if k < len(stages) - 1:
-                layers += [nn.Conv2d(cout, cout, 3, padding=1), _bn(cout), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             cin = cout
         layers.append(nn.Conv2d(cin, channels, 3, padding=1))
         super().__init__(*layers)
