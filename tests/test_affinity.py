@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
+from fedmas import client
 from fedmas.client import LocalConfig, train_local
 from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
@@ -79,3 +83,60 @@ def test_affinity_keeps_negative_values_and_is_off_when_not_asked():
     assert res.affinity.min() < 0 < res.affinity.max()
     off = train_local(model, w0, data, LocalConfig(lr=0.3, batch_size=4, lookahead_step=0))
     assert off.affinity is None and off.metrics["lookahead_batches"] == 0
+
+
+def _spy_gram(monkeypatch) -> list[list[nn.Module]]:
+    """Records, per lookahead batch, the convolutions that took the Gram route."""
+    seen: list[list[nn.Module]] = []
+    forward = client._Lookahead.forward
+
+    def spy(self, x):
+        out = forward(self, x)
+        seen.append([g.module for g in self.gram])
+        return out
+
+    monkeypatch.setattr(client._Lookahead, "forward", spy)
+    return seen
+
+
+def test_gram_route_is_exact_and_skips_outputs_modified_in_place(monkeypatch):
+    """Deep convolutions on small maps take the Gram route (bias included); one whose output
+    a ReLU(inplace=True) overwrites, and the cheap ones, keep per-task weight gradients."""
+    torch.manual_seed(0)
+    data = _data()
+    model = build_model(TASKS, ModelSpec(width=8), seed=3)
+    gram_conv = nn.Conv2d(64, 256, 3, 2, 1)  # 32×32 input, batch 4: 64 output positions, 576·256 weights
+    inplace_conv = nn.Conv2d(256, 256, 3, 1, 1)  # would pay too, but its output is overwritten in place
+    model.encoder = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 64, 3, 2, 1),
+                                  nn.ReLU(), gram_conv, nn.ReLU(), inplace_conv, nn.ReLU(inplace=True),
+                                  nn.Conv2d(256, 32, 1))
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = _spy_gram(monkeypatch)
+    cfg = LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=4, lookahead_step=1, seed=11)
+    fast = train_local(model, w0, data, cfg)
+    assert seen == [[gram_conv]] * 3
+    naive = copy.deepcopy(model)
+    slow_w, slow_z = naive_train_with_affinity(naive, w0, data, cfg)
+    torch.testing.assert_close(fast.affinity, slow_z, rtol=1e-3, atol=2e-5)
+    for k in slow_w:
+        torch.testing.assert_close(fast.weights[k], slow_w[k], rtol=1e-4, atol=1e-5)
+
+
+def test_gram_route_on_resnet18_takes_the_deepest_stage(monkeypatch):
+    """The benchmark's setting (64×64, batch 16): layer4's convolutions (2×2 maps, the last two
+    blocks) take the Gram route, the shallower ones do not; with GradNorm the last block, whose
+    per-task gradient norms GradNorm needs, keeps its weight gradients."""
+    raw = render_building(SceneSpec(train_images=16, resolution=64, views_per_room=4), 0, "train")
+    data = MultiTaskArrays.from_raw(raw, TASKS)
+    model = build_model(TASKS, ModelSpec(encoder="resnet18"), seed=0)
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = _spy_gram(monkeypatch)
+    train_local(model, w0, data, LocalConfig(batch_size=16, lookahead_step=1))
+
+    def convs(*blocks: nn.Module) -> set[nn.Module]:
+        return {m for b in blocks for m in b.modules() if isinstance(m, nn.Conv2d)}
+
+    assert len(seen) == 1 and set(seen[0]) == convs(model.encoder[-2], model.encoder[-1])
+    seen.clear()
+    train_local(model, w0, data, LocalConfig(batch_size=16, lookahead_step=1, gradnorm_alpha=1.5))
+    assert len(seen) == 1 and set(seen[0]) == convs(model.encoder[-2])

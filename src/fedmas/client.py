@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from fedmas.data.federated import batches, select_tasks
@@ -63,6 +64,52 @@ def _task_losses(heads: Mapping[str, nn.Module], tasks: Sequence[str], feats: Te
     return [get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in tasks]
 
 
+class _PatchGram:
+    """A convolution whose per-task weight gradients the lookahead never forms.
+
+    With U the rows of input patches of the real forward (P positions × fan-in) and
+    dY_i task i's gradient at the layer's output (P × C_out), g_i = dY_iᵀ·U, so the
+    lookahead layer on its own input h' (patches U') is
+        conv(h', S − c·g_i) = conv(h', S) − c·(U'·Uᵀ)·dY_i
+    which costs P'·P·(fan-in + C_out) instead of P·fan-in·C_out for g_i alone (plus the
+    same again to use it). Deep layers on small maps have few positions and many
+    weights: there the real step then needs one weight gradient (of Σ_i w_i·dY_i)
+    instead of n, and the lookahead never materialises those layers' n weight sets.
+    """
+
+    def __init__(self, module: nn.Conv2d, k: int, h: Tensor, y: Tensor):
+        self.module, self.k, self.h, self.y = module, k, h, y
+        self.u: Tensor | None = None
+
+    def patches(self, h: Tensor) -> Tensor:
+        m = self.module
+        u = F.unfold(h, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, fan-in, L)
+        return u.transpose(1, 2).reshape(-1, u.shape[1])
+
+    def correction(self, h: Tensor, dy: Tensor) -> Tensor:
+        """conv(h, g) for g = the weight gradient of output gradient ``dy`` on the recorded input."""
+        if self.u is None:
+            self.u = self.patches(self.h.detach())
+        cout, ho, wo = dy.shape[1:]
+        corr = (self.patches(h) @ self.u.T) @ dy.permute(0, 2, 3, 1).reshape(-1, cout)
+        return corr.view(h.shape[0], ho, wo, cout).permute(0, 3, 1, 2)
+
+    def weight_grad(self, dy: Tensor) -> Tensor:
+        m = self.module
+        return torch.nn.grad.conv2d_weight(self.h.detach(), m.weight.shape, dy, m.stride, m.padding, m.dilation)
+
+    @staticmethod
+    def capable(m: nn.Module) -> bool:
+        return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros"  # type: ignore[union-attr]
+                and not isinstance(m.padding, str) and m.weight.requires_grad)  # type: ignore[union-attr]
+
+    @staticmethod
+    def pays(m: nn.Conv2d, y: Tensor) -> bool:
+        """The Gram route costs at most half of one weight gradient."""
+        positions, fan_in = y.numel() // y.shape[1], m.weight[0].numel()
+        return 2 * positions * (fan_in + m.out_channels) <= fan_in * m.out_channels
+
+
 class _Lookahead:
     """θ_enc − lr·u_i for each task i, where u_i is the SGD-with-momentum update the optimiser
     would apply for gradient g_i (weight decay and momentum buffer included; optimiser state untouched).
@@ -72,16 +119,59 @@ class _Lookahead:
     buffer exists and lr before (PyTorch starts the buffer at the first gradient, undamped).
     The buffers are allocated once and reused for every task and lookahead batch: fresh
     allocations of this size cost page faults that were measured to matter on CPU.
+    Convolutions where it pays (:class:`_PatchGram`) take the shared weights plus a
+    correction from their output gradients instead of per-task weights.
     """
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, keep_full: Sequence[Tensor] = ()):
         self.encoder = encoder
         self.names = [k for k, _ in encoder.named_parameters()]
         self.live = [p for _, p in encoder.named_parameters()]
         self.buffers = dict(encoder.named_buffers())
-        self.shared = [torch.empty_like(p) for p in self.live]
-        self.scratch = [torch.empty_like(p) for p in self.live]
+        # on CPU the lookahead passes (inference only) run in channels_last, like the heads' copy
+        self.fmt = torch.channels_last if next(encoder.parameters()).device.type == "cpu" else torch.preserve_format
+        self.shared = [torch.empty_like(p, memory_format=self._fmt(p)) for p in self.live]
+        self.scratch = [torch.empty_like(p, memory_format=self._fmt(p)) for p in self.live]
         self.coef = [0.0] * len(self.live)
+        full = {id(p) for p in keep_full}  # parameters whose per-task gradients are needed (GradNorm's norms)
+        self.candidates = [m for m in encoder.modules() if _PatchGram.capable(m) and id(m.weight) not in full]
+        self._index = {id(p): k for k, p in enumerate(self.live)}
+        self.gram: list[_PatchGram] = []
+        self.inputs: list[Tensor] = list(self.live)  # what each task's backward differentiates
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The real forward of a lookahead batch; picks the convolutions that take the Gram route
+        (called once, output not modified in place, and cheaper by :meth:`_PatchGram.pays`)."""
+        seen: dict[nn.Module, list[tuple[Tensor, int, Tensor, int]]] = {}
+
+        def record(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            seen.setdefault(m, []).append((inp[0], inp[0]._version, out, out._version))
+
+        handles = [m.register_forward_hook(record) for m in self.candidates]
+        try:
+            feats = self.encoder(x)
+        finally:
+            for hd in handles:
+                hd.remove()
+        self.gram = [_PatchGram(m, self._index[id(m.weight)], h, y)  # type: ignore[arg-type]
+                     for m, calls in seen.items() if len(calls) == 1
+                     for h, hv, y, yv in calls
+                     if h._version == hv and y._version == yv and y.requires_grad and _PatchGram.pays(m, y)]
+        ks = {g.k for g in self.gram}
+        self.inputs = [p for k, p in enumerate(self.live) if k not in ks] + [g.y for g in self.gram]
+        return feats
+
+    def set_grads(self, grads: Sequence[Tensor | None]) -> None:
+        """``.grad`` of the encoder parameters from gradients aligned with :attr:`inputs`."""
+        rest = len(self.inputs) - len(self.gram)
+        for p, g in zip(self.inputs[:rest], grads[:rest]):
+            p.grad = g
+        for pg, dy in zip(self.gram, grads[rest:]):
+            pg.module.weight.grad = None if dy is None else pg.weight_grad(dy)
+
+    def release(self) -> None:
+        """Drop the recorded tensors (they hold the batch's autograd graph)."""
+        self.gram, self.inputs = [], list(self.live)
 
     @torch.no_grad()
     def prepare(self, opt: torch.optim.SGD) -> None:
@@ -99,12 +189,32 @@ class _Lookahead:
 
     @torch.no_grad()
     def features(self, x: Tensor, grads: Sequence[Tensor | None]) -> Tensor:
-        """The encoder's output on ``x`` with the lookahead parameters for one task's gradients;
-        BatchNorm running statistics are updated on copies, so the model's stay untouched."""
-        params = [s if g is None else torch.add(s, g, alpha=-c, out=o)
-                  for s, c, g, o in zip(self.shared, self.coef, grads, self.scratch)]
+        """The encoder's output on ``x`` with the lookahead parameters for one task's gradients
+        (aligned with :attr:`inputs`); BatchNorm running statistics are updated on copies, so
+        the model's stay untouched."""
+        rest = iter(grads[:len(grads) - len(self.gram)])
+        ks = {g.k for g in self.gram}
+        params = [s if k in ks else self._step(s, c, next(rest), o)
+                  for k, (s, c, o) in enumerate(zip(self.shared, self.coef, self.scratch))]
         state = dict(zip(self.names, params)) | {k: v.clone() for k, v in self.buffers.items()}
-        return functional_call(self.encoder, state, (x,))
+        handles = []
+        for pg, dy in zip(self.gram, grads[len(grads) - len(self.gram):]):
+            if dy is not None:
+                c = self.coef[pg.k]
+                handles.append(pg.module.register_forward_hook(
+                    lambda m, inp, out, pg=pg, dy=dy, c=c: out.sub_(pg.correction(inp[0], dy), alpha=c)))
+        try:
+            return functional_call(self.encoder, state, (x.contiguous(memory_format=self._fmt(x)),))
+        finally:
+            for hd in handles:
+                hd.remove()
+
+    def _fmt(self, t: Tensor) -> torch.memory_format:
+        return self.fmt if t.dim() == 4 else torch.preserve_format
+
+    @staticmethod
+    def _step(s: Tensor, c: float, g: Tensor | None, out: Tensor) -> Tensor:
+        return s if g is None else torch.add(s, g, alpha=-c, out=out)
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
@@ -115,7 +225,6 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
     model.train()
     tasks = model.tasks
     n = len(tasks)
-    enc_params = list(model.encoder.parameters())
     head_params = {t: list(model.heads[t].parameters()) for t in tasks}
     last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -134,17 +243,18 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
             x, targets, masks = select_tasks(batch, tasks)
             look = cfg.lookahead_step > 0 and n > 1 and nb % cfg.lookahead_step == 0
             opt.zero_grad(set_to_none=True)
-            feats = model.encoder(x)
+            if look and aff is None:
+                aff = _Lookahead(model.encoder, last_shared if gradnorm else ()), _HeadMirror(model)
+            feats = aff[0].forward(x) if look and aff is not None else model.encoder(x)
             losses = _task_losses(model.heads, tasks, feats, targets, masks)
             lvec = torch.stack([loss.detach() for loss in losses])
             if initial_losses is None:
                 initial_losses = lvec.clamp_min(1e-8)
-            if look:
-                norms, per_task = _step_grads_per_task(model, losses, w, enc_params, head_params,
+            if look and aff is not None:
+                norms, per_task = _step_grads_per_task(model, losses, w, aff[0], head_params,
                                                         last_shared if gradnorm else [])
-                if aff is None:
-                    aff = _Lookahead(model.encoder), _HeadMirror(model)
                 aff_sum += _affinity(tasks, *aff, x, targets, masks, opt, lvec, per_task)
+                aff[0].release()
                 aff_count += 1
             else:
                 total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
@@ -175,12 +285,14 @@ def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
     return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.tensor(0.0)))
 
 
-def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, enc_params: list[Tensor],
+def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, look: _Lookahead,
                          head_params: dict[str, list[Tensor]], last_shared: list[Tensor]
                          ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
     """One backward per task into (encoder, own head); fills ``.grad`` for the real step
-    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead.
+    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead
+    (for the lookahead's Gram-route convolutions: gradients at their outputs, see :class:`_PatchGram`).
     GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
+    enc_params = look.inputs
     enc_acc: list[Tensor | None] = [None] * len(enc_params)
     last_ids = {id(p) for p in last_shared}
     unit = bool((w == 1).all())
@@ -205,8 +317,7 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
         norms.append(sq.sqrt())
         for p, gi in zip(hp, gh):  # a head only gets its own task's gradient: no copy needed at weight 1
             p.grad = None if gi is None else (gi if unit else gi * w[i])
-    for p, acc in zip(enc_params, enc_acc):
-        p.grad = acc
+    look.set_grads(enc_acc)
     return torch.stack(norms), per_task
 
 
