@@ -88,14 +88,14 @@ def test_affinity_keeps_negative_values_and_is_off_when_not_asked():
 def _spy_gram(monkeypatch) -> list[list[nn.Module]]:
     """Records, per lookahead batch, the convolutions that took the Gram route."""
     seen: list[list[nn.Module]] = []
-    forward = client._Lookahead.forward
+    settle = client._Lookahead.settle
 
-    def spy(self, x):
-        out = forward(self, x)
+    def spy(self):
+        out = settle(self)
         seen.append([g.module for g in self.gram])
         return out
 
-    monkeypatch.setattr(client._Lookahead, "forward", spy)
+    monkeypatch.setattr(client._Lookahead, "settle", spy)
     return seen
 
 

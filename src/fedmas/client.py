@@ -137,29 +137,37 @@ class _Lookahead:
         self.candidates = [m for m in encoder.modules() if _PatchGram.capable(m) and id(m.weight) not in full]
         self._index = {id(p): k for k, p in enumerate(self.live)}
         self.gram: list[_PatchGram] = []
+        self._seen: dict[nn.Module, list[tuple[Tensor, int, Tensor, int]]] = {}
         self.inputs: list[Tensor] = list(self.live)  # what each task's backward differentiates
 
     def forward(self, x: Tensor) -> Tensor:
-        """The real forward of a lookahead batch; picks the convolutions that take the Gram route
-        (called once, output not modified in place, and cheaper by :meth:`_PatchGram.pays`)."""
-        seen: dict[nn.Module, list[tuple[Tensor, int, Tensor, int]]] = {}
+        """The real forward of a lookahead batch, recording each candidate convolution's input
+        and output; :meth:`settle` then picks the ones that take the Gram route."""
+        self._seen = {}
 
         def record(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-            seen.setdefault(m, []).append((inp[0], inp[0]._version, out, out._version))
+            self._seen.setdefault(m, []).append((inp[0], inp[0]._version, out, out._version))
 
         handles = [m.register_forward_hook(record) for m in self.candidates]
         try:
-            feats = self.encoder(x)
+            return self.encoder(x)
         finally:
             for hd in handles:
                 hd.remove()
+
+    def settle(self) -> list[Tensor]:
+        """After the heads' forward, before the per-task backward passes: the convolutions that
+        were called once, whose input and output nothing modified in place since (so autograd's
+        gradient at that output is the layer's), and where :meth:`_PatchGram.pays`, take the Gram
+        route. Returns what each task's backward differentiates (:attr:`inputs`)."""
         self.gram = [_PatchGram(m, self._index[id(m.weight)], h, y)  # type: ignore[arg-type]
-                     for m, calls in seen.items() if len(calls) == 1
+                     for m, calls in self._seen.items() if len(calls) == 1
                      for h, hv, y, yv in calls
                      if h._version == hv and y._version == yv and y.requires_grad and _PatchGram.pays(m, y)]
+        self._seen = {}
         ks = {g.k for g in self.gram}
         self.inputs = [p for k, p in enumerate(self.live) if k not in ks] + [g.y for g in self.gram]
-        return feats
+        return self.inputs
 
     def set_grads(self, grads: Sequence[Tensor | None]) -> None:
         """``.grad`` of the encoder parameters from gradients aligned with :attr:`inputs`."""
@@ -171,7 +179,7 @@ class _Lookahead:
 
     def release(self) -> None:
         """Drop the recorded tensors (they hold the batch's autograd graph)."""
-        self.gram, self.inputs = [], list(self.live)
+        self.gram, self.inputs, self._seen = [], list(self.live), {}
 
     @torch.no_grad()
     def prepare(self, opt: torch.optim.SGD) -> None:
@@ -292,7 +300,7 @@ def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor,
     (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead
     (for the lookahead's Gram-route convolutions: gradients at their outputs, see :class:`_PatchGram`).
     GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
-    enc_params = look.inputs
+    enc_params = look.settle()
     enc_acc: list[Tensor | None] = [None] * len(enc_params)
     last_ids = {id(p) for p in last_shared}
     unit = bool((w == 1).all())
