@@ -137,6 +137,7 @@ class _Lookahead:
         self.candidates = [m for m in encoder.modules() if _PatchGram.capable(m) and id(m.weight) not in full]
         self._index = {id(p): k for k, p in enumerate(self.live)}
         self.gram: list[_PatchGram] = []
+        self._gram_ks: set[int] = set()  # indices (in ``live``) of the Gram-route weights
         self._seen: dict[nn.Module, list[tuple[Tensor, int, Tensor, int]]] = {}
         self.inputs: list[Tensor] = list(self.live)  # what each task's backward differentiates
 
@@ -165,21 +166,26 @@ class _Lookahead:
                      for h, hv, y, yv in calls
                      if h._version == hv and y._version == yv and y.requires_grad and _PatchGram.pays(m, y)]
         self._seen = {}
-        ks = {g.k for g in self.gram}
-        self.inputs = [p for k, p in enumerate(self.live) if k not in ks] + [g.y for g in self.gram]
+        self._gram_ks = {g.k for g in self.gram}
+        self.inputs = [p for k, p in enumerate(self.live) if k not in self._gram_ks] + [g.y for g in self.gram]
         return self.inputs
+
+    def _split(self, grads: Sequence[Tensor | None]) -> tuple[Sequence[Tensor | None], Sequence[Tensor | None]]:
+        """Gradients aligned with :attr:`inputs` → (those of the parameters, those at the Gram-route outputs)."""
+        cut = len(grads) - len(self.gram)
+        return grads[:cut], grads[cut:]
 
     def set_grads(self, grads: Sequence[Tensor | None]) -> None:
         """``.grad`` of the encoder parameters from gradients aligned with :attr:`inputs`."""
-        rest = len(self.inputs) - len(self.gram)
-        for p, g in zip(self.inputs[:rest], grads[:rest]):
+        of_params, at_outputs = self._split(grads)
+        for p, g in zip(self.inputs, of_params):
             p.grad = g
-        for pg, dy in zip(self.gram, grads[rest:]):
+        for pg, dy in zip(self.gram, at_outputs):
             pg.module.weight.grad = None if dy is None else pg.weight_grad(dy)
 
     def release(self) -> None:
         """Drop the recorded tensors (they hold the batch's autograd graph)."""
-        self.gram, self.inputs, self._seen = [], list(self.live), {}
+        self.gram, self.inputs, self._seen, self._gram_ks = [], list(self.live), {}, set()
 
     @torch.no_grad()
     def prepare(self, opt: torch.optim.SGD) -> None:
@@ -200,13 +206,13 @@ class _Lookahead:
         """The encoder's output on ``x`` with the lookahead parameters for one task's gradients
         (aligned with :attr:`inputs`); BatchNorm running statistics are updated on copies, so
         the model's stay untouched."""
-        rest = iter(grads[:len(grads) - len(self.gram)])
-        ks = {g.k for g in self.gram}
-        params = [s if k in ks else self._step(s, c, next(rest), o)
+        of_params, at_outputs = self._split(grads)
+        rest = iter(of_params)
+        params = [s if k in self._gram_ks else self._step(s, c, next(rest), o)
                   for k, (s, c, o) in enumerate(zip(self.shared, self.coef, self.scratch))]
         state = dict(zip(self.names, params)) | {k: v.clone() for k, v in self.buffers.items()}
         handles = []
-        for pg, dy in zip(self.gram, grads[len(grads) - len(self.gram):]):
+        for pg, dy in zip(self.gram, at_outputs):
             if dy is not None:
                 c = self.coef[pg.k]
                 handles.append(pg.module.register_forward_hook(
@@ -253,16 +259,17 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
             opt.zero_grad(set_to_none=True)
             if look and aff is None:
                 aff = _Lookahead(model.encoder, last_shared if gradnorm else ()), _HeadMirror(model)
-            feats = aff[0].forward(x) if look and aff is not None else model.encoder(x)
+            this = aff if look else None  # the lookahead parts, on a lookahead batch
+            feats = this[0].forward(x) if this else model.encoder(x)
             losses = _task_losses(model.heads, tasks, feats, targets, masks)
             lvec = torch.stack([loss.detach() for loss in losses])
             if initial_losses is None:
                 initial_losses = lvec.clamp_min(1e-8)
-            if look and aff is not None:
-                norms, per_task = _step_grads_per_task(model, losses, w, aff[0], head_params,
+            if this:
+                norms, per_task = _step_grads_per_task(model, losses, w, this[0], head_params,
                                                         last_shared if gradnorm else [])
-                aff_sum += _affinity(tasks, *aff, x, targets, masks, opt, lvec, per_task)
-                aff[0].release()
+                aff_sum += _affinity(tasks, *this, x, targets, masks, opt, lvec, per_task)
+                this[0].release()
                 aff_count += 1
             else:
                 total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
