@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedmas import client
+from fedmas import affinity
 from fedmas.client import LocalConfig, train_local
 from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
@@ -88,14 +88,14 @@ def test_affinity_keeps_negative_values_and_is_off_when_not_asked():
 def _spy_gram(monkeypatch) -> list[list[nn.Module]]:
     """Records, per lookahead batch, the convolutions that took the Gram route."""
     seen: list[list[nn.Module]] = []
-    settle = client._Lookahead.settle
+    settle = affinity.Lookahead.settle
 
     def spy(self):
         out = settle(self)
         seen.append([g.module for g in self.gram])
         return out
 
-    monkeypatch.setattr(client._Lookahead, "settle", spy)
+    monkeypatch.setattr(affinity.Lookahead, "settle", spy)
     return seen
 
 

@@ -1,55 +1,28 @@
 """Local training on one client: (weights, data, instructions) → (weights, metrics, affinity).
 
-Nothing here knows about servers, transports or methods. The inter-task
-affinity follows TAG (Fifty et al., NeurIPS 2021) as restated in
-../shared/MAS.md §2:
-
-    Z(i→j) = 1 − L_j(batch; θ_enc − η·u_i, θ_j) / L_j(batch; θ_enc, θ_j)
-
-where u_i is the SGD update the optimiser would apply to the shared encoder if
-the gradient were that of L_i alone (weight decay and the momentum buffer
-included). On a lookahead batch the per-task encoder gradients are computed
-once and reused: their (weighted) sum *is* the real step's encoder gradient, so
-the ordinary backward pass is skipped there.
+Nothing here knows about servers, transports or methods. One round of local
+training is :class:`LocalTraining`: ``__init__`` (load the weights, build the
+optimiser), ``step`` (one batch: FedProx's proximal term, GradNorm's task
+weights, and on every ``lookahead_step``-th batch the inter-task affinity of
+:mod:`fedmas.affinity`), ``finish`` (the reply). :func:`handle_train` is what
+every engine runs on a client: a train message in, a reply message out.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn import functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
+from fedmas import affinity
 from fedmas.data.federated import batches, select_tasks
-from fedmas.models import MultiTaskModel
-from fedmas.tasks import get_task
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    """Instructions for one round of local training (sent as a plain config dict)."""
-
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    local_epochs: int = 1
-    batch_size: int = 16
-    prox_mu: float = 0.0  # FedProx proximal term; 0 = FedAvg
-    gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
-    gradnorm_lr: float = 0.025
-    lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> LocalConfig:
-        fields = cls.__dataclass_fields__
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in d.items() if k in fields})  # type: ignore[misc]
+from fedmas.messages import LocalConfig, Message
+from fedmas.models import ModelCache, MultiTaskModel
+from fedmas.tasks import task_losses
 
 
 @dataclass
@@ -59,326 +32,109 @@ class LocalResult:
     affinity: Tensor | None  # (n, n), row = source task, column = target task
 
 
-def _task_losses(heads: Mapping[str, nn.Module], tasks: Sequence[str], feats: Tensor, targets, masks
-                 ) -> list[Tensor]:
-    return [get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in tasks]
+class LocalTraining:
+    """The state of one round of local training, advanced one batch at a time."""
 
+    def __init__(self, model: MultiTaskModel, weights: Mapping[str, Tensor], cfg: LocalConfig,
+                 task_weights: Tensor | None = None):
+        self.t0 = time.perf_counter()
+        model.load_state_dict(weights)
+        model.train()
+        self.model, self.cfg, self.tasks = model, cfg, model.tasks
+        n = len(self.tasks)
+        self.head_params = {t: list(model.heads[t].parameters()) for t in self.tasks}
+        self.last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
+        self.gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
+        self.w = task_weights.clone().float() if task_weights is not None else torch.ones(n)
+        self.initial_losses: Tensor | None = None
+        self.loss_sums = torch.zeros(n)
+        self.aff_sum = torch.zeros(n, n)
+        self.aff_count = 0
+        self.look: tuple[affinity.Lookahead, affinity.HeadMirror] | None = None  # built at the first lookahead
+        self.batches = self.samples = 0
 
-class _PatchGram:
-    """A convolution whose per-task weight gradients the lookahead never forms.
+    def _lookahead_parts(self) -> tuple[affinity.Lookahead, affinity.HeadMirror] | None:
+        """The lookahead parts when this batch measures affinity, else None."""
+        step = self.cfg.lookahead_step
+        if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
+            return None
+        if self.look is None:
+            self.look = (affinity.Lookahead(self.model.encoder, self.last_shared if self.gradnorm else ()),
+                         affinity.HeadMirror(self.model))
+        return self.look
 
-    With U the rows of input patches of the real forward (P positions × fan-in) and
-    dY_i task i's gradient at the layer's output (P × C_out), g_i = dY_iᵀ·U, so the
-    lookahead layer on its own input h' (patches U') is
-        conv(h', S − c·g_i) = conv(h', S) − c·(U'·Uᵀ)·dY_i
-    which costs P'·P·(fan-in + C_out) instead of P·fan-in·C_out for g_i alone (plus the
-    same again to use it). Deep layers on small maps have few positions and many
-    weights: there the real step then needs one weight gradient (of Σ_i w_i·dY_i)
-    instead of n, and the lookahead never materialises those layers' n weight sets.
-    """
+    def step(self, batch) -> None:
+        model, opt, w = self.model, self.opt, self.w
+        x, targets, masks = select_tasks(batch, self.tasks)
+        opt.zero_grad(set_to_none=True)
+        look = self._lookahead_parts()
+        feats = look[0].forward(x) if look else model.encoder(x)
+        losses = task_losses(model.heads, self.tasks, feats, targets, masks)
+        lvec = torch.stack([loss.detach() for loss in losses])
+        if self.initial_losses is None:
+            self.initial_losses = lvec.clamp_min(1e-8)
+        if look:
+            norms, per_task = affinity.step_grads_per_task(model, losses, w, look[0], self.head_params,
+                                                           self.last_shared if self.gradnorm else [])
+            self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task)
+            look[0].release()
+            self.aff_count += 1
+        else:
+            total = sum(wi * li for wi, li in zip(w, losses)) if self.gradnorm else sum(losses)
+            if self.gradnorm:
+                norms = torch.stack([_grad_norm(li, self.last_shared) for li in losses])
+            total.backward()  # type: ignore[union-attr]
+        if self.global_ref is not None:
+            for p, g in zip(model.parameters(), self.global_ref):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - g, alpha=self.cfg.prox_mu)
+        opt.step()
+        if self.gradnorm:
+            self.w = _gradnorm_update(w, norms, lvec, self.initial_losses, self.cfg)
+        self.loss_sums += lvec * len(x)
+        self.samples += len(x)
+        self.batches += 1
 
-    def __init__(self, module: nn.Conv2d, k: int, h: Tensor, y: Tensor):
-        self.module, self.k, self.h, self.y = module, k, h, y
-        self.u: Tensor | None = None
-
-    def patches(self, h: Tensor) -> Tensor:
-        m = self.module
-        u = F.unfold(h, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, fan-in, L)
-        return u.transpose(1, 2).reshape(-1, u.shape[1])
-
-    def correction(self, h: Tensor, dy: Tensor) -> Tensor:
-        """conv(h, g) for g = the weight gradient of output gradient ``dy`` on the recorded input."""
-        if self.u is None:
-            self.u = self.patches(self.h.detach())
-        cout, ho, wo = dy.shape[1:]
-        corr = (self.patches(h) @ self.u.T) @ dy.permute(0, 2, 3, 1).reshape(-1, cout)
-        return corr.view(h.shape[0], ho, wo, cout).permute(0, 3, 1, 2)
-
-    def weight_grad(self, dy: Tensor) -> Tensor:
-        m = self.module
-        return torch.nn.grad.conv2d_weight(self.h.detach(), m.weight.shape, dy, m.stride, m.padding, m.dilation)
-
-    @staticmethod
-    def capable(m: nn.Module) -> bool:
-        return (type(m) is nn.Conv2d and m.groups == 1 and m.padding_mode == "zeros"  # type: ignore[union-attr]
-                and not isinstance(m.padding, str) and m.weight.requires_grad)  # type: ignore[union-attr]
-
-    @staticmethod
-    def pays(m: nn.Conv2d, y: Tensor) -> bool:
-        """The Gram route costs at most half of one weight gradient."""
-        positions, fan_in = y.numel() // y.shape[1], m.weight[0].numel()
-        return 2 * positions * (fan_in + m.out_channels) <= fan_in * m.out_channels
-
-
-class _Lookahead:
-    """θ_enc − lr·u_i for each task i, where u_i is the SGD-with-momentum update the optimiser
-    would apply for gradient g_i (weight decay and momentum buffer included; optimiser state untouched).
-
-    The part of u_i that does not depend on g_i (momentum and weight decay) is computed once
-    per lookahead batch: θ'_i = shared − c·g_i, with c = lr·(1 − dampening) once a momentum
-    buffer exists and lr before (PyTorch starts the buffer at the first gradient, undamped).
-    The buffers are allocated once and reused for every task and lookahead batch: fresh
-    allocations of this size cost page faults that were measured to matter on CPU.
-    Convolutions where it pays (:class:`_PatchGram`) take the shared weights plus a
-    correction from their output gradients instead of per-task weights.
-    """
-
-    def __init__(self, encoder: nn.Module, keep_full: Sequence[Tensor] = ()):
-        self.encoder = encoder
-        self.names = [k for k, _ in encoder.named_parameters()]
-        self.live = [p for _, p in encoder.named_parameters()]
-        self.buffers = dict(encoder.named_buffers())
-        # on CPU the lookahead passes (inference only) run in channels_last, like the heads' copy
-        self.fmt = torch.channels_last if next(encoder.parameters()).device.type == "cpu" else torch.preserve_format
-        self.shared = [torch.empty_like(p, memory_format=self._fmt(p)) for p in self.live]
-        self.scratch = [torch.empty_like(p, memory_format=self._fmt(p)) for p in self.live]
-        self.coef = [0.0] * len(self.live)
-        full = {id(p) for p in keep_full}  # parameters whose per-task gradients are needed (GradNorm's norms)
-        self.candidates = [m for m in encoder.modules() if _PatchGram.capable(m) and id(m.weight) not in full]
-        self._index = {id(p): k for k, p in enumerate(self.live)}
-        self.gram: list[_PatchGram] = []
-        self._gram_ks: set[int] = set()  # indices (in ``live``) of the Gram-route weights
-        self._seen: dict[nn.Module, list[tuple[Tensor, int, Tensor, int]]] = {}
-        self.inputs: list[Tensor] = list(self.live)  # what each task's backward differentiates
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The real forward of a lookahead batch, recording each candidate convolution's input
-        and output; :meth:`settle` then picks the ones that take the Gram route."""
-        self._seen = {}
-
-        def record(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-            self._seen.setdefault(m, []).append((inp[0], inp[0]._version, out, out._version))
-
-        handles = [m.register_forward_hook(record) for m in self.candidates]
-        try:
-            return self.encoder(x)
-        finally:
-            for hd in handles:
-                hd.remove()
-
-    def settle(self) -> list[Tensor]:
-        """After the heads' forward, before the per-task backward passes: the convolutions that
-        were called once, whose input and output nothing modified in place since (so autograd's
-        gradient at that output is the layer's), and where :meth:`_PatchGram.pays`, take the Gram
-        route. Returns what each task's backward differentiates (:attr:`inputs`)."""
-        self.gram = [_PatchGram(m, self._index[id(m.weight)], h, y)  # type: ignore[arg-type]
-                     for m, calls in self._seen.items() if len(calls) == 1
-                     for h, hv, y, yv in calls
-                     if h._version == hv and y._version == yv and y.requires_grad and _PatchGram.pays(m, y)]
-        self._seen = {}
-        self._gram_ks = {g.k for g in self.gram}
-        self.inputs = [p for k, p in enumerate(self.live) if k not in self._gram_ks] + [g.y for g in self.gram]
-        return self.inputs
-
-    def _split(self, grads: Sequence[Tensor | None]) -> tuple[Sequence[Tensor | None], Sequence[Tensor | None]]:
-        """Gradients aligned with :attr:`inputs` → (those of the parameters, those at the Gram-route outputs)."""
-        cut = len(grads) - len(self.gram)
-        return grads[:cut], grads[cut:]
-
-    def set_grads(self, grads: Sequence[Tensor | None]) -> None:
-        """``.grad`` of the encoder parameters from gradients aligned with :attr:`inputs`."""
-        of_params, at_outputs = self._split(grads)
-        for p, g in zip(self.inputs, of_params):
-            p.grad = g
-        for pg, dy in zip(self.gram, at_outputs):
-            pg.module.weight.grad = None if dy is None else pg.weight_grad(dy)
-
-    def release(self) -> None:
-        """Drop the recorded tensors (they hold the batch's autograd graph)."""
-        self.gram, self.inputs, self._seen, self._gram_ks = [], list(self.live), {}, set()
-
-    @torch.no_grad()
-    def prepare(self, opt: torch.optim.SGD) -> None:
-        group = opt.param_groups[0]
-        if group.get("nesterov"):
-            raise ValueError("the affinity lookahead implements SGD without Nesterov momentum")
-        lr, mom, wd, damp = group["lr"], group["momentum"], group["weight_decay"], group["dampening"]
-        for k, (p, s) in enumerate(zip(self.live, self.shared)):
-            buf = opt.state.get(p, {}).get("momentum_buffer") if mom else None
-            c = lr if buf is None else lr * (1 - damp)
-            torch.mul(p, 1 - c * wd, out=s)
-            if buf is not None:
-                s.add_(buf, alpha=-lr * mom)
-            self.coef[k] = c
-
-    @torch.no_grad()
-    def features(self, x: Tensor, grads: Sequence[Tensor | None]) -> Tensor:
-        """The encoder's output on ``x`` with the lookahead parameters for one task's gradients
-        (aligned with :attr:`inputs`); BatchNorm running statistics are updated on copies, so
-        the model's stay untouched."""
-        of_params, at_outputs = self._split(grads)
-        rest = iter(of_params)
-        params = [s if k in self._gram_ks else self._step(s, c, next(rest), o)
-                  for k, (s, c, o) in enumerate(zip(self.shared, self.coef, self.scratch))]
-        state = dict(zip(self.names, params)) | {k: v.clone() for k, v in self.buffers.items()}
-        handles = []
-        for pg, dy in zip(self.gram, at_outputs):
-            if dy is not None:
-                c = self.coef[pg.k]
-                handles.append(pg.module.register_forward_hook(
-                    lambda m, inp, out, pg=pg, dy=dy, c=c: out.sub_(pg.correction(inp[0], dy), alpha=c)))
-        try:
-            return functional_call(self.encoder, state, (x.contiguous(memory_format=self._fmt(x)),))
-        finally:
-            for hd in handles:
-                hd.remove()
-
-    def _fmt(self, t: Tensor) -> torch.memory_format:
-        return self.fmt if t.dim() == 4 else torch.preserve_format
-
-    @staticmethod
-    def _step(s: Tensor, c: float, g: Tensor | None, out: Tensor) -> Tensor:
-        return s if g is None else torch.add(s, g, alpha=-c, out=out)
+    def finish(self) -> LocalResult:
+        n = max(self.samples, 1)
+        metrics = {f"train_loss/{t}": float(self.loss_sums[i] / n) for i, t in enumerate(self.tasks)}
+        metrics.update(samples=float(self.samples), batches=float(self.batches),
+                       lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0)
+        out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.gradnorm:
+            out["gradnorm.weights"] = self.w
+        return LocalResult(out, metrics, self.aff_sum / self.aff_count if self.aff_count else None)
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
                 cfg: LocalConfig, task_weights: Tensor | None = None) -> LocalResult:
     """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights``."""
-    t0 = time.perf_counter()
-    model.load_state_dict(weights)
-    model.train()
-    tasks = model.tasks
-    n = len(tasks)
-    head_params = {t: list(model.heads[t].parameters()) for t in tasks}
-    last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
-    gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
-    w = (task_weights.clone().float() if task_weights is not None else torch.ones(n))
-    initial_losses: Tensor | None = None
+    run = LocalTraining(model, weights, cfg, task_weights)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loss_sums = torch.zeros(n)
-    aff_sum = torch.zeros(n, n)
-    aff_count = 0
-    aff: tuple[_Lookahead, _HeadMirror] | None = None  # built at the first lookahead batch
-    nb = samples = 0
     for _epoch in range(cfg.local_epochs):
         for batch in batches(data, cfg.batch_size, gen):
-            x, targets, masks = select_tasks(batch, tasks)
-            look = cfg.lookahead_step > 0 and n > 1 and nb % cfg.lookahead_step == 0
-            opt.zero_grad(set_to_none=True)
-            if look and aff is None:
-                aff = _Lookahead(model.encoder, last_shared if gradnorm else ()), _HeadMirror(model)
-            this = aff if look else None  # the lookahead parts, on a lookahead batch
-            feats = this[0].forward(x) if this else model.encoder(x)
-            losses = _task_losses(model.heads, tasks, feats, targets, masks)
-            lvec = torch.stack([loss.detach() for loss in losses])
-            if initial_losses is None:
-                initial_losses = lvec.clamp_min(1e-8)
-            if this:
-                norms, per_task = _step_grads_per_task(model, losses, w, this[0], head_params,
-                                                        last_shared if gradnorm else [])
-                aff_sum += _affinity(tasks, *this, x, targets, masks, opt, lvec, per_task)
-                this[0].release()
-                aff_count += 1
-            else:
-                total = sum(wi * li for wi, li in zip(w, losses)) if gradnorm else sum(losses)
-                if gradnorm:
-                    norms = torch.stack([_grad_norm(li, last_shared) for li in losses])
-                total.backward()  # type: ignore[union-attr]
-            if global_ref is not None:
-                for p, g in zip(model.parameters(), global_ref):
-                    if p.grad is not None:
-                        p.grad.add_(p.detach() - g, alpha=cfg.prox_mu)
-            opt.step()
-            if gradnorm:
-                w = _gradnorm_update(w, norms, lvec, initial_losses, cfg)
-            loss_sums += lvec * len(x)
-            samples += len(x)
-            nb += 1
-    metrics = {f"train_loss/{t}": float(loss_sums[i] / max(samples, 1)) for i, t in enumerate(tasks)}
-    metrics.update(samples=float(samples), batches=float(nb), lookahead_batches=float(aff_count),
-                   compute_s=time.perf_counter() - t0)
-    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if gradnorm:
-        out["gradnorm.weights"] = w
-    return LocalResult(out, metrics, aff_sum / aff_count if aff_count else None)
+            run.step(batch)
+    return run.finish()
+
+
+def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
+    """Client side of a train message: local training, then a reply with weights and metrics."""
+    cfg = LocalConfig.from_dict(msg.config)
+    arrays = dict(msg.arrays)
+    task_weights = arrays.pop("gradnorm.weights", None)
+    result = train_local(models.get(cfg.task_tuple), arrays, data, cfg, task_weights)
+    out = result.weights
+    if result.affinity is not None:
+        out["affinity"] = result.affinity
+    return Message(arrays=out, config={"tasks": cfg.tasks}, metrics=result.metrics)
 
 
 def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
     g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.tensor(0.0)))
-
-
-def _step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, look: _Lookahead,
-                         head_params: dict[str, list[Tensor]], last_shared: list[Tensor]
-                         ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
-    """One backward per task into (encoder, own head); fills ``.grad`` for the real step
-    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead
-    (for the lookahead's Gram-route convolutions: gradients at their outputs, see :class:`_PatchGram`).
-    GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
-    enc_params = look.settle()
-    enc_acc: list[Tensor | None] = [None] * len(enc_params)
-    last_ids = {id(p) for p in last_shared}
-    unit = bool((w == 1).all())
-    norms = []
-    per_task = []
-    for i, (t, li) in enumerate(zip(model.tasks, losses)):
-        hp = head_params[t]
-        g = torch.autograd.grad(li, enc_params + hp, retain_graph=i < len(losses) - 1, allow_unused=True)
-        ge, gh = g[:len(enc_params)], g[len(enc_params):]
-        per_task.append(ge)
-        sq = torch.tensor(0.0)
-        for k, (p, gi) in enumerate(zip(enc_params, ge)):
-            if gi is None:
-                continue
-            acc = enc_acc[k]
-            if acc is None:  # the first contribution starts the sum (no zero-filled buffer)
-                enc_acc[k] = gi.clone() if unit else gi * w[i]
-            else:
-                acc.add_(gi, alpha=float(w[i]))
-            if id(p) in last_ids:
-                sq = sq + gi.pow(2).sum()
-        norms.append(sq.sqrt())
-        for p, gi in zip(hp, gh):  # a head only gets its own task's gradient: no copy needed at weight 1
-            p.grad = None if gi is None else (gi if unit else gi * w[i])
-    look.set_grads(enc_acc)
-    return torch.stack(norms), per_task
-
-
-class _HeadMirror:
-    """A copy of the heads for the lookahead forwards (they run without autograd, and a
-    head's running statistics, if it has any, must not see the lookahead batches).
-
-    On CPU the copy is kept in ``channels_last`` memory format, which runs these
-    inference-only forwards faster (measured for all three encoders' heads, see
-    docs/benchmarks.md); training keeps the default format, whose backward is faster.
-    The copy is refreshed from the live heads before each lookahead batch.
-    """
-
-    def __init__(self, model: MultiTaskModel):
-        self.channels_last = next(model.parameters()).device.type == "cpu"
-        self.heads = copy.deepcopy(model.heads)
-        if self.channels_last:
-            self.heads.to(memory_format=torch.channels_last)
-        self._dst = list(self.heads.parameters()) + list(self.heads.buffers())
-        self._src = list(model.heads.parameters()) + list(model.heads.buffers())
-
-    @torch.no_grad()
-    def refresh(self) -> nn.ModuleDict:
-        torch._foreach_copy_(self._dst, self._src)
-        return self.heads
-
-    def features(self, feats: Tensor) -> Tensor:
-        return feats.contiguous(memory_format=torch.channels_last) if self.channels_last and feats.dim() == 4 else feats
-
-
-@torch.no_grad()
-def _affinity(tasks: Sequence[str], look: _Lookahead, mirror: _HeadMirror, x: Tensor, targets, masks,
-              opt: torch.optim.SGD, base: Tensor, per_task: list[tuple[Tensor | None, ...]]) -> Tensor:
-    """Z(i→j) for all ordered pairs, from the per-task encoder gradients of this batch.
-
-    (Stacking the n lookahead feature maps into one n-times larger batch per head
-    was measured slower on CPU than this loop; see docs/benchmarks.md.)
-    """
-    look.prepare(opt)
-    heads = mirror.refresh()
-    z = torch.zeros(len(tasks), len(tasks))
-    for i, grads in enumerate(per_task):
-        feats = mirror.features(look.features(x, grads))
-        after = torch.stack(_task_losses(heads, tasks, feats, targets, masks))
-        z[i] = 1.0 - after / base.clamp_min(1e-12)
-    return z
 
 
 def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, cfg: LocalConfig) -> Tensor:
@@ -389,29 +145,3 @@ def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, 
     grad = torch.sign(g - target) * norms
     w = (w - cfg.gradnorm_lr * grad).clamp_min(1e-3)
     return w * (len(w) / w.sum())
-
-
-@torch.no_grad()
-def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: Dataset,
-             batch_size: int = 64) -> dict[str, float]:
-    """Mean test loss and task metrics of ``model`` on ``data``: keys ``loss/<task>``, ``<metric>/<task>``."""
-    if weights is not None:
-        model.load_state_dict(weights)
-    model.eval()
-    sums: dict[str, dict[str, Tensor]] = {t: {} for t in model.tasks}
-    loss = torch.zeros(len(model.tasks), dtype=torch.float64)
-    count = 0
-    for batch in batches(data, batch_size, shuffle=False):
-        x, targets, masks = select_tasks(batch, model.tasks)
-        preds = model(x)
-        for i, t in enumerate(model.tasks):
-            task = get_task(t)
-            loss[i] += float(task.loss(preds[t], targets[t], masks.get(t))) * len(x)
-            for k, v in task.metric_sums(preds[t], targets[t], masks.get(t)).items():
-                sums[t][k] = sums[t][k] + v if k in sums[t] else v.clone()
-        count += len(x)
-    out = {f"loss/{t}": float(loss[i] / max(count, 1)) for i, t in enumerate(model.tasks)}
-    for t in model.tasks:
-        if sums[t]:
-            out.update({f"{k}/{t}": v for k, v in get_task(t).finalize(sums[t]).items()})
-    return out

@@ -13,37 +13,46 @@ from pathlib import Path
 from typing import Any
 
 from fedmas.config import Config, ConfigError
+from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
 from fedmas.run import execute
 
-VARIANTS = {
-    "all-in-one": ("all-in-one", {}),
-    "all-in-one-fedprox": ("all-in-one", {"federation": {"aggregation": "fedprox"}}),
-    "all-in-one-gradnorm": ("all-in-one", {"federation": {"task_weighting": "gradnorm"}}),
-    "one-by-one": ("one-by-one", {}),
-}
-SPLITTING = ("mas", "tag", "hoa", "random")
-PRETTY = {"mas": "MAS", "tag": "TAG", "hoa": "HOA", "random": "random"}
+
+def _names() -> tuple[dict[str, tuple[str, dict[str, Any]]], list[str]]:
+    """From the method registry: plain names (a method or one of its variants) → (method, overrides),
+    and the methods that take a split count (``name:K``)."""
+    plain: dict[str, tuple[str, dict[str, Any]]] = {}
+    splitting = []
+    for name, plan in PLANS.items():
+        if plan.splits:
+            splitting.append(name)
+        else:
+            plain[name] = (name, {})
+        for variant, over in plan.variants.items():
+            plain[variant] = (name, over)
+    return plain, splitting
 
 
 def parse_methods(spec: str, n_tasks: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """'mas:2,one-by-one,...' → [(label, method, config overrides)]."""
+    """'mas:2,one-by-one,...' → [(key, method, config overrides)]."""
+    plain, splitting = _names()
     out = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         name, _, k = item.partition(":")
-        if name in VARIANTS and not k:
-            method, over = VARIANTS[name]
+        if name in plain and not k:
+            method, over = plain[name]
             out.append((name, method, over))
-        elif name in SPLITTING:
-            if k == "auto" and name == "mas":
-                out.append(("mas:auto", "mas", {"mas": {"splits": "auto"}}))
+        elif name in splitting:
+            if k == "auto" and PLANS[name].auto_splits:
+                out.append((item, name, {"mas": {"splits": "auto"}}))
                 continue
             if not k.isdigit() or not 1 <= int(k) <= n_tasks:
                 raise ConfigError(f"--methods {item!r}: {name} needs a split count 1..{n_tasks}, e.g. {name}:2")
             out.append((item, name, {"mas": {"splits": int(k)}}))
         else:
-            raise ConfigError(f"--methods: unknown method {item!r}; accepted: {', '.join(VARIANTS)}, "
-                              f"{', '.join(s + ':K' for s in SPLITTING)}, mas:auto")
+            autos = [f"{n}:auto" for n in splitting if PLANS[n].auto_splits]
+            raise ConfigError(f"--methods: unknown method {item!r}; accepted: {', '.join(plain)}, "
+                              f"{', '.join(s + ':K' for s in splitting)}, {', '.join(autos)}")
     if not out:
         raise ConfigError("--methods is empty")
     return out
@@ -56,11 +65,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def label_of(label: str) -> str:
-    name, _, k = label.partition(":")
-    if name in PRETTY:
-        return f"{PRETTY[name]} {k} splits" if k != "auto" else "MAS auto"
-    return name
+def label_of(key: str) -> str:
+    """How figures and tables name a ``--methods`` entry: 'mas:2' → 'MAS 2 splits'."""
+    name, _, k = key.partition(":")
+    if not k:
+        return name
+    label = PLANS[name].label
+    return f"{label} auto" if k == "auto" else f"{label} {k} splits"
 
 
 def compare(cfg: Config, methods: str, out: Path, progress: bool = True) -> list[dict[str, Any]]:

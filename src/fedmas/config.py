@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedmas.tasks import TASK_SETS, TASKS
 
-METHODS = ("mas", "one-by-one", "all-in-one", "tag", "hoa", "random")
-
 
 class ConfigError(ValueError):
     """A bad configuration value; the message says which and what is accepted."""
@@ -133,15 +131,26 @@ class Config(_Strict):
     mas: MASConfig = MASConfig()
     hoa: HOAConfig = HOAConfig()
     cost: CostConfig = CostConfig()
-    engine: Literal["inprocess", "flower-sim", "flower"] = "inprocess"
+    engine: str = Field("inprocess", description="how messages travel: inprocess, flower-sim or flower")
     flower: FlowerConfig = FlowerConfig()
     threads: int = Field(2, ge=1, le=256)
 
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; accepted: {', '.join(METHODS)}")
+        from fedmas.methods import PLANS
+
+        if v not in PLANS:
+            raise ValueError(f"unknown method {v!r}; accepted: {', '.join(PLANS)}")
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        from fedmas.engines import ENGINES
+
+        if v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}; accepted: {', '.join(ENGINES)}")
         return v
 
     @field_validator("plugins")
@@ -172,14 +181,16 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        n = len(self.tasks)  # type: ignore[arg-type]
-        if isinstance(self.mas.splits, int) and self.mas.splits > n and self.method in ("mas", "tag", "random", "hoa"):
+        from fedmas.methods import PLANS
+
+        plan, n = PLANS[self.method], len(self.tasks)  # type: ignore[arg-type]
+        if isinstance(self.mas.splits, int) and self.mas.splits > n and plan.splits:
             raise ValueError(f"mas.splits={self.mas.splits} is larger than the number of tasks ({n})")
         if self.data.dataset == "scenes" and self.federation.clients_per_round > self.data.buildings:
             raise ValueError(f"federation.clients_per_round={self.federation.clients_per_round} exceeds the "
                              f"number of clients (data.buildings={self.data.buildings})")
-        if isinstance(self.mas.merge_rounds, int) and self.method in ("mas", "random", "tag") \
-                and self.mas.merge_rounds >= self.federation.rounds and self.method != "tag":
+        r0 = self.mas.merge_rounds
+        if isinstance(r0, int) and plan.continues and r0 >= self.federation.rounds:
             raise ValueError(f"mas.merge_rounds={self.mas.merge_rounds} must be smaller than "
                              f"federation.rounds={self.federation.rounds}")
         if self.federation.min_replies > self.federation.clients_per_round:

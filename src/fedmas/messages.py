@@ -1,23 +1,63 @@
-"""Plain-data messages between server and clients, and the client side's entry point.
+"""Plain-data messages between server and clients (the wire format; no training code).
 
 A message is named arrays + a config dict + metrics, so any engine (in-process,
-Flower) can carry it. :func:`handle_train` is what every engine runs on a client:
-it turns a train message into a reply using :func:`fedmas.client.train_local`.
+Flower) can carry it; :func:`message_nbytes` is its exact size on the wire.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
-
-from fedmas.client import LocalConfig, train_local
-from fedmas.models import ModelSpec, MultiTaskModel
 
 Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Instructions for one round of local training; the server sends ``dataclasses.asdict`` of it
+    and the client rebuilds it with :meth:`from_dict`, which refuses unknown, missing or mistyped keys."""
+
+    tasks: str = ""  # comma-separated task names of the FL task's model
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    local_epochs: int = 1
+    batch_size: int = 16
+    prox_mu: float = 0.0  # FedProx proximal term; 0 = FedAvg
+    gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
+    gradnorm_lr: float = 0.025
+    lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
+    seed: int = 0
+    round: int = 0
+
+    @property
+    def task_tuple(self) -> tuple[str, ...]:
+        return tuple(self.tasks.split(","))
+
+    def to_dict(self) -> dict[str, str | int | float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> LocalConfig:
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        missing = sorted(set(fields) - set(d))
+        if unknown or missing:
+            raise ValueError(f"local training config: unknown keys {unknown}, missing keys {missing}")
+        out: dict[str, object] = {}
+        for k, kind in fields.items():
+            v = d[k]
+            ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[str(kind)]
+            if not ok:
+                raise ValueError(f"local training config: {k} must be {kind}, got {v!r}")
+            out[k] = float(v) if kind == "float" else v  # type: ignore[arg-type]
+        return cls(**out)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -74,29 +114,3 @@ def _align(t: Tensor) -> int:
 def message_nbytes(msg: Message) -> int:
     meta = {k: str(v) for k, v in {**msg.config, **{f"m:{k}": v for k, v in msg.metrics.items()}}.items()}
     return payload_nbytes(msg.arrays, meta)
-
-
-class ModelCache:
-    """One model instance per task tuple, reused across rounds (weights are loaded each time)."""
-
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self._models: dict[tuple[str, ...], MultiTaskModel] = {}
-
-    def get(self, tasks: tuple[str, ...]) -> MultiTaskModel:
-        if tasks not in self._models:
-            self._models[tasks] = MultiTaskModel(tasks, self.spec)
-        return self._models[tasks]
-
-
-def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
-    """Client side of a train message: local training, then a reply with weights and metrics."""
-    tasks = tuple(str(msg.config["tasks"]).split(","))
-    cfg = LocalConfig.from_dict(msg.config)
-    arrays = dict(msg.arrays)
-    task_weights = arrays.pop("gradnorm.weights", None)
-    result = train_local(models.get(tasks), arrays, data, cfg, task_weights)
-    out = result.weights
-    if result.affinity is not None:
-        out["affinity"] = result.affinity
-    return Message(arrays=out, config={"tasks": ",".join(tasks)}, metrics=result.metrics)

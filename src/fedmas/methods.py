@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,7 +33,57 @@ def _group_name(i: int) -> str:
     return f"group{i + 1}"
 
 
-class AllInOne:
+def split_count(cfg) -> int:
+    """k for the methods that need a fixed number of groups (``mas.splits: auto`` means 2 for them)."""
+    return 2 if cfg.mas.splits == "auto" else int(cfg.mas.splits)
+
+
+class Plan:
+    """A method: which FL tasks exist and when they change, plus the facts the CLI and reports need.
+
+    ``update`` runs before every round (and again after a resume) and must be idempotent;
+    ``final_assignment`` maps each task to the FL task whose evaluation reports its loss.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # how figures and tables name it
+    splits: ClassVar[bool] = False  # takes a number of groups (``name:K`` in ``fedmas compare``)
+    auto_splits: ClassVar[bool] = False  # understands ``mas.splits: auto``
+    merges: ClassVar[bool] = False  # has a merged phase of ``mas.merge_rounds`` rounds before its groups
+    continues: ClassVar[bool] = False  # its groups continue from the merged weights within R rounds
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}  # further ``fedmas compare`` names → config overrides
+
+    def expected_rounds(self, server: Server) -> int | None:
+        """Rounds the method will run (for progress), or None when it cannot be known up front."""
+        return server.cfg.federation.rounds
+
+    def update(self, server: Server) -> None:
+        raise NotImplementedError
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        groups = server.state.plan["groups"]
+        return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
+
+
+PLANS: dict[str, type[Plan]] = {}
+
+
+def register(cls: type[Plan]) -> type[Plan]:
+    """Make a plan available as ``method: <cls.name>`` in configs and in ``fedmas compare``."""
+    PLANS[cls.name] = cls
+    return cls
+
+
+def make_plan(method: str) -> Plan:
+    return PLANS[method]()
+
+
+@register
+class AllInOne(Plan):
+    name, label = "all-in-one", "all-in-one"
+    variants = {"all-in-one-fedprox": {"federation": {"aggregation": "fedprox"}},
+                "all-in-one-gradnorm": {"federation": {"task_weighting": "gradnorm"}}}
+
     def update(self, server: Server) -> None:
         if not server.state.plan.get("started"):
             server.add_task("all-in-one", list(server.tasks), server.cfg.federation.rounds)
@@ -43,7 +93,13 @@ class AllInOne:
         return {t: "all-in-one" for t in server.tasks}
 
 
-class OneByOne:
+@register
+class OneByOne(Plan):
+    name, label = "one-by-one", "one-by-one"
+
+    def expected_rounds(self, server: Server) -> int | None:
+        return len(server.tasks) * server.cfg.federation.rounds
+
     def update(self, server: Server) -> None:
         st = server.state
         if st.active:
@@ -66,10 +122,11 @@ def merge_rounds(server: Server) -> int:
     return int(m.merge_rounds)
 
 
-class _MergeThenSplit:
+class _MergeThenSplit(Plan):
     """Shared by MAS and the random control: a merged phase, then groups from its weights."""
 
     measure = True
+    splits = merges = continues = True
 
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
@@ -90,15 +147,13 @@ class _MergeThenSplit:
 
     def _maybe_stop_merge(self, server: Server, merged) -> None:
         m = server.cfg.mas
-        rows = [np.asarray(a["matrix"]) for a in server.state.affinity if a["fl_task"] == MERGED]
+        rows = [np.asarray(a["matrix"]) for a in server.state.affinity.of(MERGED)]
         rhos = [grouping.spearman(np.mean(rows[:i + 1], 0), np.mean(rows[:i], 0)) for i in range(1, len(rows))]
         server.state.plan["settle_rho"] = rhos
         settled = len(rhos) >= m.settle_patience and all(r >= m.settle_threshold for r in rhos[-m.settle_patience:])
         if settled and merged.done_rounds >= m.min_merge_rounds:
             merged.rounds = merged.done_rounds
-            merged.finished_round = server.state.round - 1
-            server.state.active.remove(merged)
-            server.state.finished.append(merged)
+            server.state.retire(merged, server.state.round - 1)
             server.state.plan["merge_stopped"] = {"round": merged.done_rounds, "rho": rhos[-m.settle_patience:],
                                                   "rule": f"rank correlation of successive running-mean affinity "
                                                           f"≥ {m.settle_threshold} for {m.settle_patience} rounds"}
@@ -106,17 +161,17 @@ class _MergeThenSplit:
     def choose_groups(self, server: Server) -> list[list[str]]:
         raise NotImplementedError
 
-    def final_assignment(self, server: Server) -> dict[str, str]:
-        groups = server.state.plan["groups"]
-        return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
 
-
+@register
 class MAS(_MergeThenSplit):
     """Merge and Split (Zhuang et al., ICCV 2023)."""
 
+    name, label = "mas", "MAS"
+    auto_splits = True
+
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
-        tasks, z = server.affinity(MERGED, m.affinity_window) or (list(server.tasks), None)
+        tasks, z = server.state.affinity.mean(MERGED, m.affinity_window) or (list(server.tasks), None)
         n = len(tasks)
         if z is None:  # a single task: nothing to split
             return [list(tasks)]
@@ -163,21 +218,23 @@ def _param_count(server: Server, tasks: list[str]) -> int:
 
 
 def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
-    rounds = sum(a["fl_task"] == MERGED for a in server.state.affinity)
+    rounds = len(server.state.affinity.of(MERGED))
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
            "chosen": chosen, "rule": rule, "affinity_rounds": rounds}
     server.state.plan["split"] = doc
     atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))
 
 
+@register
 class RandomSplit(_MergeThenSplit):
     """Control: the same merge phase (no affinity measured) and a seeded random partition."""
 
+    name, label = "random", "random"
     measure = False
 
     def choose_groups(self, server: Server) -> list[list[str]]:
         tasks = list(server.tasks)
-        k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+        k = split_count(server.cfg)
         rng = np.random.default_rng(stable_seed(server.cfg.seed, "random-split"))
         labels = rng.permutation(np.arange(len(tasks)) % k)
         groups = [[t for t, lab in zip(tasks, labels) if lab == g] for g in range(k)]
@@ -186,8 +243,15 @@ class RandomSplit(_MergeThenSplit):
         return groups
 
 
-class TAG:
+@register
+class TAG(Plan):
     """Task Affinity Grouping (Fifty et al., NeurIPS 2021): groups retrained from scratch."""
+
+    name, label = "tag", "TAG"
+    splits = merges = True
+
+    def expected_rounds(self, server: Server) -> int | None:
+        return merge_rounds(server) + server.cfg.federation.rounds
 
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
@@ -196,8 +260,8 @@ class TAG:
             server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=R)
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:
-            tasks, z = server.affinity(MERGED, server.cfg.mas.affinity_window)
-            k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+            tasks, z = server.state.affinity.mean(MERGED, server.cfg.mas.affinity_window)
+            k = split_count(server.cfg)
             sel = grouping.tag_selection(z, k)
             groups = [[tasks[i] for i in g] for g in sel.groups]
             assign = grouping.tag_assignment(z, sel.groups)
@@ -212,8 +276,18 @@ class TAG:
         return dict(server.state.plan["assignment"])
 
 
-class HOA:
-    """Higher-Order Approximation (Standley et al., ICML 2020), as restated in ../shared/MAS.md §5."""
+@register
+class HOA(Plan):
+    """Higher-Order Approximation (Standley et al., ICML 2020): every single task and pair is trained,
+    a group's loss is estimated from the pairs, the best partition is retrained from scratch."""
+
+    name, label = "hoa", "HOA"
+    splits = True
+
+    def expected_rounds(self, server: Server) -> int | None:
+        n = len(server.tasks)
+        probes = n + n * (n - 1) // 2
+        return -(-probes // server.capacity()) * server.cfg.hoa.pair_rounds + server.cfg.federation.rounds
 
     def update(self, server: Server) -> None:
         st, tasks = server.state, list(server.tasks)
@@ -246,20 +320,9 @@ class HOA:
                 val[g] = -single[members[0]]
             else:
                 val[g] = -sum(pair[t, members[members != t]].mean() for t in members)
-        k = 2 if server.cfg.mas.splits == "auto" else int(server.cfg.mas.splits)
+        k = split_count(server.cfg)
         best = grouping.partition_by_values(val, n, k)
         groups = [[tasks[i] for i in g] for g in best.groups]
         server.state.plan["estimate"] = {"single": single.tolist(), "pair": pair.tolist(),
                                          "estimated_mean_loss": -best.score / n}
         return groups
-
-    def final_assignment(self, server: Server) -> dict[str, str]:
-        groups = server.state.plan["groups"]
-        return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
-
-
-PLANS = {"mas": MAS, "all-in-one": AllInOne, "one-by-one": OneByOne, "tag": TAG, "hoa": HOA, "random": RandomSplit}
-
-
-def make_plan(method: str):
-    return PLANS[method]()

@@ -196,3 +196,16 @@ def subset_state(state: Mapping[str, Tensor], tasks: Sequence[str]) -> dict[str,
         raise KeyError(f"the source model has no head for {missing}")
     keep = ("encoder.",) + tuple(f"heads.{t}." for t in tasks)
     return {k: v.clone() for k, v in state.items() if k.startswith(keep)}
+
+
+class ModelCache:
+    """One model instance per task tuple, reused across rounds (weights are loaded each time)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._models: dict[tuple[str, ...], MultiTaskModel] = {}
+
+    def get(self, tasks: tuple[str, ...]) -> MultiTaskModel:
+        if tasks not in self._models:
+            self._models[tasks] = MultiTaskModel(tasks, self.spec)
+        return self._models[tasks]

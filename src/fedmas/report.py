@@ -21,13 +21,6 @@ def short(t: str) -> str:
     return SHORT.get(t, t)
 
 
-def affinity_doc(tasks: list[str], z: np.ndarray, rounds: int, clients: int) -> dict[str, Any]:
-    """The affinity file contract of ../shared/MAS.md §7."""
-    return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
-                                               for i, s in enumerate(tasks)},
-            "rounds": rounds, "clients": clients}
-
-
 def read_affinity(path: Path) -> tuple[list[str], np.ndarray]:
     """Parse an affinity file; raises ValueError naming what is wrong."""
     try:

@@ -19,19 +19,12 @@ import yaml
 from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import load_federated
-from fedmas.methods import MERGED, make_plan, merge_rounds
-from fedmas.report import affinity_doc, heatmap, loss_curves, short, table
+from fedmas.engines import EngineFactory, launch
+from fedmas.methods import MERGED, make_plan
+from fedmas.report import heatmap, loss_curves, short, table
 from fedmas.runtime import configure_cpu
-from fedmas.server.loop import RoundLoop, Server, print_progress, truncate_metrics
+from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
-
-
-def _flower():
-    try:
-        from fedmas.engines import flower
-    except ImportError as e:
-        raise ConfigError(f"engine flower needs the optional extra: pip install 'fedmas[flower]' ({e})") from None
-    return flower
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -52,44 +45,47 @@ def resume_config(run_dir: Path) -> Config:
 
 
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
-            engine=None, stop_after: int | None = None, engine_factory=None) -> dict[str, Any] | None:
-    """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``."""
+            engine: Engine | None = None, stop_after: int | None = None,
+            engine_factory: EngineFactory | None = None) -> dict[str, Any] | None:
+    """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
+
+    The run folder is prepared here, once; then the engine named by ``cfg.engine`` is launched
+    (:func:`fedmas.engines.launch`) and drives :func:`drive` wherever it runs the server side.
+    ``engine`` / ``engine_factory`` bypass that choice (tests, benchmarks)."""
     run_dir = Path(run_dir)
     if resume:
         cfg = resume_config(run_dir)
         if (run_dir / "summary.json").exists():
             return json.loads((run_dir / "summary.json").read_text())
-        state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
-        if state is None:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     else:
         assert cfg is not None
         prepare_run_dir(run_dir, cfg)
-        state = None
     assert cfg is not None
-    if engine is None and engine_factory is None and cfg.engine != "inprocess":
-        fl = _flower()
-        if cfg.engine == "flower-sim":
-            fl.run_simulation(cfg, run_dir, resume=state is not None or resume)
-        else:
-            fl.submit(cfg, run_dir, resume=resume)
-        p = run_dir / "summary.json"
-        return json.loads(p.read_text()) if p.exists() else None
+    if engine is not None:
+        engine_factory = lambda _cfg, _data, _spec: engine  # noqa: E731
+    if engine_factory is not None:
+        return drive(cfg, run_dir, engine_factory, progress, stop_after)
+    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after))
+    p = run_dir / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
+          stop_after: int | None = None) -> dict[str, Any] | None:
+    """The server side of a prepared run folder: load data and checkpoint, run the round loop, finish."""
+    state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
+    if state is None:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.threads)
     data = load_federated(cfg.data, cfg.task_list)
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir)
-    if engine is None and engine_factory is not None:
-        engine = engine_factory(data)  # e.g. Flower: needs the client list of the data just loaded
-    if engine is None:
-        from fedmas.engines.inprocess import InProcessEngine
-
-        engine = InProcessEngine(data.clients, server.spec)
+    engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
 
-    total, t0, r0 = expected_rounds(server), time.perf_counter(), state.round
+    total, t0, r0 = plan.expected_rounds(server), time.perf_counter(), state.round
 
     def on_round(srv: Server) -> None:
         _write_affinity(srv)
@@ -103,27 +99,25 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     return finish(server, plan, progress)
 
 
-def expected_rounds(server: Server) -> int | None:
-    """Rounds the method will run (for progress), or None when it cannot be known up front."""
-    cfg = server.cfg
-    R, n = cfg.federation.rounds, len(cfg.task_list)
-    if cfg.method in ("mas", "random", "all-in-one"):
-        return R
-    if cfg.method == "one-by-one":
-        return n * R
-    if cfg.method == "tag":
-        return merge_rounds(server) + R
-    probes = n + n * (n - 1) // 2
-    return -(-probes // server.capacity()) * cfg.hoa.pair_rounds + R
+def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str | None = None,
+                     overrides: list[str] | None = None) -> dict[str, Any] | None:
+    """A deployed ServerApp's entry: drive the run in ``run_dir`` (prepared by ``fedmas run``), or
+    prepare it first from ``config`` when ``flwr run`` was called directly."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        if not config:
+            raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
+        prepare_run_dir(run_dir, load_config(config, overrides or []))
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    return drive(resume_config(run_dir), run_dir, engine_factory)
 
 
 def _write_affinity(server: Server) -> None:
-    rows = [a for a in server.state.affinity if a["fl_task"] == MERGED]
+    rows = server.state.affinity.of(MERGED)
     if not rows or rows[-1]["round"] != server.state.round - 1:
         return
-    tasks, z = server.affinity(MERGED, server.cfg.mas.affinity_window)
-    doc = affinity_doc(tasks, z, len(rows), sum(a["clients"] for a in rows))
-    doc["history"] = [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]} for a in rows]
+    doc = server.state.affinity.to_doc(MERGED, server.cfg.mas.affinity_window)
     atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
 
 
@@ -145,9 +139,9 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
     }
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
-    measured = server.affinity(MERGED, cfg.mas.affinity_window)
+    measured = st.affinity.mean(MERGED, cfg.mas.affinity_window)
     if measured is not None:
-        rounds = sum(a["fl_task"] == MERGED for a in st.affinity)
+        rounds = len(st.affinity.of(MERGED))
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {rounds} merged rounds",
                 st.plan.get("groups"))

@@ -195,6 +195,11 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def task_losses(heads, tasks, feats: Tensor, targets, masks) -> list[Tensor]:
+    """Each task's loss of its head (``heads[t]``, a module) on the shared features."""
+    return [get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in tasks]
+
+
 for _t in (
     SegmentationTask("segment_semantic", 18),
     DepthTask("depth_zbuffer", 1, offset=(1500.0,), scale=(1000.0,), mask_by_depth=True),

@@ -1,9 +1,11 @@
-"""Flower engine: the same fedmas messages carried by Flower's Message API (flwr 1.41).
+"""Flower engine, server side: the same fedmas messages carried by Flower's Message API (flwr 1.41).
 
 The ServerApp runs fedmas's own round loop and plans unchanged; only the engine
 differs. Each Flower node hosts one or more fedmas clients: client k (in sorted
 order) lives on the node whose ``partition-id`` is k mod ``num-partitions``.
-The ClientApp runs :func:`fedmas.messages.handle_train`.
+The ClientApp (:mod:`fedmas.engines.flower_client`) runs :func:`fedmas.client.handle_train`;
+nothing here imports training code. ``engine: flower-sim`` is :func:`launch` (Ray
+simulation in this process); ``engine: flower`` is :mod:`fedmas.engines.flower_deploy`.
 
 Replies are matched by ``metadata.reply_to_message_id``; the engine polls with
 its own deadline and treats error replies, missing replies and nodes that left
@@ -12,28 +14,28 @@ as dropouts, which the round loop rejects like any other failed client.
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.app import Message as FlMessage
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedmas.config import Config, load_config
-from fedmas.messages import Job, Message, ModelCache, Reply, handle_train
-from fedmas.models import ModelSpec
-from fedmas.runtime import configure_cpu
+from fedmas.config import Config
+from fedmas.engines import Drive, EngineFactory
+from fedmas.messages import Job, Message, Reply
 
 log = logging.getLogger("fedmas")
 TRAIN, QUERY = "train", "query"
 
 
-def _config_record(d: dict[str, Any]) -> ConfigRecord:
+def config_record(d: dict[str, Any]) -> ConfigRecord:
     return ConfigRecord({k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))})
 
 
@@ -98,7 +100,7 @@ class FlowerEngine:
                 out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
                 continue
             cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml}
-            rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=job.message.arrays), "config": _config_record(cfg)})
+            rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=job.message.arrays), "config": config_record(cfg)})
             msgs.append((i, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"
         ids = self.grid.push_messages([FlMessage(content=rd, dst_node_id=node, message_type=TRAIN, group_id=group)
@@ -129,80 +131,32 @@ class FlowerEngine:
         return [out[i] for i in range(len(jobs))]
 
 
-# ---------------------------------------------------------------- client side
-
-
-@functools.lru_cache(maxsize=4)
-def _client_data(cfg_yaml: str, client: str):
-    from fedmas.data import load_client
-
-    cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
-    configure_cpu(cfg.threads)
-    return cfg, load_client(cfg.data, cfg.task_list, client)
-
-
-def make_client_app() -> ClientApp:
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: FlMessage, context: Context) -> FlMessage:
-        c = msg.content["config"]
-        cfg, data = _client_data(str(c["fedmas_config"]), str(c["client"]))
-        config = {k: v for k, v in dict(c).items() if k not in ("fedmas_config", "client")}
-        fm = Message(arrays=msg.content["arrays"].to_torch_state_dict(), config=config)
-        out = handle_train(fm, data, ModelCache(ModelSpec(cfg.model.encoder, cfg.model.width)))
-        rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=out.arrays), "config": _config_record(out.config),
-                         "metrics": MetricRecord(out.metrics)})
-        return FlMessage(content=rd, reply_to=msg)
-
-    @app.query()
-    def query(msg: FlMessage, context: Context) -> FlMessage:
-        nc = context.node_config
-        info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
-                             "num_partitions": int(nc.get("num-partitions", 1))})
-        return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
-
-    return app
-
-
 # ---------------------------------------------------------------- server side
 
 
-def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, resume: bool = False) -> ServerApp:
-    """A ServerApp running fedmas's round loop. Without arguments (deployment), the run
-    config of ``flwr run`` names them: ``config`` (YAML path), ``out`` (run folder), ``resume``."""
+def make_server_app(serve: Callable[[Context, EngineFactory], Any]) -> ServerApp:
+    """A ServerApp whose main calls ``serve(context, engine_factory)``: the factory builds a
+    :class:`FlowerEngine` on this run's ``Grid`` for the data the server side loads."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedmas.run import execute, resume_config
-
-        rc = context.run_config
-        out = Path(run_dir or str(rc.get("out", "")) or "runs/flower")
-        res = resume or bool(rc.get("resume", False))
-        conf = cfg
-        if conf is None:
-            conf = resume_config(out) if res else load_config(str(rc["config"]),
-                                                                  [s for s in str(rc.get("set", "")).split() if s])
-        execute(None if res else conf, out, resume=res,
-                engine_factory=lambda data: FlowerEngine(grid, conf, data.client_ids))
+        serve(context, lambda cfg, data, _spec: FlowerEngine(grid, cfg, data.client_ids))
 
     return app
 
 
-def run_simulation(cfg: Config, run_dir: Path, resume: bool = False) -> None:
-    """``engine: flower-sim``: Flower's Ray-backed simulation on this machine."""
-    import os
-
+def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+    """``engine: flower-sim``: Flower's Ray-backed simulation on this machine; its ServerApp drives this run."""
     from flwr.simulation import run_simulation as flwr_sim
+
+    from fedmas.engines.flower_client import make_client_app
 
     ray_tmp = Path(run_dir).resolve().parent / ".ray"
     if len(str(ray_tmp)) > 40:  # Ray's unix-socket paths must stay under ~107 characters
-        import tempfile
-
         ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-"))
     os.environ.setdefault("RAY_TMPDIR", str(ray_tmp))
-    flwr_sim(server_app=make_server_app(cfg, run_dir, resume), client_app=make_client_app(),
+    flwr_sim(server_app=make_server_app(lambda _ctx, factory: drive(factory)), client_app=make_client_app(),
              num_supernodes=cfg.flower.nodes,
              backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                              "init_args": {"num_cpus": max(1, cfg.threads)}})

@@ -4,7 +4,7 @@
 whole loopback deployment for a demo: it starts ``flower-superlink`` and ``nodes``
 ``flower-supernode`` processes on 127.0.0.1 (optionally with TLS and SuperNode
 authentication from a self-signed CA), submits the run with ``flwr run``, waits,
-and stops every process it started by its PID.
+and stops every process it started by its PID. :func:`launch` is ``engine: flower``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedmas.config import Config, ConfigError, load_config
+from fedmas.engines import Drive
 
 APP_DIR = Path(__file__).parent / "flower_app"
 
@@ -53,22 +54,32 @@ def write_connection(home: Path, address: str, root_certificates: str | None) ->
     (home / "config.toml").write_text(f'[superlink]\ndefault = "fedmas"\n\n[superlink.fedmas]\n{conn}')
 
 
-def submit(cfg: Config, run_dir: Path, resume: bool = False, config_path: Path | None = None,
-           home: Path | None = None, timeout_s: float | None = None) -> int:
-    """``flwr run`` the fedmas app on the SuperLink named by ``cfg.flower``; streams its logs."""
+def submit(cfg: Config, run_dir: Path, home: Path | None = None, timeout_s: float | None = None) -> int:
+    """``flwr run`` the fedmas app on the SuperLink named by ``cfg.flower``; streams its logs.
+
+    The ServerApp continues the run folder ``run_dir`` (from its checkpoint, if any). A folder
+    that ``fedmas run`` has not prepared is prepared there from ``cfg``."""
     run_dir = Path(run_dir).resolve()
     home = home or run_dir.parent / ".flwr"
     env = flower_env(home)
     write_connection(home, cfg.flower.superlink, cfg.flower.root_certificates)
-    if config_path is None:
-        config_path = run_dir.parent / f".{run_dir.name}.config.yaml"
+    rc = f'out="{run_dir}"'
+    if not (run_dir / "config.yaml").exists():
         import yaml
 
+        config_path = home / f"{run_dir.name}.config.yaml"
         config_path.write_text(yaml.safe_dump({**cfg.model_dump(), "engine": "flower"}))
-    rc = f'config="{Path(config_path).resolve()}" out="{run_dir}" resume={"true" if resume else "false"}'
+        rc += f' config="{config_path}"'
     proc = subprocess.run([_bin("flwr"), "run", str(APP_DIR), "fedmas", "--stream", "--run-config", rc], env=env,
                           cwd=str(APP_DIR), timeout=timeout_s)
     return proc.returncode
+
+
+def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+    """``engine: flower``: submit the prepared run folder to the SuperLink; its ServerApp drives the run."""
+    rc = submit(cfg, run_dir)
+    if rc != 0:
+        print(f"[fedmas] flwr run exited with status {rc}; see its output above", file=sys.stderr)
 
 
 @dataclass

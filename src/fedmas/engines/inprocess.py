@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import threading
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
-from fedmas.messages import Job, ModelCache, Reply, handle_train, message_nbytes
-from fedmas.models import ModelSpec
+from fedmas.client import handle_train
+from fedmas.messages import Job, Reply, message_nbytes
+from fedmas.models import ModelCache, ModelSpec
+
+if TYPE_CHECKING:
+    from fedmas.config import Config
+    from fedmas.engines import Drive
 
 
 class InProcessEngine:
@@ -55,3 +62,6 @@ class InProcessEngine:
         return replies
 
 
+def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+    """Clients run in this process, beside the server."""
+    drive(lambda _cfg, data, spec: InProcessEngine(data.clients, spec))

@@ -18,19 +18,21 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fedmas.accounting import EnergyMeter
-from fedmas.client import evaluate
-from fedmas.config import Config
-from fedmas.messages import Job, Message, ModelCache, Reply
-from fedmas.models import ModelSpec, build_model
+from fedmas.evaluate import evaluate
+from fedmas.messages import Job, LocalConfig, Message, Reply
+from fedmas.models import ModelCache, ModelSpec, build_model
 from fedmas.server.aggregate import check_reply, fedavg
 from fedmas.server.state import FLTaskState, ServerState, atomic_write_text, save_checkpoint
+
+if TYPE_CHECKING:
+    from fedmas.config import Config
 
 log = logging.getLogger("fedmas")
 
@@ -42,13 +44,10 @@ class Engine(Protocol):
 
 
 class Plan(Protocol):
-    """A method: which FL tasks exist and when they change."""
+    """What the loop needs of a method (:class:`fedmas.methods.Plan`): which FL tasks exist now."""
 
     def update(self, server: Server) -> None:
         """Called before every round (and again after a resume); must be idempotent."""
-
-    def final_assignment(self, server: Server) -> dict[str, str]:
-        """Task → the FL task whose evaluation reports that task's final loss."""
 
 
 def stable_seed(*parts: object) -> int:
@@ -91,15 +90,6 @@ class Server:
     def finished(self, name: str) -> FLTaskState | None:
         return next((t for t in self.state.finished if t.name == name), None)
 
-    def affinity(self, fl_task: str, window: int | None = None) -> tuple[list[str], np.ndarray] | None:
-        """Mean of the per-round affinity matrices of ``fl_task`` (the last ``window`` rounds)."""
-        rows = [a for a in self.state.affinity if a["fl_task"] == fl_task]
-        if not rows:
-            return None
-        if window:
-            rows = rows[-window:]
-        return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
-
 
 def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
              max_per_client: int, round_index: int) -> dict[str, list[str]]:
@@ -139,16 +129,16 @@ def lr_at(cfg: Config, fl: FLTaskState) -> float:
     return f.lr * max(0.0, 1 - pos / fl.schedule_total) ** 0.9
 
 
-def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> dict[str, Any]:
+def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> LocalConfig:
     f = cfg.federation
-    return {
-        "tasks": ",".join(fl.tasks), "lr": lr_at(cfg, fl), "momentum": f.momentum, "weight_decay": f.weight_decay,
-        "local_epochs": f.local_epochs, "batch_size": f.batch_size,
-        "prox_mu": f.prox_mu if f.aggregation == "fedprox" else 0.0,
-        "gradnorm_alpha": f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
-        "lookahead_step": cfg.mas.lookahead_step if fl.measure_affinity else 0,
-        "seed": stable_seed(cfg.seed, round_index, client, fl.name, attempt), "round": round_index,
-    }
+    return LocalConfig(
+        tasks=",".join(fl.tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
+        local_epochs=f.local_epochs, batch_size=f.batch_size,
+        prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
+        gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
+        lookahead_step=cfg.mas.lookahead_step if fl.measure_affinity else 0,
+        seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
+    )
 
 
 class RoundLoop:
@@ -204,9 +194,7 @@ class RoundLoop:
                           "fl_round": fl.done_rounds, "lr": lr_at(cfg, fl) if fl.done_rounds < fl.rounds else 0.0,
                           "clients": assign[fl.name], "accepted": valid, **ev})
             if fl.done_rounds >= fl.rounds:
-                fl.finished_round = st.round
-                st.active.remove(fl)
-                st.finished.append(fl)
+                st.retire(fl)
         speed = cfg.cost.speed_factors
         st.costs.sim_wallclock_s += max((s * speed.get(c, 1.0) for c, s in client_time.items()), default=0.0)
         st.costs.rounds += 1
@@ -217,7 +205,7 @@ class RoundLoop:
         st, f = self.server.state, self.cfg.federation
         weights = expected = st.weights[fl.name]
         for attempt in range(f.max_round_retries + 1):
-            jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt)))
+            jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt).to_dict()))
                     for c in clients]
             e0 = self.meter.read()
             replies = self.engine.run(jobs, f.round_deadline_s)
@@ -250,8 +238,7 @@ class RoundLoop:
                 if affs:
                     tot = sum(n for _, n in affs)
                     mean = sum(a.double() * (n / tot) for a, n in affs)
-                    st.affinity.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks,
-                                        "matrix": mean.tolist(), "clients": len(affs), "samples": tot})
+                    st.affinity.append(st.round, fl.name, fl.tasks, mean.tolist(), len(affs), tot)
                 return len(good)
             if attempt < f.max_round_retries:
                 log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -40,13 +41,49 @@ class FLTaskState:
 
 
 @dataclass
+class AffinityLog:
+    """The server's per-round affinity matrices (each the sample-weighted mean over that round's clients)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def append(self, round_index: int, fl_task: str, tasks: list[str], matrix: list[list[float]], clients: int,
+               samples: float) -> None:
+        self.rows.append({"round": round_index, "fl_task": fl_task, "tasks": list(tasks), "matrix": matrix,
+                          "clients": clients, "samples": samples})
+
+    def of(self, fl_task: str, window: int | None = None) -> list[dict[str, Any]]:
+        """``fl_task``'s rows in round order (only the last ``window`` of them when given)."""
+        rows = [a for a in self.rows if a["fl_task"] == fl_task]
+        return rows[-window:] if window else rows
+
+    def mean(self, fl_task: str, window: int | None = None) -> tuple[list[str], np.ndarray] | None:
+        """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured."""
+        rows = self.of(fl_task, window)
+        if not rows:
+            return None
+        return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
+
+    def to_doc(self, fl_task: str, window: int | None = None) -> dict[str, Any] | None:
+        """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``."""
+        measured = self.mean(fl_task, window)
+        if measured is None:
+            return None
+        tasks, z = measured
+        rows = self.of(fl_task)
+        return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
+                                                   for i, s in enumerate(tasks)},
+                "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
+                "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]} for a in rows]}
+
+
+@dataclass
 class ServerState:
     round: int = 0
     active: list[FLTaskState] = field(default_factory=list)
     finished: list[FLTaskState] = field(default_factory=list)
     weights: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
-    affinity: list[dict[str, Any]] = field(default_factory=list)
+    affinity: AffinityLog = field(default_factory=AffinityLog)
     faults: dict[str, int] = field(default_factory=dict)
     costs: CostLedger = field(default_factory=lambda: CostLedger(15.0))
     rng: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +94,12 @@ class ServerState:
             if t.name == name:
                 return t
         raise KeyError(name)
+
+    def retire(self, fl: FLTaskState, finished_round: int | None = None) -> None:
+        """``fl`` trains no more: move it to the finished list (its last round: the current one unless given)."""
+        fl.finished_round = self.round if finished_round is None else finished_round
+        self.active.remove(fl)
+        self.finished.append(fl)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -86,7 +129,7 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
     doc = {
         "format": 1, "weights_file": wname, "round": state.round,
         "active": [asdict(t) for t in state.active], "finished": [asdict(t) for t in state.finished],
-        "plan": state.plan, "affinity": state.affinity, "faults": state.faults,
+        "plan": state.plan, "affinity": state.affinity.rows, "faults": state.faults,
         "costs": state.costs.to_json(), "rng": state.rng,
     }
     atomic_write_text(ck / "state.json", json.dumps(doc))
@@ -124,5 +167,5 @@ def load_checkpoint(run_dir: Path) -> ServerState:
     return ServerState(
         round=doc["round"], active=[FLTaskState(**t) for t in doc["active"]],
         finished=[FLTaskState(**t) for t in doc["finished"]], weights=weights, plan=doc["plan"],
-        affinity=doc["affinity"], faults=doc.get("faults", {}), costs=CostLedger.from_json(doc["costs"]),
+        affinity=AffinityLog(doc["affinity"]), faults=doc.get("faults", {}), costs=CostLedger.from_json(doc["costs"]),
         rng=doc["rng"], torch_rng=torch_rng)
