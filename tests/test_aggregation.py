@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,3 +86,17 @@ def test_schedule_shares_the_pool_fairly():
         assert len(used) == len(set(used))  # nobody trains two models in one round
     two = schedule(np.random.default_rng(0), clients, tasks, 4, 2, 0)
     assert all(len(v) == 4 and len(set(v)) == 4 for v in two.values())
+
+
+def test_local_config_round_trip_and_strictness():
+    from fedmas.messages import LocalConfig
+
+    cfg = LocalConfig(tasks="normal,depth_zbuffer", lr=0.05, seed=7, round=3)
+    assert LocalConfig.from_dict(cfg.to_dict()) == cfg
+    d = cfg.to_dict()
+    with pytest.raises(ValueError, match="unknown keys \\['lr_typo'\\]"):
+        LocalConfig.from_dict({**d, "lr_typo": 1.0})
+    with pytest.raises(ValueError, match="missing keys \\['seed'\\]"):
+        LocalConfig.from_dict({k: v for k, v in d.items() if k != "seed"})
+    with pytest.raises(ValueError, match="batch_size must be int"):
+        LocalConfig.from_dict({**d, "batch_size": "16"})

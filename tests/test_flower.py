@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import yaml
 
 pytest.importorskip("flwr")
 
@@ -25,12 +28,21 @@ def _cfg(tiny_raw, **fed) -> Config:
     return Config.model_validate(raw)
 
 
-def test_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
+def _cli_run(cfg: Config, config_path, out, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``fedmas run CONFIG --out OUT`` as a user types it, in its own process."""
+    config_path.write_text(yaml.safe_dump(cfg.model_dump()))
+    return subprocess.run([sys.executable, "-m", "fedmas.cli", "run", str(config_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_run_on_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
+    """engine: flower through the CLI against a real SuperLink and SuperNodes on 127.0.0.1."""
     cfg = _cfg(tiny_raw)
     ref = execute(cfg, tmp_path / "inprocess", progress=False)
     with Loopback(tmp_path / "flower", nodes=2) as lb:
         cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
-        assert submit(cfg, tmp_path / "fl", home=lb.root / "cli", timeout_s=400) == 0
+        proc = _cli_run(cfg, tmp_path / "fl.yaml", tmp_path / "fl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "fl" / "summary.json").read_text())
     assert got["groups"] == ref["groups"]
     # Same code, seeds and thread count on both sides; only the transport differs.
@@ -82,12 +94,17 @@ def test_tls_deployment(tiny_raw, tmp_path):
     assert (tmp_path / "fl" / "summary.json").exists()
 
 
-def test_simulation_engine_matches_inprocess(tiny_raw, tmp_path):
-    """engine: flower-sim through the same runner (needs the fedmas[flower-sim] extra: Ray)."""
+def test_cli_run_simulation_engine_matches_inprocess(tiny_raw, tmp_path):
+    """engine: flower-sim through the CLI (needs the fedmas[flower-sim] extra: Ray); the run folder is
+    prepared once and keeps what the run wrote."""
     pytest.importorskip("ray")
     cfg = _cfg(tiny_raw)
     ref = execute(cfg, tmp_path / "inprocess", progress=False)
     cfg.engine, cfg.flower.nodes = "flower-sim", 2
-    got = execute(cfg, tmp_path / "sim", progress=False)
-    assert got is not None and got["groups"] == ref["groups"]
+    proc = _cli_run(cfg, tmp_path / "sim.yaml", tmp_path / "sim")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    written = {p.name for p in (tmp_path / "sim").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "split.json", "affinity.json"} <= written
+    assert got["groups"] == ref["groups"]
     assert got["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-5)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedmas.tasks import TASK_SETS, TASKS
 
@@ -135,22 +135,16 @@ class Config(_Strict):
     flower: FlowerConfig = FlowerConfig()
     threads: int = Field(2, ge=1, le=256)
 
-    @field_validator("method")
+    @field_validator("method", "engine")
     @classmethod
-    def _method(cls, v: str) -> str:
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        """A method or an engine must be registered (``fedmas.methods.PLANS``, ``fedmas.engines.ENGINES``)."""
+        from fedmas.engines import ENGINES
         from fedmas.methods import PLANS
 
-        if v not in PLANS:
-            raise ValueError(f"unknown method {v!r}; accepted: {', '.join(PLANS)}")
-        return v
-
-    @field_validator("engine")
-    @classmethod
-    def _engine(cls, v: str) -> str:
-        from fedmas.engines import ENGINES
-
-        if v not in ENGINES:
-            raise ValueError(f"unknown engine {v!r}; accepted: {', '.join(ENGINES)}")
+        known = PLANS if info.field_name == "method" else ENGINES
+        if v not in known:
+            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(known)}")
         return v
 
     @field_validator("plugins")
