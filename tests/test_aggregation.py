@@ -41,23 +41,48 @@ def test_fedavg_equal_weights_is_plain_mean(vals, n):
     torch.testing.assert_close(out["w"], torch.tensor(vals).mean(0), rtol=1e-5, atol=1e-4)
 
 
-def _reply(arrays, samples=10.0, error=None):
-    return Reply("c1", "t", None if error else Message(arrays, {}, {"samples": samples}), error)
+def _reply(arrays, samples=10.0, error=None, compute_s=0.5, **metrics):
+    m = {"samples": samples, "compute_s": compute_s, **metrics}
+    m = {k: v for k, v in m.items() if v is not None}
+    return Reply("c1", "t", None if error else Message(arrays, {}, m), error)
 
 
 def test_check_reply_rejections():
     ref = {"w": torch.zeros(3)}
-    assert check_reply(_reply({"w": torch.ones(3)}), ref, 1, False) is None
-    assert "client error" in check_reply(_reply({}, error="boom"), ref, 1, False)
-    assert "non-finite" in check_reply(_reply({"w": torch.tensor([1.0, float("nan"), 0])}), ref, 1, False)
-    assert "non-finite" in check_reply(_reply({"w": torch.tensor([1.0, float("inf"), 0])}), ref, 1, False)
-    assert "wrong tensor names" in check_reply(_reply({"v": torch.ones(3)}), ref, 1, False)
-    assert "wrong shape" in check_reply(_reply({"w": torch.ones(4)}), ref, 1, False)
-    assert "sample count" in check_reply(_reply({"w": torch.ones(3)}, samples=0), ref, 1, False)
-    assert "sample count" in check_reply(_reply({"w": torch.ones(3)}, samples=-3), ref, 1, False)
-    bad_aff = {"w": torch.ones(3), "affinity": torch.zeros(2, 3)}
-    assert "malformed affinity" in check_reply(_reply(bad_aff), ref, 2, True)
-    assert "missing affinity" in check_reply(_reply({"w": torch.ones(3)}), ref, 2, True)
+    ok = torch.ones(3)
+    assert check_reply(_reply({"w": ok}), ref, 1, False) is None
+    cases = {
+        "client error": _reply({}, error="boom"),
+        "non-finite": _reply({"w": torch.tensor([1.0, float("nan"), 0])}),
+        "wrong tensor names": _reply({"v": ok}),
+        "wrong shape": _reply({"w": torch.ones(4)}),
+        "complex64": _reply({"w": torch.ones(3, dtype=torch.complex64)}),
+        "float16": _reply({"w": torch.ones(3, dtype=torch.float16)}),
+        "float64": _reply({"w": torch.ones(3, dtype=torch.float64)}),
+        "sparse": _reply({"w": torch.ones(3).to_sparse()}),
+        "not a tensor": _reply({"w": [1.0, 1.0, 1.0]}),
+        "sample count: 0": _reply({"w": ok}, samples=0),
+        "sample count: -3": _reply({"w": ok}, samples=-3),
+        "sample count: 1e+30": _reply({"w": ok}, samples=1e30),
+        "sample count: nan": _reply({"w": ok}, samples=float("nan")),
+        "sample count: True": _reply({"w": ok}, samples=True),
+        "sample count: 2.5": _reply({"w": ok}, samples=2.5),
+        "compute time: None": _reply({"w": ok}, compute_s=None),
+        "compute time: nan": _reply({"w": ok}, compute_s=float("nan")),
+        "compute time: -1": _reply({"w": ok}, compute_s=-1.0),
+    }
+    for expect, reply in cases.items():
+        why = check_reply(reply, ref, 1, False)
+        assert why is not None and expect in why, (expect, why)
+    assert "at most 20" in check_reply(_reply({"w": ok}, samples=21), ref, 1, False, max_samples=20)
+    assert check_reply(_reply({"w": ok}, samples=20), ref, 1, False, max_samples=20) is None
+    affs = {"wrong shape": torch.zeros(2, 3), "out of": torch.full((2, 2), 1e300, dtype=torch.float64), "non-finite":
+            torch.full((2, 2), float("inf")), "dtype torch.int64": torch.zeros(2, 2, dtype=torch.int64)}
+    for expect, aff in affs.items():
+        why = check_reply(_reply({"w": ok, "affinity": aff}), ref, 2, True)
+        assert why is not None and why.startswith("bad affinity") and expect in why, (expect, why)
+    assert check_reply(_reply({"w": ok, "affinity": torch.full((2, 2), -5.0)}), ref, 2, True) is None
+    assert "bad affinity: missing" in check_reply(_reply({"w": ok}), ref, 2, True)
 
 
 def test_payload_nbytes_is_the_serialised_size():

@@ -105,8 +105,8 @@ def test_faulty_clients_are_rejected_and_counted(tiny_raw, tmp_path, caplog):
     assert s is not None and all(v == v for v in s["test_loss"].values())  # finished, no NaN leaked in
     log = caplog.text
     for cid, why in [(ids[0], "disk on fire"), (ids[1], "timeout"), (ids[2], "non-finite"),
-                     (ids[3], "wrong tensor names"), (ids[4], "wrong shape"), (ids[5], "invalid sample count"),
-                     (ids[6], "invalid sample count"), (ids[7], "malformed affinity")]:
+                     (ids[3], "wrong tensor names"), (ids[4], "wrong shape"), (ids[5], "bad sample count"),
+                     (ids[6], "bad sample count"), (ids[7], "bad affinity")]:
         assert any(cid in ln and why in ln for ln in log.splitlines()), (cid, why)
     faults = s["faults"]
     assert faults["client error: OSError"] >= 1 and faults["client error: timeout"] >= 1

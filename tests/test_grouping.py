@@ -116,7 +116,12 @@ def test_split_cli_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("doc,needle", [
     ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": 1}}}, "no row for task 'b'"),
-    ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": "x"}, "b": {"a": 0, "b": 0}}}, "finite number"),
+    ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": "x"}, "b": {"a": 0, "b": 0}}}, "must be a number"),
+    ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": True}, "b": {"a": 0, "b": 0}}}, "must be a number"),
+    ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": 1e308}, "b": {"a": 0, "b": 0}}}, "must be a number"),
+    ({"tasks": ["a"], "affinity": {"a": {"a": 10 ** 400}}}, "must be a number"),
+    ({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": 1, "c": 2}, "b": {"a": 0, "b": 0}}}, "columns for tasks"),
+    ({"tasks": [f"t{i}" for i in range(65)], "affinity": {}}, "at most 64"),
     ({"affinity": {}}, "expected"),
 ])
 def test_split_cli_rejects_bad_affinity(tmp_path, capsys, doc, needle):
@@ -125,6 +130,15 @@ def test_split_cli_rejects_bad_affinity(tmp_path, capsys, doc, needle):
     assert main(["split", "--affinity", str(f), "--splits", "1"]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_split_cli_rejects_unreadable_files(tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, needle in [(tmp_path, "not a regular file"), (tmp_path / "none.json", "not found"), (deep, "nested")]:
+        assert main(["split", "--affinity", str(path), "--splits", "1"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_split_cli_rejects_k_too_large(tmp_path, capsys):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70
 
 
 def _fail(msg: str) -> int:
@@ -21,7 +23,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from fedmas.run import execute
 
     if a.resume:
-        if a.config or a.set:
+        if a.config or a.set or a.force:
             return _fail("--resume takes the run folder only; its config.yaml is used as saved")
         summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet)
     else:
@@ -29,9 +31,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             return _fail("give a CONFIG file, or --resume RUN_DIR")
         cfg = load_config(a.config, a.set)
         out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-{cfg.method}"
-        if not a.quiet:
-            print(f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks → {out}", file=sys.stderr)
-        summary = execute(cfg, out, progress=not a.quiet)
+        summary = execute(cfg, out, progress=not a.quiet, force=a.force)
     return 0 if summary is not None else 1
 
 
@@ -46,12 +46,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_split(a: argparse.Namespace) -> int:
-    from fedmas.grouping import best_partition
+    from fedmas.grouping import EXACT_LIMIT, best_partition
     from fedmas.report import read_affinity
 
     tasks, z = read_affinity(Path(a.affinity))
     if not 1 <= a.splits <= len(tasks):
         return _fail(f"--splits {a.splits}: must be between 1 and the number of tasks ({len(tasks)})")
+    if len(tasks) > EXACT_LIMIT:
+        print(f"fedmas: {len(tasks)} tasks: heuristic search (exact up to {EXACT_LIMIT} tasks); "
+              f"this can take a few seconds", file=sys.stderr)
     g = best_partition(z, a.splits, exactly=a.exact)
     doc = {"groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score}
     if a.json:
@@ -116,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     r.add_argument("--out", help="run folder (default runs/<name>-<method>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--force", action="store_true",
+                   help="start over in a --out folder that is not empty: replaces fedmas's own files there "
+                        "(config.yaml, checkpoint/, metrics.jsonl, ...), keeps every other file")
+    r.add_argument("--quiet", action="store_true", help="no progress lines and no final table")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="run several methods and draw the comparison")
@@ -165,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedmas: interrupted; continue with fedmas run --resume <run folder>", file=sys.stderr)
         return 130
+    except RecursionError:
+        return _fail("input nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only on request
+        if os.environ.get("FEDMAS_DEBUG"):
+            raise
+        print(f"fedmas: internal error ({type(e).__name__}: {e}); this is a bug in fedmas — rerun with "
+              f"FEDMAS_DEBUG=1 for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

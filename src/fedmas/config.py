@@ -20,17 +20,18 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
     dataset: str = Field("scenes", description="'scenes', 'taskonomy', or 'python:<module>:<function>'")
     buildings: int = Field(8, ge=1, le=1000)
-    train_images: int = Field(48, ge=1)
-    test_images: int = Field(16, ge=1)
+    train_images: int = Field(48, ge=1, le=100_000)
+    test_images: int = Field(16, ge=1, le=100_000)
     resolution: int = Field(64, ge=16, le=1024)
-    views_per_room: int = Field(8, ge=1)
-    seed: int = Field(0, description="seed of the rendered scenes (independent of the training seed)")
+    views_per_room: int = Field(8, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="seed of the rendered scenes (independent of the training seed)")
     root: str | None = None
     buildings_file: str | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -58,38 +59,38 @@ class ModelConfig(_Strict):
 
 
 class FederationConfig(_Strict):
-    rounds: int = Field(20, ge=1, description="R: rounds per FL task lifetime (total for MAS)")
-    clients_per_round: int = Field(4, ge=1)
-    max_tasks_per_client: int = Field(1, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.1, gt=0)
+    rounds: int = Field(20, ge=1, le=1_000_000, description="R: rounds per FL task lifetime (total for MAS)")
+    clients_per_round: int = Field(4, ge=1, le=1_000_000)
+    max_tasks_per_client: int = Field(1, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=10_000)
+    batch_size: int = Field(16, ge=1, le=1_000_000)
+    lr: float = Field(0.1, gt=0, le=1e3)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, le=1e3)
     schedule: Literal["poly", "constant"] = "poly"
     aggregation: Literal["fedavg", "fedprox"] = "fedavg"
-    prox_mu: float = Field(0.01, ge=0)
+    prox_mu: float = Field(0.01, ge=0, le=1e6)
     task_weighting: Literal["equal", "gradnorm"] = "equal"
-    gradnorm_alpha: float = Field(1.5, ge=0)
-    eval_every: int = Field(1, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    round_deadline_s: float | None = Field(None, gt=0)
-    min_replies: int = Field(1, ge=1)
-    max_round_retries: int = Field(2, ge=0)
+    gradnorm_alpha: float = Field(1.5, ge=0, le=100)
+    eval_every: int = Field(1, ge=1, le=1_000_000)
+    eval_batch_size: int = Field(64, ge=1, le=1_000_000)
+    round_deadline_s: float | None = Field(None, gt=0, le=1e7)
+    min_replies: int = Field(1, ge=1, le=1_000_000)
+    max_round_retries: int = Field(2, ge=0, le=1000)
 
 
 class MASConfig(_Strict):
     splits: int | Literal["auto"] = 2
     merge_rounds: int | Literal["auto"] = Field(10)
     affinity_window: int | None = Field(None, ge=1, description="rounds averaged; None = all merge rounds")
-    lookahead_step: int = Field(10, ge=1)
-    max_splits: int = Field(4, ge=1)
-    auto_epsilon: float = Field(0.05, ge=0, description="splits: auto — smallest k within ε·|best| of the best")
-    compute_budget_h: float | None = Field(None, gt=0)
+    lookahead_step: int = Field(10, ge=1, le=1_000_000)
+    max_splits: int = Field(4, ge=1, le=64)
+    auto_epsilon: float = Field(0.05, ge=0, le=100, description="splits: auto — smallest k within ε·|best| of the best")
+    compute_budget_h: float | None = Field(None, gt=0, le=1e9)
     settle_threshold: float = Field(0.9, ge=-1, le=1)
-    settle_patience: int = Field(2, ge=1)
-    max_merge_rounds: int = Field(15, ge=1)
-    min_merge_rounds: int = Field(3, ge=1)
+    settle_patience: int = Field(2, ge=1, le=10_000)
+    max_merge_rounds: int = Field(15, ge=1, le=1_000_000)
+    min_merge_rounds: int = Field(3, ge=1, le=1_000_000)
 
     @field_validator("splits", "merge_rounds")
     @classmethod
@@ -100,31 +101,44 @@ class MASConfig(_Strict):
 
 
 class HOAConfig(_Strict):
-    pair_rounds: int = Field(5, ge=1, description="rounds each single task and pair trains to estimate losses")
+    pair_rounds: int = Field(5, ge=1, le=1_000_000,
+                             description="rounds each single task and pair trains to estimate losses")
 
 
 class CostConfig(_Strict):
-    device_power_w: float = Field(15.0, gt=0, description="modelled device power while training")
-    server_power_w: float = Field(50.0, gt=0)
-    speed_factors: dict[str, float] = Field(default_factory=dict, description="client → slowdown factor")
+    device_power_w: float = Field(15.0, gt=0, le=1e6, description="modelled device power while training")
+    server_power_w: float = Field(50.0, gt=0, le=1e7)
+    speed_factors: dict[str, float] = Field(default_factory=dict, max_length=1_000_000,
+                                            description="client → slowdown factor (> 0)")
     measure_energy: bool = True
+
+    @field_validator("speed_factors")
+    @classmethod
+    def _speeds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not 0 < x <= 1e6}
+        if bad:
+            raise ValueError(f"slowdown factors must be in (0, 1e6]: {_one_line(repr(bad), 80)}")
+        return v
 
 
 class FlowerConfig(_Strict):
-    nodes: int = Field(2, ge=1, description="SuperNodes: simulated (flower-sim) or expected to connect (flower)")
+    nodes: int = Field(2, ge=1, le=100_000,
+                       description="SuperNodes: simulated (flower-sim) or expected to connect (flower)")
     superlink: str = Field("127.0.0.1:9093", description="host:port of the SuperLink (engine: flower)")
     root_certificates: str | None = Field(None, description="CA certificate (PEM) for TLS; None = insecure")
-    connect_timeout_s: float = Field(120.0, gt=0)
-    round_deadline_s: float = Field(300.0, gt=0, description="used when federation.round_deadline_s is unset")
-    poll_s: float = Field(0.2, gt=0)
+    connect_timeout_s: float = Field(120.0, gt=0, le=1e6)
+    round_deadline_s: float = Field(300.0, gt=0, le=1e7, description="used when federation.round_deadline_s is unset")
+    poll_s: float = Field(0.2, gt=0, le=60)
 
 
 class Config(_Strict):
-    name: str = "run"
-    seed: int = 0
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$",
+                      description="run name: letters, digits and _ . : + - (it names the default run folder)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="training seed (client selection, initialisation)")
     method: str = "mas"
-    plugins: list[str] = Field(default_factory=list, description="modules imported first (own tasks, datasets)")
-    tasks: list[str] | str = "sdnkt"
+    plugins: list[str] = Field(default_factory=list, max_length=64,
+                               description="modules imported first (own tasks, datasets)")
+    tasks: list[str] | str = Field("sdnkt", validate_default=True)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     federation: FederationConfig = FederationConfig()
@@ -196,10 +210,50 @@ class Config(_Strict):
         return tuple(self.tasks)  # type: ignore[arg-type]
 
 
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML without aliases and at most :data:`MAX_YAML_DEPTH` levels deep: an alias bomb or a deeply
+    nested document is refused while it is read, before anything walks it."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases (*name) are not accepted in fedmas files (line {mark.line + 1})")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """Parse bounded YAML (size, depth, no aliases); :class:`ConfigError` naming ``source`` otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES // 1024} KiB; not a fedmas config")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(str(e))})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return safe_yaml(text, "--set value")
+    except ConfigError:
+        if len(text) > MAX_YAML_BYTES:
+            raise
         return text
 
 
@@ -229,9 +283,9 @@ def format_error(e: ValidationError) -> str:
             if parent is not None:
                 msg += f"; accepted keys here: {', '.join(parent.model_fields)}"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {_one_line(repr(err['input']), 80)})"
         lines.append(f"{loc}: {msg}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def _section(loc: tuple) -> type[BaseModel] | None:
@@ -249,19 +303,35 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Read, override and validate a config; raises :class:`ConfigError` with a readable message."""
     raw: dict[str, Any] = dict(base or {})
+    source = "config"
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
-        raw.update(loaded)
+        source = str(p)
+        raw.update(read_yaml_mapping(p, "config file"))
     apply_overrides(raw, overrides or [])
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_error(e)) from None
+        raise ConfigError(f"{source}: {format_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def read_yaml_mapping(p: Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a non-empty mapping; :class:`ConfigError` naming the file otherwise."""
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} is not a regular file")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_YAML_BYTES // 1024} KiB; not a fedmas config")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read ({e})") from None
+    loaded = safe_yaml(text, str(p))
+    if loaded is None:
+        raise ConfigError(f"{p}: the file is empty; a config needs at least 'tasks:' or 'method:'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    return loaded

@@ -21,33 +21,57 @@ def short(t: str) -> str:
     return SHORT.get(t, t)
 
 
+MAX_AFFINITY_TASKS = 64
+MAX_AFFINITY_FILE_BYTES = 16 << 20
+MAX_AFFINITY_VALUE = 1e6
+
+
 def read_affinity(path: Path) -> tuple[list[str], np.ndarray]:
-    """Parse an affinity file; raises ValueError naming what is wrong."""
+    """Parse an affinity file (``{"tasks": [...], "affinity": {source: {target: Z}}}``, extra top-level
+    fields allowed); raises ValueError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"affinity file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"affinity file {path} is not a regular file")
+    if path.stat().st_size > MAX_AFFINITY_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_AFFINITY_FILE_BYTES >> 20} MiB; not an affinity file")
     try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"affinity file not found: {path}") from None
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_text(), parse_int=_bounded_int)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be an affinity file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not isinstance(doc.get("affinity"), dict):
         raise ValueError(f'{path}: expected {{"tasks": [...], "affinity": {{source: {{target: value}}}}}}')
-    tasks = [str(t) for t in doc["tasks"]]
-    if len(set(tasks)) != len(tasks) or not tasks:
+    tasks = doc["tasks"]
+    if not tasks or not all(isinstance(t, str) and t for t in tasks) or len(set(tasks)) != len(tasks):
         raise ValueError(f"{path}: 'tasks' must be a non-empty list of distinct names")
+    if len(tasks) > MAX_AFFINITY_TASKS:
+        raise ValueError(f"{path}: {len(tasks)} tasks; at most {MAX_AFFINITY_TASKS} are accepted")
     z = np.zeros((len(tasks), len(tasks)))
     for i, s in enumerate(tasks):
         row = doc["affinity"].get(s)
         if not isinstance(row, dict):
             raise ValueError(f"{path}: affinity has no row for task {s!r} (needs an n×n matrix over 'tasks')")
+        extra = sorted(set(row) - set(tasks), key=str)
+        if extra:
+            raise ValueError(f"{path}: affinity[{s!r}] has columns for tasks not in 'tasks': {extra[:3]}")
         for j, t in enumerate(tasks):
             v = row.get(t)
-            if not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise ValueError(f"{path}: affinity[{s!r}][{t!r}] must be a finite number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_AFFINITY_VALUE:
+                raise ValueError(f"{path}: affinity[{s!r}][{t!r}] must be a number in "
+                                 f"[-{MAX_AFFINITY_VALUE:g}, {MAX_AFFINITY_VALUE:g}], got {str(v)[:40]}")
             z[i, j] = v
     extra = set(doc["affinity"]) - set(tasks)
     if extra:
-        raise ValueError(f"{path}: affinity rows for tasks not in 'tasks': {sorted(extra)}")
+        raise ValueError(f"{path}: affinity rows for tasks not in 'tasks': {sorted(extra, key=str)[:3]}")
     return tasks, z
+
+
+def _bounded_int(text: str) -> float:
+    """JSON integers as floats; a huge one becomes inf and is refused by the range check."""
+    return float(text) if len(text) <= 400 else float("inf")
 
 
 def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-task affinity Z(i→j)",

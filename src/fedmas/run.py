@@ -9,79 +9,74 @@ Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, load_config
-from fedmas.data import load_federated
+from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
 from fedmas.methods import MERGED, make_plan
 from fedmas.report import heatmap, loss_curves, short, table
+from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
-    if (run_dir / "checkpoint" / "state.json").exists() or (run_dir / "summary.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          f"or choose another --out")
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # debris of a run that never checkpointed
-    run_dir.mkdir(parents=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-
-
-def resume_config(run_dir: Path) -> Config:
-    p = run_dir / "config.yaml"
-    if not p.exists():
-        raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
-    return load_config(p)
-
-
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
             engine: Engine | None = None, stop_after: int | None = None,
-            engine_factory: EngineFactory | None = None) -> dict[str, Any] | None:
+            engine_factory: EngineFactory | None = None, force: bool = False) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
 
-    The run folder is prepared here, once; then the engine named by ``cfg.engine`` is launched
-    (:func:`fedmas.engines.launch`) and drives :func:`drive` wherever it runs the server side.
-    ``engine`` / ``engine_factory`` bypass that choice (tests, benchmarks)."""
+    The config and the data are checked before the run folder is created (once, here); then the
+    engine named by ``cfg.engine`` is launched (:func:`fedmas.engines.launch`) and drives
+    :func:`drive` wherever it runs the server side. ``engine`` / ``engine_factory`` bypass that
+    choice (tests, benchmarks). The folder is locked for this process while it runs."""
     run_dir = Path(run_dir)
     if resume:
         cfg = resume_config(run_dir)
-        if (run_dir / "summary.json").exists():
-            return json.loads((run_dir / "summary.json").read_text())
-    else:
-        assert cfg is not None
-        prepare_run_dir(run_dir, cfg)
+        with RunLock(run_dir):
+            if (run_dir / "summary.json").exists():
+                return json.loads((run_dir / "summary.json").read_text())
+            data = load_federated(cfg.data, cfg.task_list)
+            return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
     assert cfg is not None
+    check_new_run_dir(run_dir, force)
+    data = load_federated(cfg.data, cfg.task_list)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        prepare_run_dir(run_dir, cfg, force=True)
+        return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, stop_after: int | None,
+            engine: Engine | None, engine_factory: EngineFactory | None) -> dict[str, Any] | None:
     if engine is not None:
         engine_factory = lambda _cfg, _data, _spec: engine  # noqa: E731
     if engine_factory is not None:
-        return drive(cfg, run_dir, engine_factory, progress, stop_after)
-    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after))
+        return drive(cfg, run_dir, engine_factory, progress, stop_after, data)
+    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data))
     p = run_dir / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
 
 
 def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any] | None:
+          stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
     """The server side of a prepared run folder: load data and checkpoint, run the round loop, finish."""
     state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
     if state is None:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.threads)
-    data = load_federated(cfg.data, cfg.task_list)
+    if data is None:
+        data = load_federated(cfg.data, cfg.task_list)
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
     truncate_metrics(run_dir, state.round)
-    server = Server(cfg, state, data.client_ids, run_dir)
+    server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()})
+    server.check_weights()
+    _write_derived(server)
     engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
 
@@ -94,8 +89,13 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
             print_progress(srv, total, (time.perf_counter() - t0) / done if done else None)
 
     loop = RoundLoop(server, engine, plan, data.test, on_round)
-    if not loop.run(stop_after):
-        return None
+    try:
+        if not loop.run(stop_after):
+            return None
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     return finish(server, plan, progress)
 
 
@@ -107,15 +107,24 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
     if not (run_dir / "config.yaml").exists():
         if not config:
             raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
-        prepare_run_dir(run_dir, load_config(config, overrides or []))
+        prepare_run_dir(run_dir, load_config(config, overrides or []))  # refuses a folder in use
     if (run_dir / "summary.json").exists():
         return json.loads((run_dir / "summary.json").read_text())
     return drive(resume_config(run_dir), run_dir, engine_factory)
 
 
-def _write_affinity(server: Server) -> None:
+def _write_derived(server: Server) -> None:
+    """Rewrite what derives from the state (affinity.json, split.json) from the checkpoint just loaded,
+    so a kill between the checkpoint and these files never leaves a stale one."""
+    _write_affinity(server, always=True)
+    split = server.state.plan.get("split")
+    if split is not None:
+        atomic_write_text(server.run_dir / "split.json", json.dumps(split, indent=1))
+
+
+def _write_affinity(server: Server, always: bool = False) -> None:
     rows = server.state.affinity.of(MERGED)
-    if not rows or rows[-1]["round"] != server.state.round - 1:
+    if not rows or (rows[-1]["round"] != server.state.round - 1 and not always):
         return
     doc = server.state.affinity.to_doc(MERGED, server.cfg.mas.affinity_window)
     atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))

@@ -36,18 +36,46 @@ def _scene_spec(cfg) -> SceneSpec:
 
 
 def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.config.DataConfig
-    """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes."""
+    """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes, and check it:
+    at least one client, every client with training data, a non-empty test set."""
+    if cfg.cache_dir and Path(cfg.cache_dir).exists() and not Path(cfg.cache_dir).is_dir():
+        raise DataError(f"data.cache_dir {cfg.cache_dir} exists and is not a folder")
     if cfg.dataset == "scenes":
-        return scenes_federated(_scene_spec(cfg), tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
-    if cfg.dataset == "taskonomy":
+        data = scenes_federated(_scene_spec(cfg), tasks, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    elif cfg.dataset == "taskonomy":
         buildings = read_buildings_file(Path(cfg.buildings_file)) if cfg.buildings_file else None
-        return read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
+        data = read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
+    else:
+        data = _plugin_data(cfg, tasks)
+    return check_federated(data, cfg.dataset)
+
+
+def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:
     _, module, func = cfg.dataset.split(":")
     try:
         fn = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as e:
-        raise DataError(f"data.dataset {cfg.dataset!r}: cannot import {module}.{func} ({e})") from e
-    data = fn(cfg, tasks)
+        raise DataError(f"data.dataset {cfg.dataset!r}: cannot import {module}.{func} ({e})") from None
+    if not callable(fn):
+        raise DataError(f"data.dataset {cfg.dataset!r}: {module}.{func} is not a function")
+    try:
+        data = fn(cfg, tasks)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's function failed: say which and how, no traceback
+        raise DataError(f"data.dataset {cfg.dataset!r}: {module}.{func}(data_config, tasks) raised "
+                        f"{type(e).__name__}: {e}") from None
     if not isinstance(data, FederatedData):
         raise DataError(f"{module}.{func} must return a fedmas.data.FederatedData, got {type(data).__name__}")
+    return data
+
+
+def check_federated(data: FederatedData, source: str) -> FederatedData:
+    if not data.clients:
+        raise DataError(f"data.dataset {source!r} has no clients")
+    empty = [c for c, ds in data.clients.items() if len(ds) == 0]  # type: ignore[arg-type]
+    if empty:
+        raise DataError(f"data.dataset {source!r}: client(s) without training data: {empty[:5]}")
+    if len(data.test) == 0:  # type: ignore[arg-type]
+        raise DataError(f"data.dataset {source!r}: the test set is empty (a total test loss of 0 would mean nothing)")
     return data

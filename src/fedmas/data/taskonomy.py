@@ -41,12 +41,18 @@ def write_png(path: Path, arr: np.ndarray) -> None:
     img.save(path, format="PNG")
 
 
+MAX_PIXELS = 8192 * 8192
+
+
 def read_png(path: Path) -> np.ndarray:
     """Decode one label PNG, raising :class:`DataError` naming ``path`` if it is unusable."""
     if not path.exists():
         raise DataError(f"missing file: {path}")
     try:
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > MAX_PIXELS:
+                raise DataError(f"image too large: {path} is {img.size[0]}×{img.size[1]} pixels "
+                                f"(at most {MAX_PIXELS} accepted)")
             img.load()
             if img.mode in ("I;16", "I;16B", "I"):
                 return np.asarray(img, dtype=np.int64).astype(np.uint16)
@@ -54,8 +60,10 @@ def read_png(path: Path) -> np.ndarray:
                 img = img.convert("RGB")
             arr = np.asarray(img)
             return arr[..., :3] if arr.ndim == 3 else arr
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image too large to decode safely: {path} ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as e:
-        raise DataError(f"corrupt or truncated image: {path} ({e})") from e
+        raise DataError(f"corrupt or truncated image: {path} ({e})") from None
 
 
 def export(raw_by_building: dict[str, dict[str, np.ndarray]], root: Path) -> int:
@@ -105,16 +113,27 @@ def _labels_for(tasks: Sequence[str]) -> list[str]:
 class TaskonomyImages(Dataset):
     """The images of one building, read lazily from disk and decoded per task."""
 
-    def __init__(self, root: Path, building: str, points: list[tuple[int, int]], tasks: Sequence[str]):
+    def __init__(self, root: Path, building: str, points: list[tuple[int, int]], tasks: Sequence[str],
+                 size: dict[str, tuple[int, ...]] | None = None):
         self.root, self.building, self.points, self.tasks = root, building, points, tuple(tasks)
         self.labels = _labels_for(tasks)
+        self.size = {} if size is None else size  # "hw": (H, W) of every image, from the first one read
 
     def __len__(self) -> int:
         return len(self.points)
 
     def raw(self, i: int) -> dict[str, np.ndarray]:
         p, v = self.points[i]
-        return {lb: read_png(png_path(self.root, lb, self.building, p, v))[None] for lb in self.labels}
+        out = {}
+        for lb in self.labels:
+            path = png_path(self.root, lb, self.building, p, v)
+            arr = read_png(path)
+            hw = self.size.setdefault("hw", arr.shape[:2])
+            if arr.shape[:2] != hw:
+                raise DataError(f"{path} is {arr.shape[1]}×{arr.shape[0]} pixels; the other images are "
+                                f"{hw[1]}×{hw[0]}")
+            out[lb] = arr[None]
+        return out
 
     def __getitem__(self, i: int):
         raw = self.raw(i)
@@ -141,11 +160,12 @@ def read_taskonomy(root: Path, tasks: Sequence[str], buildings: Sequence[str] | 
         buildings = sorted(p.name for p in rgb.iterdir() if p.is_dir())
     clients: dict[str, Dataset] = {}
     tests: list[Dataset] = []
+    size: dict[str, tuple[int, ...]] = {}  # every image must have the size of the first one read
     for b in buildings:
         pts = list_points(root, b)
         point_ids = sorted({p for p, _ in pts})
         n_test = max(1, int(round(len(point_ids) * test_fraction))) if len(point_ids) > 1 else 0
         test_ids = set(point_ids[len(point_ids) - n_test:])
-        clients[b] = TaskonomyImages(root, b, [pv for pv in pts if pv[0] not in test_ids], tasks)
-        tests.append(TaskonomyImages(root, b, [pv for pv in pts if pv[0] in test_ids], tasks))
+        clients[b] = TaskonomyImages(root, b, [pv for pv in pts if pv[0] not in test_ids], tasks, size)
+        tests.append(TaskonomyImages(root, b, [pv for pv in pts if pv[0] in test_ids], tasks, size))
     return FederatedData(clients=clients, test=torch.utils.data.ConcatDataset(tests), tasks=tuple(tasks))

@@ -122,10 +122,14 @@ class FlowerEngine:
                     out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
                                    f"Flower error {r.error.code}: {r.error.reason}", down)
                 else:
-                    c = r.content
-                    msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
-                                  metrics={k: float(v) for k, v in c["metrics"].items()})
-                    out[i] = Reply(jobs[i].client, jobs[i].fl_task, msg, None, down, _payload(c))
+                    try:
+                        c = r.content
+                        msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
+                                      metrics={k: float(v) for k, v in c["metrics"].items()})
+                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, msg, None, down, _payload(c))
+                    except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
+                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
+                                       f"malformed Flower reply: {type(e).__name__}", down)
             if pending:
                 time.sleep(self.cfg.flower.poll_s)
         return [out[i] for i in range(len(jobs))]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from fedmas.client import handle_train
+from fedmas.data.taskonomy import DataError
 from fedmas.messages import Job, Reply, message_nbytes
 from fedmas.models import ModelCache, ModelSpec
 
@@ -31,6 +32,7 @@ class InProcessEngine:
         self.clients = clients
         self.spec = spec
         self.models = ModelCache(spec)
+        self.abandoned: list[threading.Thread] = []
 
     def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
         if deadline_s is None:
@@ -41,6 +43,8 @@ class InProcessEngine:
         down = message_nbytes(job.message)
         try:
             out = handle_train(job.message, self.clients[job.client], models)
+        except DataError:
+            raise  # the user's data on this machine is broken: stop with a message naming the file
         except Exception as e:  # noqa: BLE001 - a failing client is a dropout, not a crash
             last = traceback.extract_tb(e.__traceback__)[-1]
             return Reply(job.client, job.fl_task, None, f"{type(e).__name__}: {e} (at {last.name})", down, 0)
@@ -49,17 +53,33 @@ class InProcessEngine:
     def _with_deadline(self, jobs: list[Job], deadline_s: float) -> list[Reply]:
         replies: list[Reply] = []
         for job in jobs:
-            box: list[Reply] = []
-            worker = threading.Thread(target=lambda j=job, b=box: b.append(self._one(j, ModelCache(self.spec))),
-                                      daemon=True)
+            box: list[Reply | BaseException] = []
+
+            def work(j: Job = job, b: list = box) -> None:
+                try:
+                    b.append(self._one(j, ModelCache(self.spec)))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    b.append(e)
+
+            worker = threading.Thread(target=work, daemon=True)
             worker.start()
             worker.join(deadline_s)
+            if box and isinstance(box[0], BaseException):
+                raise box[0]
             if box:
                 replies.append(box[0])
             else:
+                self.abandoned.append(worker)
                 replies.append(Reply(job.client, job.fl_task, None, f"timeout: no reply within {deadline_s:g} s",
                                      message_nbytes(job.message), 0))
         return replies
+
+    def close(self) -> None:
+        """Wait for the jobs abandoned at a deadline (their results are ignored): a thread still running
+        torch when the interpreter shuts down would abort the process."""
+        for worker in self.abandoned:
+            worker.join()
+        self.abandoned.clear()
 
 
 def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:

@@ -29,7 +29,8 @@ from fedmas.evaluate import evaluate
 from fedmas.messages import Job, LocalConfig, Message, Reply
 from fedmas.models import ModelCache, ModelSpec, build_model
 from fedmas.server.aggregate import check_reply, fedavg
-from fedmas.server.state import FLTaskState, ServerState, atomic_write_text, save_checkpoint
+from fedmas.server.state import CheckpointError, FLTaskState, ServerState, atomic_write_text, save_checkpoint
+from fedmas.tasks import TASKS
 
 if TYPE_CHECKING:
     from fedmas.config import Config
@@ -57,9 +58,16 @@ def stable_seed(*parts: object) -> int:
 class Server:
     """The state plus the operations plans may use."""
 
-    def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path):
+    def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
+                 sizes: dict[str, int] | None = None):
         self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
         self.spec = ModelSpec(cfg.model.encoder, cfg.model.width)
+        self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
+
+    def max_samples(self, client: str) -> float:
+        """The most samples a reply of ``client`` can honestly report for one round."""
+        n = self.sizes.get(client)
+        return 1e9 if n is None else float(n * self.cfg.federation.local_epochs)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -86,6 +94,32 @@ class Server:
         self.state.weights[name] = w
         self.state.active.append(fl)
         return fl
+
+    def check_weights(self) -> None:
+        """Every active FL task has the weights its model needs (names, shapes, dtypes), all finite:
+        a tampered or damaged checkpoint is refused here, naming the file, before any round runs."""
+        ck = self.run_dir / "checkpoint"
+        for fl in self.state.active:
+            w = self.state.weights.get(fl.name)
+            if w is None:
+                raise CheckpointError(f"{ck}: no weights for active FL task {fl.name!r}")
+            unknown = [t for t in fl.tasks if t not in TASKS]
+            if unknown:
+                raise CheckpointError(f"{ck}: FL task {fl.name!r} names unknown tasks {unknown}")
+            ref = build_model(fl.tasks, self.spec).state_dict()
+            if self.cfg.federation.task_weighting == "gradnorm" and len(fl.tasks) > 1:
+                ref["gradnorm.weights"] = torch.ones(len(fl.tasks))
+            if set(w) != set(ref):
+                missing, extra = sorted(set(ref) - set(w)), sorted(set(w) - set(ref))
+                raise CheckpointError(f"{ck}: weights of {fl.name!r} do not fit its model "
+                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
+            for k, v in ref.items():
+                got = w[k]
+                if got.shape != v.shape or got.dtype != v.dtype:
+                    raise CheckpointError(f"{ck}: {fl.name}/{k} is {got.dtype} {tuple(got.shape)}, "
+                                          f"the model needs {v.dtype} {tuple(v.shape)}")
+                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                    raise CheckpointError(f"{ck}: {fl.name}/{k} holds non-finite values")
 
     def finished(self, name: str) -> FLTaskState | None:
         return next((t for t in self.state.finished if t.name == name), None)
@@ -214,10 +248,14 @@ class RoundLoop:
             good: list[tuple[dict[str, Tensor], float]] = []
             affs: list[tuple[Tensor, float]] = []
             for r in replies:
-                why = check_reply(r, expected, len(fl.tasks), fl.measure_affinity and len(fl.tasks) > 1)
+                try:
+                    why = check_reply(r, expected, len(fl.tasks), fl.measure_affinity and len(fl.tasks) > 1,
+                                      self.server.max_samples(r.client))
+                except Exception as e:  # noqa: BLE001 - no reply may raise in the server
+                    why = f"malformed reply: {type(e).__name__}"
                 if why is not None:
                     log.warning("round %d, FL task %s: rejected client %s: %s", st.round, fl.name, r.client, why)
-                    kind = why.split(":")[0].split(" (")[0]
+                    kind = why.split(":")[0]
                     if r.error is not None:  # the client's own failure: raised, timed out, dropped out
                         kind = f"client error: {r.error.split(':')[0]}"
                     st.faults[kind] = st.faults.get(kind, 0) + 1

@@ -143,29 +143,61 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(run_dir: Path) -> ServerState:
+    """The state saved in ``run_dir/checkpoint``; :class:`CheckpointError` naming the file when it is
+    missing, unreadable, not a regular file, or holds fields of the wrong kind."""
     ck = run_dir / "checkpoint"
     sp = ck / "state.json"
-    if not sp.exists():
+    if not sp.is_file():
         raise CheckpointError(f"no checkpoint in {run_dir} (missing {sp})")
+    if sp.stat().st_size > MAX_STATE_BYTES:
+        raise CheckpointError(f"{sp}: larger than {MAX_STATE_BYTES >> 20} MiB; not a fedmas checkpoint")
     try:
         doc = json.loads(sp.read_text())
-        wpath = ck / doc["weights_file"]
-        if "/" in doc["weights_file"] or not wpath.exists():
-            raise CheckpointError(f"checkpoint weights file missing: {wpath}")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as e:
+        raise CheckpointError(f"unreadable checkpoint {sp}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weights_file"), str):
+        raise CheckpointError(f"{sp}: not a fedmas checkpoint (no weights_file)")
+    name = doc["weights_file"]
+    wpath = ck / name
+    if "/" in name or "\\" in name or name.startswith(".") or not wpath.is_file():
+        raise CheckpointError(f"checkpoint weights file missing or not a regular file: {wpath}")
+    try:
         flat = load_file(str(wpath))  # safetensors: plain tensors only, no code
-    except (json.JSONDecodeError, KeyError, OSError) as e:
-        raise CheckpointError(f"unreadable checkpoint in {ck}: {e}") from e
-    except Exception as e:  # safetensors raises its own error type for malformed files
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"unreadable checkpoint weights in {ck}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for malformed files
+        raise CheckpointError(f"unreadable checkpoint weights {wpath}: {e}") from None
+    try:
+        return _state_from(doc, flat)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any malformed field is a refusal naming the file
+        raise CheckpointError(f"{sp}: malformed checkpoint ({type(e).__name__}: {e})") from None
+
+
+MAX_STATE_BYTES = 256 << 20
+
+
+def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
     weights: dict[str, dict[str, Tensor]] = {}
     torch_rng = flat.pop("__rng__/torch", None)
+    if torch_rng is not None:
+        torch.Generator().set_state(torch_rng)  # raises on a malformed state
     for key, v in flat.items():
         fl, name = key.split("/", 1)
         weights.setdefault(fl, {})[name] = v
+    if not isinstance(doc["round"], int) or doc["round"] < 0:
+        raise ValueError(f"round must be a non-negative integer, got {doc['round']!r}")
+    rng = doc["rng"]
+    if rng:
+        np.random.default_rng().bit_generator.state = rng  # raises on a malformed state
+    tasks = [FLTaskState(**t) for t in doc["active"]] + [FLTaskState(**t) for t in doc["finished"]]
+    for t in tasks:
+        if not (isinstance(t.name, str) and isinstance(t.tasks, list) and all(isinstance(x, str) for x in t.tasks)
+                and all(isinstance(x, int) for x in (t.rounds, t.done_rounds, t.schedule_offset, t.schedule_total))):
+            raise ValueError(f"FL task entry {t.name!r} has fields of the wrong type")
+    if not isinstance(doc["plan"], dict) or not isinstance(doc["affinity"], list):
+        raise ValueError("plan must be a mapping and affinity a list")
+    n_active = len(doc["active"])
     return ServerState(
-        round=doc["round"], active=[FLTaskState(**t) for t in doc["active"]],
-        finished=[FLTaskState(**t) for t in doc["finished"]], weights=weights, plan=doc["plan"],
-        affinity=AffinityLog(doc["affinity"]), faults=doc.get("faults", {}), costs=CostLedger.from_json(doc["costs"]),
-        rng=doc["rng"], torch_rng=torch_rng)
+        round=doc["round"], active=tasks[:n_active], finished=tasks[n_active:], weights=weights, plan=doc["plan"],
+        affinity=AffinityLog(doc["affinity"]), faults=dict(doc.get("faults", {})),
+        costs=CostLedger.from_json(doc["costs"]), rng=rng, torch_rng=torch_rng)
