@@ -25,7 +25,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         if a.config or a.set or a.force:
             return _fail("--resume takes the run folder only; its config.yaml is used as saved")
-        summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet)
+        summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet,
+                          allow_plugins=tuple(a.allow_plugin))
     else:
         if not a.config:
             return _fail("give a CONFIG file, or --resume RUN_DIR")
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     r.add_argument("--out", help="run folder (default runs/<name>-<method>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
+                   help="with --resume: import this plugin module named in the run's config.yaml although it is "
+                        "neither installed nor inside the run folder")
     r.add_argument("--force", action="store_true",
                    help="start over in a --out folder that is not empty: replaces fedmas's own files there "
                         "(config.yaml, checkpoint/, metrics.jsonl, ...), keeps every other file")

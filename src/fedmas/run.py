@@ -27,7 +27,8 @@ from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
             engine: Engine | None = None, stop_after: int | None = None,
-            engine_factory: EngineFactory | None = None, force: bool = False) -> dict[str, Any] | None:
+            engine_factory: EngineFactory | None = None, force: bool = False,
+            allow_plugins: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
 
     The config and the data are checked before the run folder is created (once, here); then the
@@ -36,7 +37,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     choice (tests, benchmarks). The folder is locked for this process while it runs."""
     run_dir = Path(run_dir)
     if resume:
-        cfg = resume_config(run_dir)
+        cfg = resume_config(run_dir, allow_plugins)
         with RunLock(run_dir):
             if (run_dir / "summary.json").exists():
                 return json.loads((run_dir / "summary.json").read_text())
@@ -110,7 +111,7 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
         prepare_run_dir(run_dir, load_config(config, overrides or []))  # refuses a folder in use
     if (run_dir / "summary.json").exists():
         return json.loads((run_dir / "summary.json").read_text())
-    return drive(resume_config(run_dir), run_dir, engine_factory)
+    return drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
 
 
 def _write_derived(server: Server) -> None:

@@ -10,13 +10,17 @@ released by the kernel when the holder dies, even by SIGKILL).
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import shutil
+import site
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from fedmas.config import Config, ConfigError, load_config
+from fedmas.config import Config, ConfigError, load_config, read_yaml_mapping
 from fedmas.server.state import atomic_write_text
 
 LOCK = ".fedmas.lock"
@@ -58,12 +62,38 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
-def resume_config(run_dir: Path) -> Config:
+def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
+    """The saved config of ``run_dir``. Its ``plugins`` are imported (run) only when they are fedmas's,
+    installed packages, modules inside the run folder, or named in ``allow_plugins``: a config.yaml
+    edited by someone else must not make ``--resume`` run code from anywhere."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a folder")
-    if not (run_dir / "config.yaml").exists():
+    p = run_dir / "config.yaml"
+    if not p.exists():
         raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
-    return load_config(run_dir / "config.yaml")
+    plugins = read_yaml_mapping(p, "run config").get("plugins") or []
+    if isinstance(plugins, list):
+        for mod in plugins:
+            if isinstance(mod, str) and mod not in allow_plugins:
+                _check_plugin_origin(mod, run_dir, p)
+    return load_config(p)
+
+
+def _check_plugin_origin(mod: str, run_dir: Path, source: Path) -> None:
+    if mod.split(".")[0] == "fedmas" or mod in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(mod.split(".")[0])
+    except (ImportError, ValueError):
+        spec = None
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    installed = [Path(x).resolve() for x in site.getsitepackages() + [site.getusersitepackages()]]
+    if origin is not None and (origin.is_relative_to(run_dir.resolve()) or any(origin.is_relative_to(d)
+                                                                               for d in installed)):
+        return
+    where = f" ({origin})" if origin else ""
+    raise ConfigError(f"{source} names plugin module {mod!r}{where}, which is neither installed nor inside the run "
+                      f"folder; resume with --allow-plugin {mod} to import it")
 
 
 class RunLock:

@@ -1,0 +1,283 @@
+"""Nothing lost, nothing crashes: user folders survive, one process per run folder, derived files are
+rewritten on resume, every bad input (config, data, checkpoint) is one line and exit 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from fedmas.cli import main
+from fedmas.config import Config
+from fedmas.run import execute
+from fedmas.runfolder import RunLock
+
+pytestmark = pytest.mark.slow
+
+
+def _small(tiny_raw: dict, **fed) -> dict:
+    raw = dict(tiny_raw)
+    raw["federation"] = {**raw["federation"], "rounds": 3, **fed}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 2}
+    return raw
+
+
+def _one_line_refusal(capsys, rc: int, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fedmas: error:"), err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_users_folder_is_never_deleted(tiny_raw, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_small(tiny_raw)))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep").write_text("precious")
+    _one_line_refusal(capsys, main(["run", str(cfg), "--out", str(out), "--quiet"]), "not empty", "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+    assert main(["run", str(cfg), "--out", str(out), "--quiet", "--force"]) == 0
+    assert (out / "keep").read_text() == "precious" and (out / "summary.json").exists()
+    # a finished run is not started over without --force
+    _one_line_refusal(capsys, main(["run", str(cfg), "--out", str(out), "--quiet"]), "already holds a run")
+    assert main(["run", str(cfg), "--out", str(out), "--quiet", "--force"]) == 0
+    assert (out / "keep").read_text() == "precious"
+
+
+def test_no_run_folder_before_the_data_is_checked(tiny_raw, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_small(tiny_raw)))
+    out = tmp_path / "r"
+    rc = main(["run", str(cfg), "--set", "data.dataset=python:os:getcwd", "--out", str(out)])
+    _one_line_refusal(capsys, rc, "os.getcwd", "TypeError")
+    assert not out.exists()
+    (tmp_path / "afile").write_text("x")
+    rc = main(["run", str(cfg), "--set", f"data.cache_dir={tmp_path / 'afile'}", "--out", str(out)])
+    _one_line_refusal(capsys, rc, "data.cache_dir", "not a folder")
+    assert not out.exists()
+
+
+def test_one_process_per_run_folder(tiny_raw, tmp_path, capsys):
+    run = tmp_path / "r"
+    execute(Config.model_validate(_small(tiny_raw)), run, progress=False, stop_after=1)
+    with RunLock(run):  # as if another fedmas process were driving it
+        _one_line_refusal(capsys, main(["run", "--resume", str(run), "--quiet"]), "in use", f"PID {os.getpid()}")
+    assert main(["run", "--resume", str(run), "--quiet"]) == 0  # the kernel released the lock
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert sorted({json.loads(x)["round"] for x in lines}) == [0, 1, 2]
+
+
+def test_derived_files_are_rewritten_on_resume(tiny_raw, tmp_path):
+    cfg = Config.model_validate(_small(tiny_raw, rounds=4))
+    ref = tmp_path / "ref"
+    execute(cfg, ref, progress=False)
+    run = tmp_path / "r"
+    execute(cfg, run, progress=False, stop_after=3)  # merged phase done, split decided, one group round
+    (run / "affinity.json").write_text('{"stale": true}')  # as if killed after the checkpoint, before this file
+    (run / "split.json").unlink()
+    execute(None, run, resume=True, progress=False)
+    for name in ("affinity.json", "split.json", "summary.json"):
+        got, want = json.loads((run / name).read_text()), json.loads((ref / name).read_text())
+        if name == "summary.json":
+            got, want = got["test_loss"], want["test_loss"]
+        assert got == want, name
+
+
+def test_round_deadline_that_abandons_threads_exits_cleanly(tiny_raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_small(tiny_raw, round_deadline_s=0.05, max_round_retries=0)))
+    proc = subprocess.run([sys.executable, "-m", "fedmas.cli", "run", str(cfg), "--out", str(tmp_path / "r"),
+                           "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and (tmp_path / "r" / "summary.json").exists()
+
+
+# ------------------------------------------------------------------ bad data
+
+
+@pytest.fixture
+def taskonomy_root(tiny_raw, tmp_path) -> Path:
+    root = tmp_path / "tk"
+    assert main(["data", "export", "--format", "taskonomy", "--out", str(root), "--config", str(_cfg_file(
+        tiny_raw, tmp_path))]) == 0
+    return root
+
+
+def _cfg_file(raw: dict, tmp_path: Path, **data) -> Path:
+    raw = _small(raw)
+    raw["data"] = {**raw["data"], **data}
+    p = tmp_path / f"c{len(data)}.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def _pngs(root: Path, task: str, building: str) -> list[Path]:
+    return sorted((root / task / building).glob("*.png"))
+
+
+@pytest.mark.parametrize("damage", ["truncated-train", "wrong-size-test", "bomb-test"])
+def test_bad_taskonomy_image_stops_with_its_name(tiny_raw, tmp_path, taskonomy_root, capsys, damage):
+    building = sorted(p.name for p in (taskonomy_root / "rgb").iterdir())[0]
+    files = _pngs(taskonomy_root, "normal", building)
+    if damage == "truncated-train":
+        bad = files[0]  # the first points of a building are training data
+        bad.write_bytes(bad.read_bytes()[:60])
+    elif damage == "wrong-size-test":
+        bad = files[-1]  # the last points are held out for testing
+        Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(bad)
+    else:
+        bad = files[-1]
+        Image.new("L", (8200, 8200)).save(bad)
+    cfg = _cfg_file(tiny_raw, tmp_path, dataset="taskonomy", root=str(taskonomy_root))
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"])
+    _one_line_refusal(capsys, rc, str(bad))
+
+
+def test_empty_test_set_is_refused(tiny_raw, tmp_path, capsys, monkeypatch):
+    (tmp_path / "emptytest.py").write_text(
+        "from fedmas.data import FederatedData, load_federated\n"
+        "def load(cfg, tasks):\n"
+        "    d = load_federated(cfg.model_copy(update={'dataset': 'scenes'}), tasks)\n"
+        "    return FederatedData(clients=d.clients, test=[], tasks=d.tasks)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = _cfg_file(tiny_raw, tmp_path, dataset="python:emptytest:load")
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"])
+    _one_line_refusal(capsys, rc, "test set is empty")
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ bad configs
+
+
+def test_bad_config_files(tmp_path, capsys):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    cases = {
+        "empty.yaml": ("# nothing here\n", "empty"),
+        "bomb.yaml": (bomb + "tasks: *i\n", "aliases"),
+        "deep.yaml": ("tasks: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested"),
+        "list.yaml": ("- 1\n- 2\n", "mapping"),
+    }
+    for name, (text, needle) in cases.items():
+        (tmp_path / name).write_text(text)
+        out = tmp_path / f"r-{name}"
+        _one_line_refusal(capsys, main(["run", str(tmp_path / name), "--out", str(out)]), name, needle)
+        assert not out.exists()
+    _one_line_refusal(capsys, main(["run", str(tmp_path)]), "not a regular file")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("federation.lr=.inf", "federation.lr"), ("federation.weight_decay=.nan", "federation.weight_decay"),
+    ("federation.prox_mu=.inf", "federation.prox_mu"), ("cost.device_power_w=.inf", "cost.device_power_w"),
+    ("federation.round_deadline_s=.inf", "federation.round_deadline_s"), ("seed=-1", "seed"),
+    ("data.train_images=1000000000", "data.train_images"), ("cost.speed_factors.building_000=-1", "speed_factors"),
+    ("name=../../elsewhere", "name"),
+])
+def test_bad_config_values_are_refused_before_any_folder(tiny_raw, tmp_path, capsys, override, needle):
+    cfg = _cfg_file(tiny_raw, tmp_path)
+    out = tmp_path / "r"
+    _one_line_refusal(capsys, main(["run", str(cfg), "--set", override, "--out", str(out)]), needle)
+    assert not out.exists()
+
+
+def test_config_without_tasks_uses_the_validated_default(tiny_raw, tmp_path):
+    raw = _small(tiny_raw)
+    del raw["tasks"]
+    cfg = Config.model_validate(raw)
+    assert cfg.task_list == ("segment_semantic", "depth_zbuffer", "normal", "keypoints2d", "edge_texture")
+
+
+# ------------------------------------------------------------------ tampered checkpoints
+
+
+def _weights(run: Path) -> Path:
+    ck = run / "checkpoint"
+    return ck / json.loads((ck / "state.json").read_text())["weights_file"]
+
+
+def _tamper_weights(run: Path, fn) -> None:
+    p = _weights(run)
+    flat = load_file(str(p))
+    fn(flat)
+    save_file(flat, str(p))
+
+
+def _tamper_state(run: Path, fn) -> None:
+    p = run / "checkpoint" / "state.json"
+    doc = json.loads(p.read_text())
+    fn(doc)
+    p.write_text(json.dumps(doc))
+
+
+def _first_encoder_key(flat: dict) -> str:
+    return next(k for k in sorted(flat) if k.startswith("merged/encoder") and k.endswith("weight"))
+
+
+TAMPER = {
+    "wrong shape": lambda run: _tamper_weights(run, lambda f: f.__setitem__(_first_encoder_key(f), torch.zeros(2))),
+    "missing key": lambda run: _tamper_weights(run, lambda f: f.pop(_first_encoder_key(f))),
+    "nan weights": lambda run: _tamper_weights(run, lambda f: f[_first_encoder_key(f)].fill_(float("nan"))),
+    "bad rng": lambda run: _tamper_weights(run, lambda f: f.__setitem__("__rng__/torch", torch.zeros(3))),
+    "bad field": lambda run: _tamper_state(run, lambda d: d["active"][0].__setitem__("rounds", "many")),
+    "bad round": lambda run: _tamper_state(run, lambda d: d.__setitem__("round", -4)),
+    "bad numpy rng": lambda run: _tamper_state(run, lambda d: d.__setitem__("rng", {"state": 1})),
+    "not json": lambda run: (run / "checkpoint" / "state.json").write_text("{"),
+    "edited config": lambda run: (run / "config.yaml").write_text("federation: {rounds: lots}\n"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+def test_tampered_checkpoint_is_refused_naming_the_file(tiny_raw, tmp_path, capsys, how):
+    run = tmp_path / "r"
+    execute(Config.model_validate(_small(tiny_raw)), run, progress=False, stop_after=1)
+    TAMPER[how](run)
+    rc = main(["run", "--resume", str(run), "--quiet"])
+    err = _one_line_refusal(capsys, rc)
+    assert str(run) in err, err
+
+
+def test_fifo_as_weights_file_does_not_hang(tiny_raw, tmp_path):
+    run = tmp_path / "r"
+    execute(Config.model_validate(_small(tiny_raw)), run, progress=False, stop_after=1)
+    w = _weights(run)
+    w.unlink()
+    os.mkfifo(w)
+    proc = subprocess.run([sys.executable, "-m", "fedmas.cli", "run", "--resume", str(run), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+
+
+def test_resume_imports_only_trusted_plugins(tiny_raw, tmp_path):
+    """--resume runs the plugin modules named in the run's config.yaml only when they are installed, inside
+    the run folder, or allowed by name; anything else is refused before it is imported."""
+    (tmp_path / "mytasks.py").write_text("from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n")
+    raw = _small(tiny_raw)
+    raw["plugins"] = ["mytasks"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "fedmas.cli", "run"]
+    subprocess.run(cmd + [str(cfg), "--out", str(run), "--quiet"], env=env, check=True, capture_output=True)
+    (tmp_path / "mytasks.ran").unlink()
+    (run / "summary.json").unlink()  # pretend it was interrupted after the last checkpoint
+    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--allow-plugin mytasks" in proc.stderr, proc.stderr
+    assert not (tmp_path / "mytasks.ran").exists()  # refused before anything ran
+    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", "--allow-plugin", "mytasks"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mytasks.ran").exists() and (run / "summary.json").exists()
