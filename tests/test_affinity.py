@@ -13,6 +13,7 @@ from fedmas.client import LocalConfig, train_local
 from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
 from fedmas.models import ModelSpec, build_model
+from fedmas.tasks import get_task
 from fedmas.testing import naive_train_with_affinity
 
 TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture")
@@ -37,8 +38,10 @@ class _Float64:
         return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
 
 
-@pytest.mark.parametrize("spec", [ModelSpec(width=8), ModelSpec(encoder="resnet18")], ids=["small", "resnet18"])
-def test_affinity_matches_naive_definition_with_momentum(spec: ModelSpec):
+@pytest.mark.parametrize("spec,scale", [(ModelSpec(width=8), 1.0), (ModelSpec(width=8), 3 ** -0.5),
+                                        (ModelSpec(encoder="resnet18"), 3 ** -0.5)],
+                         ids=["small", "small-inv-sqrt-n", "resnet18-inv-sqrt-n"])
+def test_affinity_matches_naive_definition_with_momentum(spec: ModelSpec, scale: float):
     """Also with BatchNorm in encoder and heads (resnet18), in float64: a freshly initialised
     BatchNorm network trained on batches of 4 is so sensitive that float32 rounding alone
     (the per-task gradients summed in another order; even 1 vs 2 threads) moves its weights
@@ -51,7 +54,8 @@ def test_affinity_matches_naive_definition_with_momentum(spec: ModelSpec):
     model = build_model(TASKS, spec, seed=3).to(dtype)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
     # 3 batches, a lookahead on every batch: batches 2 and 3 see a non-zero momentum buffer
-    cfg = LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=4, lookahead_step=1, seed=11)
+    cfg = LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=4, lookahead_step=1, seed=11,
+                      encoder_grad_scale=scale)
     fast = train_local(model, w0, ds, cfg)
     slow_w, slow_z = naive_train_with_affinity(build_model(TASKS, spec).to(dtype), w0, ds, cfg)
     assert fast.metrics["lookahead_batches"] == 3
@@ -140,3 +144,28 @@ def test_gram_route_on_resnet18_takes_the_deepest_stage(monkeypatch):
     seen.clear()
     train_local(model, w0, data, LocalConfig(batch_size=16, lookahead_step=1, gradnorm_alpha=1.5))
     assert len(seen) == 1 and set(seen[0]) == convs(model.encoder[-2])
+
+
+def test_encoder_gradient_scale_against_a_hand_computation():
+    """One SGD step (no momentum, no decay) with 1/√n: encoder −= lr·(1/√n)·Σ_i ∇L_i, heads −= lr·∇L_t."""
+    torch.manual_seed(0)
+    data = _data()
+    model = build_model(TASKS, ModelSpec(width=8), seed=3)
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    n, lr = len(TASKS), 0.5
+    cfg = LocalConfig(lr=lr, momentum=0.0, weight_decay=0.0, batch_size=len(data), seed=1,
+                      encoder_grad_scale=n ** -0.5)
+    got = train_local(model, w0, data, cfg).weights
+    hand = build_model(TASKS, ModelSpec(width=8))
+    hand.load_state_dict(w0)
+    x, targets, masks = data.batch(torch.arange(len(data)))
+    preds = hand(x)
+    total = sum(get_task(t).loss(preds[t], targets[t], masks.get(t)) for t in TASKS)
+    names = [k for k, _ in hand.named_parameters()]
+    grads = torch.autograd.grad(total, [p for _, p in hand.named_parameters()])
+    for k, g in zip(names, grads):
+        scale = n ** -0.5 if k.startswith("encoder.") else 1.0
+        torch.testing.assert_close(got[k], w0[k] - lr * scale * g, rtol=1e-5, atol=1e-6)
+    unscaled = train_local(model, w0, data, LocalConfig(**{**cfg.__dict__, "encoder_grad_scale": 1.0})).weights
+    enc = next(k for k in names if k.startswith("encoder."))
+    assert not torch.allclose(unscaled[enc], got[enc])

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,7 +47,7 @@ def test_method_runs(tiny_raw, tmp_path, method):
         assert s["rounds"] == cfg.federation.rounds
     if method == "mas":
         aff = json.loads((tmp_path / method / "affinity.json").read_text())
-        assert aff["tasks"] == list(cfg.task_list) and aff["rounds"] == 2
+        assert aff["tasks"] == list(cfg.task_list) and aff["rounds"] == 1  # the first 0.1·R merged rounds
         assert (tmp_path / method / "affinity.png").stat().st_size > 1000
         assert [c["k"] for c in split["candidates"]] == [1, 2]
     if method == "tag":  # the affinity phase is charged too
@@ -134,3 +135,48 @@ def test_sigkill_then_resume_gives_uninterrupted_result(tiny_raw, tmp_path):
         rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
         ref_rounds = [json.loads(x)["round"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
         assert rounds == ref_rounds  # no duplicated or missing metric lines
+
+
+def _mas(tiny_raw, **mas) -> Config:
+    raw = dict(tiny_raw)
+    raw["federation"] = {**raw["federation"], "rounds": 6}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 4, **mas}
+    return Config.model_validate(raw)
+
+
+def _lines(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_split_schedule_restart_and_continue(tiny_raw, tmp_path):
+    """restart: the merged phase runs the poly schedule over its R0 rounds, each group afresh over its own;
+    continue: one schedule over R, the groups take it on from round R0."""
+    lr = 0.1
+    poly = lambda pos, total: lr * (1 - pos / total) ** 0.9  # noqa: E731
+    for mode, want in [("restart", [poly(r, 4) for r in range(4)] + [poly(r, 2) for r in range(2)]),
+                       ("continue", [poly(r, 6) for r in range(6)])]:
+        run = tmp_path / mode
+        execute(_mas(tiny_raw, split_schedule=mode), run, progress=False)
+        by_round: dict[int, set[float]] = {}
+        for ln in _lines(run):
+            by_round.setdefault(ln["round"], set()).add(ln["lr"])
+        assert [len(v) for v in by_round.values()] == [1] * 6  # every group of a round at the same lr
+        got = [next(iter(by_round[r])) for r in range(6)]
+        assert got == pytest.approx(want, rel=1e-12), mode
+        assert json.loads((run / "split.json").read_text())["split_schedule"] == mode
+
+
+def test_split_uses_the_first_affinity_rounds_and_measuring_stops(tiny_raw, tmp_path):
+    run = tmp_path / "r"
+    s = execute(_mas(tiny_raw, affinity_rounds=2), run, progress=False)
+    aff = json.loads((run / "affinity.json").read_text())
+    assert [h["round"] for h in aff["history"]] == [0, 1] and aff["rounds"] == 2  # nothing measured after round 1
+    mean = np.mean([h["matrix"] for h in aff["history"]], axis=0)
+    split = json.loads((run / "split.json").read_text())
+    np.testing.assert_allclose(split["affinity"], mean)
+    assert split["affinity_rounds"] == 2 and split["merge_rounds"] == 4 and split["split_rounds"] == 2
+    merged = [ln for ln in _lines(run) if ln["fl_task"] == "merged"]
+    assert len(merged) == 4 and s["rounds"] == 6
+    full = tmp_path / "all"  # the ablation: affinity over every merged round
+    execute(_mas(tiny_raw, affinity_rounds="all"), full, progress=False)
+    assert len(json.loads((full / "affinity.json").read_text())["history"]) == 4

@@ -83,8 +83,9 @@ class Lookahead:
     correction from their output gradients instead of per-task weights.
     """
 
-    def __init__(self, encoder: nn.Module, keep_full: Sequence[Tensor] = ()):
+    def __init__(self, encoder: nn.Module, keep_full: Sequence[Tensor] = (), grad_scale: float = 1.0):
         self.encoder = encoder
+        self.grad_scale = grad_scale  # the real step scales the encoder's gradient by this: so does the lookahead
         self.names = [k for k, _ in encoder.named_parameters()]
         self.live = [p for _, p in encoder.named_parameters()]
         self.buffers = dict(encoder.named_buffers())
@@ -159,7 +160,7 @@ class Lookahead:
             torch.mul(p, 1 - c * wd, out=s)
             if buf is not None:
                 s.add_(buf, alpha=-lr * mom)
-            self.coef[k] = c
+            self.coef[k] = c * self.grad_scale if self.grad_scale != 1.0 else c
 
     @torch.no_grad()
     def features(self, x: Tensor, grads: Sequence[Tensor | None]) -> Tensor:

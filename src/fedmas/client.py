@@ -44,6 +44,7 @@ class LocalTraining:
         n = len(self.tasks)
         self.head_params = {t: list(model.heads[t].parameters()) for t in self.tasks}
         self.last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
+        self.encoder_params = list(model.encoder.parameters())
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
         self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
@@ -62,7 +63,8 @@ class LocalTraining:
         if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
             return None
         if self.look is None:
-            self.look = (affinity.Lookahead(self.model.encoder, self.last_shared if self.gradnorm else ()),
+            self.look = (affinity.Lookahead(self.model.encoder, self.last_shared if self.gradnorm else (),
+                                            self.cfg.encoder_grad_scale),
                          affinity.HeadMirror(self.model))
         return self.look
 
@@ -87,6 +89,10 @@ class LocalTraining:
             if self.gradnorm:
                 norms = torch.stack([_grad_norm(li, self.last_shared) for li in losses])
             total.backward()  # type: ignore[union-attr]
+        if self.cfg.encoder_grad_scale != 1.0:  # the encoder's share of Σ_i w_i ∇L_i, scaled (1/√n)
+            for p in self.encoder_params:
+                if p.grad is not None:
+                    p.grad.mul_(self.cfg.encoder_grad_scale)
         if self.global_ref is not None:
             for p, g in zip(model.parameters(), self.global_ref):
                 if p.grad is not None:

@@ -56,6 +56,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     encoder: Literal["small", "resnet18", "xception"] = "small"
     width: int = Field(16, ge=2, le=512)
+    encoder_grad_scale: Literal["inv_sqrt_n", "none"] = Field(
+        "inv_sqrt_n", description="scale of the shared encoder's gradient in a model of n tasks: 1/√n "
+                                  "(as the Taskonomy multi-task code MAS builds on) or none (plain sum)")
 
 
 class FederationConfig(_Strict):
@@ -80,9 +83,21 @@ class FederationConfig(_Strict):
 
 
 class MASConfig(_Strict):
+    """Defaults follow the MAS reference implementation: the merged model trains R0 = 0.7·R rounds, the
+    split is decided from the mean affinity of its first 0.1·R rounds (measuring stops after them), and
+    each group trains R − R0 rounds with the poly schedule restarted from the base learning rate."""
+
     splits: int | Literal["auto"] = 2
-    merge_rounds: int | Literal["auto"] = Field(10)
-    affinity_window: int | None = Field(None, ge=1, description="rounds averaged; None = all merge rounds")
+    merge_rounds: int | float | Literal["auto"] = Field(
+        0.7, description="R0: rounds of the merged phase; an integer, a fraction of federation.rounds, or auto")
+    affinity_rounds: int | float | Literal["all"] = Field(
+        0.1, description="the split uses the mean affinity of the first N merge rounds (an integer or a fraction "
+                         "of federation.rounds); measuring stops after them. 'all': every merge round")
+    split_rounds: int | None = Field(None, ge=1, le=1_000_000,
+                                     description="rounds each group trains after the split; None = R − R0")
+    split_schedule: Literal["restart", "continue"] = Field(
+        "restart", description="restart: each group runs the poly schedule afresh over its rounds from the base "
+                               "lr; continue: the groups take the schedule on from round R0 of R")
     lookahead_step: int = Field(10, ge=1, le=1_000_000)
     max_splits: int = Field(4, ge=1, le=64)
     auto_epsilon: float = Field(0.05, ge=0, le=100, description="splits: auto — smallest k within ε·|best| of the best")
@@ -92,12 +107,29 @@ class MASConfig(_Strict):
     max_merge_rounds: int = Field(15, ge=1, le=1_000_000)
     min_merge_rounds: int = Field(3, ge=1, le=1_000_000)
 
-    @field_validator("splits", "merge_rounds")
+    @field_validator("splits")
     @classmethod
     def _positive_or_auto(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("must be ≥ 1 or 'auto'")
         return v
+
+    @field_validator("merge_rounds", "affinity_rounds")
+    @classmethod
+    def _rounds_or_fraction(cls, v: int | float | str) -> int | float | str:
+        if isinstance(v, bool):
+            raise ValueError("must be a number of rounds, a fraction in (0, 1), or a word")
+        if isinstance(v, float) and not (0 < v < 1 or (v.is_integer() and v >= 1)):
+            raise ValueError("a fraction of federation.rounds must lie in (0, 1)")
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, int) and not 1 <= v <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000 rounds")
+        return v
+
+    def rounds_of(self, value: int | float, total: int) -> int:
+        """An integer round count, or a fraction of ``total`` rounded (at least 1)."""
+        return int(value) if isinstance(value, int) else max(1, int(round(value * total)))
 
 
 class HOAConfig(_Strict):
@@ -197,10 +229,11 @@ class Config(_Strict):
         if self.data.dataset == "scenes" and self.federation.clients_per_round > self.data.buildings:
             raise ValueError(f"federation.clients_per_round={self.federation.clients_per_round} exceeds the "
                              f"number of clients (data.buildings={self.data.buildings})")
-        r0 = self.mas.merge_rounds
-        if isinstance(r0, int) and plan.continues and r0 >= self.federation.rounds:
-            raise ValueError(f"mas.merge_rounds={self.mas.merge_rounds} must be smaller than "
-                             f"federation.rounds={self.federation.rounds}")
+        m, R = self.mas, self.federation.rounds
+        if m.merge_rounds != "auto" and plan.continues and m.split_rounds is None \
+                and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]
+            raise ValueError(f"mas.merge_rounds={m.merge_rounds} leaves no rounds after the split in "
+                             f"federation.rounds={R}; lower it or set mas.split_rounds")
         if self.federation.min_replies > self.federation.clients_per_round:
             raise ValueError("federation.min_replies cannot exceed federation.clients_per_round")
         return self

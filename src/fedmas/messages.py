@@ -32,6 +32,7 @@ class LocalConfig:
     gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
     gradnorm_lr: float = 0.025
     lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
+    encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
     seed: int = 0
     round: int = 0
 

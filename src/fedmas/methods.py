@@ -116,10 +116,25 @@ class OneByOne(Plan):
 
 def merge_rounds(server: Server) -> int:
     """R0: rounds of the merged phase (the maximum when ``mas.merge_rounds`` is auto)."""
-    m = server.cfg.mas
+    m, R = server.cfg.mas, server.cfg.federation.rounds
     if m.merge_rounds == "auto":
-        return min(m.max_merge_rounds, server.cfg.federation.rounds - 1)
-    return int(m.merge_rounds)
+        return min(m.max_merge_rounds, R - 1)
+    return m.rounds_of(m.merge_rounds, R)
+
+
+def affinity_rounds(server: Server) -> int | None:
+    """The first N merged rounds whose mean affinity decides the split (measuring stops after them);
+    None: every merged round (``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
+    m = server.cfg.mas
+    if m.affinity_rounds == "all" or m.merge_rounds == "auto":
+        return None
+    return min(m.rounds_of(m.affinity_rounds, server.cfg.federation.rounds), merge_rounds(server))
+
+
+def split_rounds(server: Server, merged_rounds: int) -> int:
+    """Rounds each group trains after a merged phase of ``merged_rounds`` rounds."""
+    m = server.cfg.mas
+    return m.split_rounds if m.split_rounds is not None else server.cfg.federation.rounds - merged_rounds
 
 
 class _MergeThenSplit(Plan):
@@ -128,22 +143,32 @@ class _MergeThenSplit(Plan):
     measure = True
     splits = merges = continues = True
 
+    def expected_rounds(self, server: Server) -> int | None:
+        r0 = merge_rounds(server)
+        return r0 + split_rounds(server, r0)
+
     def update(self, server: Server) -> None:
-        st, R = server.state, server.cfg.federation.rounds
+        st, m = server.state, server.cfg.mas
         if not st.plan.get("started"):
-            server.add_task(MERGED, list(server.tasks), merge_rounds(server), role="merged",
-                            measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=R)
+            r0 = merge_rounds(server)
+            total = r0 if m.split_schedule == "restart" else r0 + split_rounds(server, r0)
+            server.add_task(MERGED, list(server.tasks), r0, role="merged",
+                            measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=total,
+                            affinity_rounds=affinity_rounds(server) if self.measure else None)
             st.plan["started"] = True
         merged = next((t for t in st.active if t.name == MERGED), None)
-        if merged is not None and server.cfg.mas.merge_rounds == "auto" and self.measure:
+        if merged is not None and m.merge_rounds == "auto" and self.measure:
             self._maybe_stop_merge(server, merged)
         done = server.finished(MERGED)
         if done is not None and "groups" not in st.plan:
             groups = self.choose_groups(server)
             st.plan["groups"] = groups
+            rounds = split_rounds(server, done.done_rounds)
+            restart = m.split_schedule == "restart"
             for i, g in enumerate(groups):
-                server.add_task(_group_name(i), g, R - done.done_rounds, init_from=MERGED,
-                                schedule_offset=done.done_rounds, schedule_total=R)
+                server.add_task(_group_name(i), g, rounds, init_from=MERGED,
+                                schedule_offset=0 if restart else done.done_rounds,
+                                schedule_total=rounds if restart else done.done_rounds + rounds)
 
     def _maybe_stop_merge(self, server: Server, merged) -> None:
         m = server.cfg.mas
@@ -171,7 +196,7 @@ class MAS(_MergeThenSplit):
 
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
-        tasks, z = server.state.affinity.mean(MERGED, m.affinity_window) or (list(server.tasks), None)
+        tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server)) or (list(server.tasks), None)
         n = len(tasks)
         if z is None:  # a single task: nothing to split
             return [list(tasks)]
@@ -218,9 +243,18 @@ def _param_count(server: Server, tasks: list[str]) -> int:
 
 
 def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
-    rounds = len(server.state.affinity.of(MERGED))
+    m, log = server.cfg.mas, server.state.affinity
+    used = len(log.of(MERGED, affinity_rounds(server)))
+    merged = server.finished(MERGED)
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
-           "chosen": chosen, "rule": rule, "affinity_rounds": rounds}
+           "chosen": chosen, "rule": rule, "affinity_rounds": used,
+           "affinity_rounds_rule": "all merged rounds" if affinity_rounds(server) is None
+           else f"the first {affinity_rounds(server)} merged rounds",
+           "merge_rounds": merged.done_rounds if merged else None,
+           "merge_rounds_rule": "auto: the affinity ranking settled" if m.merge_rounds == "auto"
+           else f"mas.merge_rounds={m.merge_rounds}",
+           "split_rounds": split_rounds(server, merged.done_rounds) if merged else None,
+           "split_schedule": m.split_schedule}
     server.state.plan["split"] = doc
     atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))
 
@@ -251,16 +285,21 @@ class TAG(Plan):
     splits = merges = True
 
     def expected_rounds(self, server: Server) -> int | None:
-        return merge_rounds(server) + server.cfg.federation.rounds
+        return self._phase(server) + server.cfg.federation.rounds
+
+    @staticmethod
+    def _phase(server: Server) -> int:
+        """Rounds of the affinity phase: TAG discards its merged model, so it trains only while it measures."""
+        return affinity_rounds(server) or merge_rounds(server)
 
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
         if not st.plan.get("started"):
-            r0 = merge_rounds(server)
-            server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=R)
+            r0 = self._phase(server)
+            server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=r0)
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:
-            tasks, z = server.state.affinity.mean(MERGED, server.cfg.mas.affinity_window)
+            tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server))
             k = split_count(server.cfg)
             sel = grouping.tag_selection(z, k)
             groups = [[tasks[i] for i in g] for g in sel.groups]

@@ -17,7 +17,7 @@ from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
-from fedmas.methods import MERGED, make_plan
+from fedmas.methods import MERGED, affinity_rounds, make_plan
 from fedmas.report import heatmap, loss_curves, short, table
 from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu
@@ -127,7 +127,7 @@ def _write_affinity(server: Server, always: bool = False) -> None:
     rows = server.state.affinity.of(MERGED)
     if not rows or (rows[-1]["round"] != server.state.round - 1 and not always):
         return
-    doc = server.state.affinity.to_doc(MERGED, server.cfg.mas.affinity_window)
+    doc = server.state.affinity.to_doc(MERGED, affinity_rounds(server))
     atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
 
 
@@ -149,9 +149,9 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
     }
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
-    measured = st.affinity.mean(MERGED, cfg.mas.affinity_window)
+    measured = st.affinity.mean(MERGED, affinity_rounds(server))
     if measured is not None:
-        rounds = len(st.affinity.of(MERGED))
+        rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {rounds} merged rounds",
                 st.plan.get("groups"))

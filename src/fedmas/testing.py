@@ -26,7 +26,8 @@ def _losses(model: MultiTaskModel, x, targets, masks) -> list[Tensor]:
     return [get_task(t).loss(preds[t], targets[t], masks.get(t)) for t in model.tasks]
 
 
-def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, masks) -> Tensor:
+def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, masks, grad_scale: float = 1.0
+                   ) -> Tensor:
     n = len(model.tasks)
     lr, mom, wd = (opt.param_groups[0][k] for k in ("lr", "momentum", "weight_decay"))
     with torch.no_grad():  # on a copy: BatchNorm's running statistics of the model must not see this pass
@@ -38,7 +39,7 @@ def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, mask
         _losses(probe, x, targets, masks)[i].backward()
         with torch.no_grad():
             for p, orig in zip(probe.encoder.parameters(), model.encoder.parameters()):
-                d = (p.grad if p.grad is not None else torch.zeros_like(p)) + wd * p
+                d = grad_scale * (p.grad if p.grad is not None else torch.zeros_like(p)) + wd * p
                 buf = opt.state.get(orig, {}).get("momentum_buffer")
                 u = d if buf is None or not mom else mom * buf + d
                 p.sub_(lr * u)
@@ -59,10 +60,13 @@ def naive_train_with_affinity(model: MultiTaskModel, weights: Mapping[str, Tenso
         for batch in batches(data, cfg.batch_size, gen):
             x, targets, masks = select_tasks(batch, model.tasks)
             if cfg.lookahead_step and nb % cfg.lookahead_step == 0:
-                acc += naive_affinity(model, opt, x, targets, masks)
+                acc += naive_affinity(model, opt, x, targets, masks, cfg.encoder_grad_scale)
                 count += 1
             opt.zero_grad()
             sum(_losses(model, x, targets, masks)).backward()  # type: ignore[union-attr]
+            for p in model.encoder.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(cfg.encoder_grad_scale)
             opt.step()
             nb += 1
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, (acc / count if count else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 import zlib
@@ -80,12 +81,13 @@ class Server:
 
     def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
                  measure_affinity: bool = False, init_from: str | None = None,
-                 schedule_offset: int = 0, schedule_total: int | None = None) -> FLTaskState:
+                 schedule_offset: int = 0, schedule_total: int | None = None,
+                 affinity_rounds: int | None = None) -> FLTaskState:
         if any(t.name == name for t in self.state.active + self.state.finished):
             raise ValueError(f"FL task {name!r} exists already")
         fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
-                         schedule_offset=schedule_offset, schedule_total=schedule_total or rounds,
-                         started_round=self.state.round)
+                         affinity_rounds=affinity_rounds, schedule_offset=schedule_offset,
+                         schedule_total=schedule_total or rounds, started_round=self.state.round)
         src = self.state.weights[init_from] if init_from else None
         model = build_model(tasks, self.spec, init_from=src, seed=stable_seed(self.cfg.seed, "init", name))
         w = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -163,6 +165,11 @@ def lr_at(cfg: Config, fl: FLTaskState) -> float:
     return f.lr * max(0.0, 1 - pos / fl.schedule_total) ** 0.9
 
 
+def encoder_grad_scale(cfg: Config, n_tasks: int) -> float:
+    """Scale of the shared encoder's gradient in a model of ``n_tasks`` tasks (``model.encoder_grad_scale``)."""
+    return 1.0 / math.sqrt(n_tasks) if cfg.model.encoder_grad_scale == "inv_sqrt_n" and n_tasks > 1 else 1.0
+
+
 def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> LocalConfig:
     f = cfg.federation
     return LocalConfig(
@@ -170,7 +177,8 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
         local_epochs=f.local_epochs, batch_size=f.batch_size,
         prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
         gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
-        lookahead_step=cfg.mas.lookahead_step if fl.measure_affinity else 0,
+        lookahead_step=cfg.mas.lookahead_step if fl.measuring else 0,
+        encoder_grad_scale=encoder_grad_scale(cfg, len(fl.tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
     )
 
@@ -214,6 +222,7 @@ class RoundLoop:
         client_time: dict[str, float] = defaultdict(float)
         lines = []
         for fl in list(st.active):
+            lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
             valid = self._train_fl_task(fl, assign[fl.name], client_time)
             fl.done_rounds += 1
             ev = {}
@@ -225,7 +234,7 @@ class RoundLoop:
                 ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
                 fl.last_eval = ev
             lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
-                          "fl_round": fl.done_rounds, "lr": lr_at(cfg, fl) if fl.done_rounds < fl.rounds else 0.0,
+                          "fl_round": fl.done_rounds, "lr": lr,
                           "clients": assign[fl.name], "accepted": valid, **ev})
             if fl.done_rounds >= fl.rounds:
                 st.retire(fl)
@@ -249,7 +258,7 @@ class RoundLoop:
             affs: list[tuple[Tensor, float]] = []
             for r in replies:
                 try:
-                    why = check_reply(r, expected, len(fl.tasks), fl.measure_affinity and len(fl.tasks) > 1,
+                    why = check_reply(r, expected, len(fl.tasks), fl.measuring,
                                       self.server.max_samples(r.client))
                 except Exception as e:  # noqa: BLE001 - no reply may raise in the server
                     why = f"malformed reply: {type(e).__name__}"
@@ -269,7 +278,7 @@ class RoundLoop:
                 arrays = dict(r.message.arrays)
                 aff = arrays.pop("affinity", None)
                 good.append((arrays, m["samples"]))
-                if aff is not None and fl.measure_affinity:
+                if aff is not None and fl.measuring:
                     affs.append((aff, m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
                 st.weights[fl.name] = fedavg(good)

@@ -32,12 +32,19 @@ class FLTaskState:
     rounds: int  # rounds this FL task trains
     role: str = "final"  # "final": its losses are reported; "merged", "probe": intermediate phases
     measure_affinity: bool = False
+    affinity_rounds: int | None = None  # measure during the first N rounds only (None: every round)
     schedule_offset: int = 0  # poly schedule position of its first round
     schedule_total: int = 0  # R of the poly schedule
     done_rounds: int = 0
     started_round: int = 0
     finished_round: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def measuring(self) -> bool:
+        """Whether this round's clients measure the inter-task affinity."""
+        return self.measure_affinity and len(self.tasks) > 1 and (
+            self.affinity_rounds is None or self.done_rounds < self.affinity_rounds)
 
 
 @dataclass
@@ -51,29 +58,33 @@ class AffinityLog:
         self.rows.append({"round": round_index, "fl_task": fl_task, "tasks": list(tasks), "matrix": matrix,
                           "clients": clients, "samples": samples})
 
-    def of(self, fl_task: str, window: int | None = None) -> list[dict[str, Any]]:
-        """``fl_task``'s rows in round order (only the last ``window`` of them when given)."""
+    def of(self, fl_task: str, first: int | None = None) -> list[dict[str, Any]]:
+        """``fl_task``'s rows in round order (only those of its first ``first`` rounds when given)."""
         rows = [a for a in self.rows if a["fl_task"] == fl_task]
-        return rows[-window:] if window else rows
+        if first is None or not rows:
+            return rows
+        return [a for a in rows if a["round"] < rows[0]["round"] + first]
 
-    def mean(self, fl_task: str, window: int | None = None) -> tuple[list[str], np.ndarray] | None:
+    def mean(self, fl_task: str, first: int | None = None) -> tuple[list[str], np.ndarray] | None:
         """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured."""
-        rows = self.of(fl_task, window)
+        rows = self.of(fl_task, first)
         if not rows:
             return None
         return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
 
-    def to_doc(self, fl_task: str, window: int | None = None) -> dict[str, Any] | None:
-        """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``."""
-        measured = self.mean(fl_task, window)
+    def to_doc(self, fl_task: str, first: int | None = None) -> dict[str, Any] | None:
+        """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``;
+        ``affinity`` is the mean over the rows used (``rounds`` of them, ``clients`` replies in all)."""
+        measured = self.mean(fl_task, first)
         if measured is None:
             return None
         tasks, z = measured
-        rows = self.of(fl_task)
+        rows = self.of(fl_task, first)
         return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
                                                    for i, s in enumerate(tasks)},
                 "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
-                "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]} for a in rows]}
+                "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]}
+                            for a in self.of(fl_task)]}
 
 
 @dataclass
