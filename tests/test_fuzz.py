@@ -94,7 +94,9 @@ def test_fuzz_configs(tmp_path_factory, mutations):
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {}) if isinstance(node.get(p), dict) else node.setdefault(p, {})
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
         node[leaf] = value
     cfg = work / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw, allow_unicode=True))

@@ -76,3 +76,15 @@ def test_normal_angular_error():
     pred[0, 0, 0, 1] = 1
     m = t.finalize(t.metric_sums(pred, target, None))
     assert abs(m["angular_err_deg"] - 45.0) < 1e-4
+
+
+def test_deep_encoder_holds_most_parameters_like_the_papers_model():
+    from fedmas.models import encoder_share
+    from fedmas.tasks import TASK_SETS
+
+    for w in (8, 16, 24):
+        assert encoder_share(TASK_SETS["sdnkt"], ModelSpec("deep", w)) >= 0.8
+    assert encoder_share(TASK_SETS["sdnkt"], ModelSpec("small", 16)) < 0.5
+    m = build_model(TASK_SETS["sdnkt"], ModelSpec("deep", 8))
+    out = m(torch.zeros(2, 3, 32, 32))
+    assert out["normal"].shape == (2, 3, 32, 32) and out["segment_semantic"].shape == (2, 18, 32, 32)

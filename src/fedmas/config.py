@@ -54,7 +54,9 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    encoder: Literal["small", "resnet18", "xception"] = "small"
+    encoder: Literal["small", "deep", "resnet18", "xception"] = Field(
+        "small", description="small (light encoder, heavy heads), deep (encoder ~90% of the parameters, like the "
+                             "paper's), resnet18, xception (GPU scale)")
     width: int = Field(16, ge=2, le=512)
     encoder_grad_scale: Literal["inv_sqrt_n", "none"] = Field(
         "inv_sqrt_n", description="scale of the shared encoder's gradient in a model of n tasks: 1/√n "

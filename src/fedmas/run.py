@@ -9,6 +9,7 @@ Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from fedmas.config import Config, ConfigError, load_config
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
 from fedmas.methods import MERGED, affinity_rounds, make_plan
+from fedmas.models import ModelSpec, encoder_share
 from fedmas.report import heatmap, loss_curves, short, table
 from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu
@@ -49,7 +51,19 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         prepare_run_dir(run_dir, cfg, force=True)
+        if progress:
+            print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
         return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
+    """What is about to run, in two lines."""
+    f, spec = cfg.federation, ModelSpec(cfg.model.encoder, cfg.model.width)
+    share = encoder_share(cfg.task_list, spec)
+    return (f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks ({', '.join(short(t) for t in cfg.task_list)}), "
+            f"{len(data.clients)} clients, {f.clients_per_round} per round, R={f.rounds}, engine {cfg.engine} "
+            f"→ {run_dir}\n[fedmas] model: {cfg.model.encoder} encoder (width {cfg.model.width}) holding "
+            f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters")
 
 
 def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, stop_after: int | None,
