@@ -35,6 +35,9 @@ class DataConfig(_Strict):
     root: str | None = None
     buildings_file: str | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of every client's training data held out as validation data: the "
+                                     "only data that decisions (HOA's groups, best_val selection) read")
     cache_dir: str | None = None
 
     @field_validator("dataset")
@@ -82,6 +85,9 @@ class FederationConfig(_Strict):
     round_deadline_s: float | None = Field(None, gt=0, le=1e7)
     min_replies: int = Field(1, ge=1, le=1_000_000)
     max_round_retries: int = Field(2, ge=0, le=1000)
+    select: Literal["last", "best_val"] = Field(
+        "last", description="the reported model of each FL task: its last round's, or the one with the lowest "
+                            "validation loss (as the MAS reference reports)")
 
 
 class MASConfig(_Strict):
@@ -135,8 +141,16 @@ class MASConfig(_Strict):
 
 
 class HOAConfig(_Strict):
-    pair_rounds: int = Field(5, ge=1, le=1_000_000,
-                             description="rounds each single task and pair trains to estimate losses")
+    pair_rounds: int | Literal["full"] = Field(
+        "full", description="rounds each single task and pair trains to estimate losses; full = federation.rounds "
+                            "(the paper's HOA, charged in full); a small number is a cheaper probe")
+
+    @field_validator("pair_rounds")
+    @classmethod
+    def _pair_rounds(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000, or 'full'")
+        return v
 
 
 class CostConfig(_Strict):
@@ -236,6 +250,9 @@ class Config(_Strict):
                 and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]
             raise ValueError(f"mas.merge_rounds={m.merge_rounds} leaves no rounds after the split in "
                              f"federation.rounds={R}; lower it or set mas.split_rounds")
+        if self.data.validation_fraction == 0 and (self.method == "hoa" or self.federation.select == "best_val"):
+            raise ValueError("data.validation_fraction is 0, but HOA's group choice and federation.select: best_val "
+                             "read validation data (never test data); hold out a fraction, e.g. 0.1")
         if self.federation.min_replies > self.federation.clients_per_round:
             raise ValueError("federation.min_replies cannot exceed federation.clients_per_round")
         return self

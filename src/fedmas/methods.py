@@ -8,7 +8,7 @@ resumed run takes the same decisions as an uninterrupted one.
 - ``one-by-one``  one single-task FL task per task, one after another, R rounds each
 - ``mas``         merge R0 rounds measuring affinity → exact split → continue R − R0 rounds
 - ``tag``         affinity from R0 merged rounds → TAG's overlapping groups, retrained from scratch R rounds
-- ``hoa``         every single task and pair trained ``hoa.pair_rounds`` rounds → higher-order
+- ``hoa``         every single task and pair trained ``hoa.pair_rounds`` rounds (default R) → higher-order
                   estimate → best partition, retrained from scratch R rounds
 - ``random``      merge R0 rounds (no affinity) → a seeded random partition into k groups → continue
 """
@@ -129,6 +129,12 @@ def affinity_rounds(server: Server) -> int | None:
     if m.affinity_rounds == "all" or m.merge_rounds == "auto":
         return None
     return min(m.rounds_of(m.affinity_rounds, server.cfg.federation.rounds), merge_rounds(server))
+
+
+def pair_rounds(server: Server) -> int:
+    """Rounds HOA trains each single task and pair (``hoa.pair_rounds``; full = R, as in the paper)."""
+    p = server.cfg.hoa.pair_rounds
+    return server.cfg.federation.rounds if p == "full" else int(p)
 
 
 def split_rounds(server: Server, merged_rounds: int) -> int:
@@ -302,12 +308,14 @@ class TAG(Plan):
             tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server))
             k = split_count(server.cfg)
             sel = grouping.tag_selection(z, k)
-            groups = [[tasks[i] for i in g] for g in sel.groups]
             assign = grouping.tag_assignment(z, sel.groups)
+            used = sorted(set(assign.values()))  # at most k: a group that serves no task is not trained
+            groups = [[tasks[i] for i in sel.groups[gi]] for gi in used]
             st.plan["groups"] = groups
-            st.plan["assignment"] = {tasks[t]: _group_name(gi) for t, gi in assign.items()}
-            _write_split(server, tasks, z, [], {"k": k, "groups": groups, "score": sel.score},
-                         "TAG's overlapping selection; each task reported from its best group")
+            st.plan["assignment"] = {tasks[t]: _group_name(used.index(gi)) for t, gi in assign.items()}
+            _write_split(server, tasks, z, [], {"k": len(groups), "groups": groups, "score": sel.score},
+                         f"TAG's overlapping selection of at most {k} groups; each task reported from its best "
+                         f"group; groups that serve no task are dropped")
             for i, g in enumerate(groups):
                 server.add_task(_group_name(i), g, R)
 
@@ -326,7 +334,7 @@ class HOA(Plan):
     def expected_rounds(self, server: Server) -> int | None:
         n = len(server.tasks)
         probes = n + n * (n - 1) // 2
-        return -(-probes // server.capacity()) * server.cfg.hoa.pair_rounds + server.cfg.federation.rounds
+        return -(-probes // server.capacity()) * pair_rounds(server) + server.cfg.federation.rounds
 
     def update(self, server: Server) -> None:
         st, tasks = server.state, list(server.tasks)
@@ -335,7 +343,7 @@ class HOA(Plan):
         if started < len(probes) and not any(t.role == "probe" for t in st.active):
             wave = probes[started:started + server.capacity()]
             for p in wave:
-                server.add_task("probe-" + "+".join(p), p, server.cfg.hoa.pair_rounds, role="probe")
+                server.add_task("probe-" + "+".join(p), p, pair_rounds(server), role="probe")
             st.plan["probes_started"] = started + len(wave)
             return
         if started == len(probes) and not st.active and "groups" not in st.plan:
@@ -346,10 +354,11 @@ class HOA(Plan):
 
     def _choose(self, server: Server, tasks: list[str]) -> list[list[str]]:
         n = len(tasks)
-        single = np.array([server.finished("probe-" + t).last_eval[f"loss/{t}"] for t in tasks])  # type: ignore[union-attr]
+        # validation losses only: test data never chooses the groups
+        single = np.array([server.finished("probe-" + t).last_val[f"loss/{t}"] for t in tasks])  # type: ignore[union-attr]
         pair = np.zeros((n, n))
         for i, j in itertools.combinations(range(n), 2):
-            ev = server.finished(f"probe-{tasks[i]}+{tasks[j]}").last_eval  # type: ignore[union-attr]
+            ev = server.finished(f"probe-{tasks[i]}+{tasks[j]}").last_val  # type: ignore[union-attr]
             pair[i, j], pair[j, i] = ev[f"loss/{tasks[i]}"], ev[f"loss/{tasks[j]}"]
         bits = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(bool)
         val = np.zeros(1 << n)

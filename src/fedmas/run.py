@@ -88,6 +88,9 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         data = load_federated(cfg.data, cfg.task_list)
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
+    if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
+        raise ConfigError("no validation data (every client has fewer than two samples, or "
+                          "data.validation_fraction is 0): HOA and federation.select: best_val need it")
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()})
     server.check_weights()
@@ -103,7 +106,7 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
             done = srv.state.round - r0
             print_progress(srv, total, (time.perf_counter() - t0) / done if done else None)
 
-    loop = RoundLoop(server, engine, plan, data.test, on_round)
+    loop = RoundLoop(server, engine, plan, data.test, on_round, data.validation)
     try:
         if not loop.run(stop_after):
             return None
@@ -155,9 +158,10 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
     summary = {
         "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
         "total_test_loss": sum(per_task.values()), "test_loss": per_task, "test_metrics": metrics,
-        "owner": owner, "groups": st.plan.get("groups"),
+        "owner": owner, "groups": st.plan.get("groups"), "select": cfg.federation.select,
         "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
                       "started_round": t.started_round, "finished_round": t.finished_round,
+                      "selected_round": t.selected_round,
                       "final_total_loss": t.last_eval.get("total_loss"),
                       "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedmas.data.federated import FederatedData, MultiTaskArrays, concat
+from torch.utils.data import ConcatDataset
+
+from fedmas.data.federated import FederatedData, MultiTaskArrays, concat, hold_out
 from fedmas.data.scenes import SceneSpec, load_or_render
 from fedmas.data.taskonomy import DataError, read_buildings_file, read_taskonomy
 
@@ -21,13 +24,34 @@ def scenes_federated(spec: SceneSpec, tasks: Sequence[str], cache_dir: Path | No
 
 
 def load_client(cfg, tasks: Sequence[str], client: str):
-    """One client's training data only (what a Flower node needs); the whole set for other sources."""
+    """One client's training data only (what a Flower node needs); the whole set for other sources.
+    The same samples as :func:`load_federated` gives that client (validation held out)."""
     if cfg.dataset == "scenes" and client.startswith("building_"):
         spec = _scene_spec(cfg)
         b = int(client.split("_")[1])
         raw = load_or_render(spec, Path(cfg.cache_dir) if cfg.cache_dir else None, only=[b])
-        return MultiTaskArrays.from_raw(raw[b]["train"], tasks)
+        return hold_out(MultiTaskArrays.from_raw(raw[b]["train"], tasks), cfg.validation_fraction,
+                        _holdout_seed(cfg, client))[0]
     return load_federated(cfg, tasks).clients[client]
+
+
+def _holdout_seed(cfg, client: str) -> int:
+    return zlib.crc32(f"{cfg.seed}/validation/{client}".encode()) & 0x7FFFFFFF
+
+
+def with_validation(data: FederatedData, cfg) -> FederatedData:
+    """Hold out ``cfg.validation_fraction`` of every client's training data as pooled validation data."""
+    if cfg.validation_fraction <= 0:
+        return data
+    clients, vals = {}, []
+    for c, ds in data.clients.items():
+        clients[c], val = hold_out(ds, cfg.validation_fraction, _holdout_seed(cfg, c))
+        if val is not None:
+            vals.append(val)
+    if not vals:
+        return FederatedData(clients=clients, test=data.test, tasks=data.tasks)
+    pooled = concat(vals) if all(isinstance(v, MultiTaskArrays) for v in vals) else ConcatDataset(vals)
+    return FederatedData(clients=clients, test=data.test, tasks=data.tasks, validation=pooled)
 
 
 def _scene_spec(cfg) -> SceneSpec:
@@ -47,7 +71,7 @@ def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.c
         data = read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
     else:
         data = _plugin_data(cfg, tasks)
-    return check_federated(data, cfg.dataset)
+    return with_validation(check_federated(data, cfg.dataset), cfg)
 
 
 def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:

@@ -77,13 +77,47 @@ def select_tasks(batch: Batch, tasks: Sequence[str]) -> Batch:
     return x, {k: t[k] for k in tasks}, {k: m[k] for k in tasks if k in m}
 
 
+class IndexView(Dataset):
+    """The samples ``indices`` of ``ds`` (keeps a dataset's fast ``batch`` path)."""
+
+    def __init__(self, ds: Dataset, indices: torch.Tensor):
+        self.ds, self.indices = ds, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.ds[int(self.indices[i])]
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        rows = self.indices[idx]
+        fast = getattr(self.ds, "batch", None)
+        return fast(rows) if fast is not None else default_collate([self.ds[int(i)] for i in rows])
+
+
+def hold_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Split a client's training data into (train, validation): a seeded random ``fraction`` of its
+    samples (at least one when it has two or more) is held out for validation."""
+    n = len(ds)  # type: ignore[arg-type]
+    k = 0 if fraction <= 0 or n < 2 else min(n - 1, max(1, int(round(fraction * n))))
+    if k == 0:
+        return ds, None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:k].sort().values, perm[k:].sort().values
+    if isinstance(ds, MultiTaskArrays):
+        return MultiTaskArrays(*ds.batch(train)), MultiTaskArrays(*ds.batch(val))
+    return IndexView(ds, train), IndexView(ds, val)
+
+
 @dataclass
 class FederatedData:
-    """Training data per client and held-out test data (pooled over clients)."""
+    """Training data per client, held-out test data (pooled over clients), and optionally validation
+    data (pooled; held out from the clients' training data, the only data decisions may read)."""
 
     clients: dict[str, Dataset]
     test: Dataset
     tasks: tuple[str, ...]
+    validation: Dataset | None = None
 
     def __post_init__(self) -> None:
         if not self.clients:

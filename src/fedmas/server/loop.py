@@ -184,8 +184,10 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
 
 
 class RoundLoop:
-    def __init__(self, server: Server, engine: Engine, plan: Plan, test_data, on_round: Callable | None = None):
+    def __init__(self, server: Server, engine: Engine, plan: Plan, test_data, on_round: Callable | None = None,
+                 val_data=None):
         self.server, self.engine, self.plan, self.test_data = server, engine, plan, test_data
+        self.val_data = val_data  # decisions read only this (never test_data)
         self.cfg = server.cfg
         self.models = ModelCache(server.spec)
         self.meter = EnergyMeter(self.cfg.cost.measure_energy)
@@ -225,24 +227,57 @@ class RoundLoop:
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
             valid = self._train_fl_task(fl, assign[fl.name], client_time)
             fl.done_rounds += 1
-            ev = {}
+            ev: dict[str, Any] = {}
             if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
-                t0 = time.perf_counter()
-                ev = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(st.weights[fl.name]),
-                              self.test_data, f.eval_batch_size)
-                st.costs.add_eval(fl.name, time.perf_counter() - t0)
-                ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
+                ev = self._evaluate(fl, st.weights[fl.name], self.test_data)
                 fl.last_eval = ev
+                if self._validates(fl):
+                    fl.last_val = self._evaluate(fl, st.weights[fl.name], self.val_data)
+                    ev["val_total_loss"] = fl.last_val["total_loss"]
+                    self._keep_if_best(fl)
             lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
                           "fl_round": fl.done_rounds, "lr": lr,
                           "clients": assign[fl.name], "accepted": valid, **ev})
             if fl.done_rounds >= fl.rounds:
+                self._select(fl)
                 st.retire(fl)
         speed = cfg.cost.speed_factors
         st.costs.sim_wallclock_s += max((s * speed.get(c, 1.0) for c, s in client_time.items()), default=0.0)
         st.costs.rounds += 1
         _append_metrics(self.server.run_dir, lines, time.perf_counter() - t_round)
         st.round += 1
+
+    def _evaluate(self, fl: FLTaskState, weights: dict[str, Tensor], data) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ev: dict[str, Any] = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(weights), data,
+                                      self.cfg.federation.eval_batch_size)
+        self.server.state.costs.add_eval(fl.name, time.perf_counter() - t0)
+        ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
+        return ev
+
+    def _validates(self, fl: FLTaskState) -> bool:
+        """Validation losses are needed by HOA's probes and by best-validation model selection."""
+        return self.val_data is not None and (
+            fl.role == "probe" or (fl.role == "final" and self.cfg.federation.select == "best_val"))
+
+    def _keep_if_best(self, fl: FLTaskState) -> None:
+        if fl.role != "final" or self.cfg.federation.select != "best_val":
+            return
+        val = fl.last_val["total_loss"]
+        if fl.best_val is None or val < fl.best_val:
+            fl.best_val, fl.best_round = val, fl.done_rounds
+            st = self.server.state
+            st.weights[best_key(fl.name)] = {k: v.clone() for k, v in st.weights[fl.name].items()}
+
+    def _select(self, fl: FLTaskState) -> None:
+        """The reported model of a finishing FL task: its last, or (best_val) its best-validation round's,
+        whose test losses are then evaluated once (test data never chooses anything)."""
+        st = self.server.state
+        best = st.weights.pop(best_key(fl.name), None)
+        fl.selected_round = fl.done_rounds
+        if best is not None and fl.best_round is not None and fl.best_round != fl.done_rounds:
+            fl.last_eval = self._evaluate(fl, best, self.test_data)
+            fl.selected_round = fl.best_round
 
     def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float]) -> int:
         st, f = self.server.state, self.cfg.federation
@@ -294,6 +329,11 @@ class RoundLoop:
         log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
         st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
         return 0
+
+
+def best_key(fl_task: str) -> str:
+    """Where the best-validation weights of ``fl_task`` are kept in the state (``federation.select: best_val``)."""
+    return f"{fl_task}@best"
 
 
 def _model_weights(w: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -38,7 +38,11 @@ class FLTaskState:
     done_rounds: int = 0
     started_round: int = 0
     finished_round: int | None = None
-    last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)  # test losses and metrics (reported, never read)
+    last_val: dict[str, float] = field(default_factory=dict)  # validation losses (what decisions read)
+    best_val: float | None = None  # federation.select: best_val — lowest validation total loss so far
+    best_round: int | None = None
+    selected_round: int | None = None  # the round whose model is reported
 
     @property
     def measuring(self) -> bool:
