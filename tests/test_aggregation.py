@@ -41,8 +41,8 @@ def test_fedavg_equal_weights_is_plain_mean(vals, n):
     torch.testing.assert_close(out["w"], torch.tensor(vals).mean(0), rtol=1e-5, atol=1e-4)
 
 
-def _reply(arrays, samples=10.0, error=None, compute_s=0.5, **metrics):
-    m = {"samples": samples, "compute_s": compute_s, **metrics}
+def _reply(arrays, samples=10.0, error=None, compute_s=0.5, flop=1e6, **metrics):
+    m = {"samples": samples, "compute_s": compute_s, "flop": flop, **metrics}
     m = {k: v for k, v in m.items() if v is not None}
     return Reply("c1", "t", None if error else Message(arrays, {}, m), error)
 
@@ -70,6 +70,8 @@ def test_check_reply_rejections():
         "compute time: None": _reply({"w": ok}, compute_s=None),
         "compute time: nan": _reply({"w": ok}, compute_s=float("nan")),
         "compute time: -1": _reply({"w": ok}, compute_s=-1.0),
+        "FLOP count: None": _reply({"w": ok}, flop=None),
+        "FLOP count: inf": _reply({"w": ok}, flop=float("inf")),
     }
     for expect, reply in cases.items():
         why = check_reply(reply, ref, 1, False)

@@ -160,7 +160,7 @@ VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["encoder.w", "heads.a.b", "affinity", "extra", "gradnorm.weights"]),
                        st.one_of(tensors(), VALUES), max_size=5),
-       st.dictionaries(st.sampled_from(["samples", "compute_s", "other"]), VALUES, max_size=3))
+       st.dictionaries(st.sampled_from(["samples", "compute_s", "flop", "other"]), VALUES, max_size=4))
 def test_fuzz_replies_never_raise(arrays, metrics):
     reply = Reply("c", "t", Message(arrays, {}, metrics))  # type: ignore[arg-type]
     why = check_reply(reply, EXPECTED, 2, want_affinity=bool(arrays.get("affinity") is not None), max_samples=100)

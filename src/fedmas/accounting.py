@@ -1,8 +1,11 @@
 """Cost accounting: compute seconds, samples, bytes and energy per FL task and per client.
 
-Energy is *measured* where the hardware exposes a counter (NVML on NVIDIA GPUs,
-Intel RAPL under /sys/class/powercap when readable) and otherwise *modelled* as
-compute seconds × a configured device power. Every figure says which.
+Compute is counted two ways: measured seconds (which depend on the machine's load) and
+floating-point operations (:mod:`fedmas.flops`; deterministic for a config). Energy is
+*measured* where the hardware exposes a counter (NVML on NVIDIA GPUs, Intel RAPL under
+/sys/class/powercap when readable) and otherwise *modelled* from the FLOP count as
+FLOPs ÷ ``cost.device_flops_per_s`` × ``cost.device_power_w`` (an assumed device; the same
+for every method, so it scales but never reorders a comparison). Every figure says which.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 _RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
-KEYS = ("train_s", "eval_s", "samples", "bytes_down", "bytes_up", "energy_j", "client_rounds", "rejected")
+KEYS = ("train_s", "eval_s", "train_flop", "eval_flop", "samples", "bytes_down", "bytes_up", "energy_j",
+        "client_rounds", "rejected")
 
 
 class EnergyMeter:
@@ -54,16 +58,18 @@ def _zero() -> dict[str, float]:
 class CostLedger:
     device_power_w: float
     energy_source: str = "modelled"
+    device_flops_per_s: float = 1e11
     per_task: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(_zero))
     per_client: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(_zero))
     sim_wallclock_s: float = 0.0
     rounds: int = 0
 
     def add_train(self, fl_task: str, client: str, seconds: float, samples: float, down: int, up: int,
-                  measured_j: float | None = None) -> None:
-        energy = measured_j if measured_j is not None else seconds * self.device_power_w
+                  measured_j: float | None = None, flop: float = 0.0) -> None:
+        energy = measured_j if measured_j is not None else flop / self.device_flops_per_s * self.device_power_w
         for row in (self.per_task[fl_task], self.per_client[client]):
             row["train_s"] += seconds
+            row["train_flop"] += flop
             row["samples"] += samples
             row["bytes_down"] += down
             row["bytes_up"] += up
@@ -75,8 +81,9 @@ class CostLedger:
             row["rejected"] += 1
             row["bytes_down"] += down
 
-    def add_eval(self, fl_task: str, seconds: float) -> None:
+    def add_eval(self, fl_task: str, seconds: float, flop: float = 0.0) -> None:
         self.per_task[fl_task]["eval_s"] += seconds
+        self.per_task[fl_task]["eval_flop"] += flop
 
     def totals(self) -> dict[str, float]:
         out = _zero()
@@ -85,16 +92,18 @@ class CostLedger:
                 out[k] += row[k]
         out["sim_wallclock_s"] = self.sim_wallclock_s
         out["compute_h"] = out["train_s"] / 3600
+        out["train_tflop"] = out["train_flop"] / 1e12
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {"device_power_w": self.device_power_w, "energy_source": self.energy_source,
+                "device_flops_per_s": self.device_flops_per_s,
                 "per_task": dict(self.per_task), "per_client": dict(self.per_client),
                 "sim_wallclock_s": self.sim_wallclock_s, "rounds": self.rounds, "totals": self.totals()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CostLedger:
-        led = cls(d["device_power_w"], d["energy_source"])
+        led = cls(d["device_power_w"], d["energy_source"], d.get("device_flops_per_s", 1e11))
         for name, row in d["per_task"].items():
             led.per_task[name].update(row)
         for name, row in d["per_client"].items():

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from fedmas import affinity
 from fedmas.data.federated import batches, select_tasks
+from fedmas.flops import FlopCounter
 from fedmas.messages import LocalConfig, Message
 from fedmas.models import ModelCache, MultiTaskModel
 from fedmas.tasks import task_losses
@@ -36,8 +37,10 @@ class LocalTraining:
     """The state of one round of local training, advanced one batch at a time."""
 
     def __init__(self, model: MultiTaskModel, weights: Mapping[str, Tensor], cfg: LocalConfig,
-                 task_weights: Tensor | None = None):
+                 task_weights: Tensor | None = None, flops: FlopCounter | None = None):
         self.t0 = time.perf_counter()
+        self.flops = flops if flops is not None else FlopCounter()
+        self.flop = 0
         model.load_state_dict(weights)
         model.train()
         self.model, self.cfg, self.tasks = model, cfg, model.tasks
@@ -69,10 +72,17 @@ class LocalTraining:
         return self.look
 
     def step(self, batch) -> None:
+        x = batch[0]
+        look = self._lookahead_parts()
+        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0, self.gradnorm)
+        with self.flops.count(key):
+            self._step(batch, look)
+        self.flop += self.flops[key]
+
+    def _step(self, batch, look: tuple[affinity.Lookahead, affinity.HeadMirror] | None) -> None:
         model, opt, w = self.model, self.opt, self.w
         x, targets, masks = select_tasks(batch, self.tasks)
         opt.zero_grad(set_to_none=True)
-        look = self._lookahead_parts()
         feats = look[0].forward(x) if look else model.encoder(x)
         losses = task_losses(model.heads, self.tasks, feats, targets, masks)
         lvec = torch.stack([loss.detach() for loss in losses])
@@ -108,7 +118,8 @@ class LocalTraining:
         n = max(self.samples, 1)
         metrics = {f"train_loss/{t}": float(self.loss_sums[i] / n) for i, t in enumerate(self.tasks)}
         metrics.update(samples=float(self.samples), batches=float(self.batches),
-                       lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0)
+                       lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0,
+                       flop=float(self.flop))
         out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.gradnorm:
             out["gradnorm.weights"] = self.w
@@ -116,9 +127,9 @@ class LocalTraining:
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
-                cfg: LocalConfig, task_weights: Tensor | None = None) -> LocalResult:
+                cfg: LocalConfig, task_weights: Tensor | None = None, flops: FlopCounter | None = None) -> LocalResult:
     """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights``."""
-    run = LocalTraining(model, weights, cfg, task_weights)
+    run = LocalTraining(model, weights, cfg, task_weights, flops)
     gen = torch.Generator().manual_seed(cfg.seed)
     for _epoch in range(cfg.local_epochs):
         for batch in batches(data, cfg.batch_size, gen):
@@ -131,7 +142,7 @@ def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
     cfg = LocalConfig.from_dict(msg.config)
     arrays = dict(msg.arrays)
     task_weights = arrays.pop("gradnorm.weights", None)
-    result = train_local(models.get(cfg.task_tuple), arrays, data, cfg, task_weights)
+    result = train_local(models.get(cfg.task_tuple), arrays, data, cfg, task_weights, models.flops)
     out = result.weights
     if result.affinity is not None:
         out["affinity"] = result.affinity

@@ -156,6 +156,8 @@ class HOAConfig(_Strict):
 class CostConfig(_Strict):
     device_power_w: float = Field(15.0, gt=0, le=1e6, description="modelled device power while training")
     server_power_w: float = Field(50.0, gt=0, le=1e7)
+    device_flops_per_s: float = Field(1e11, gt=0, le=1e18, description="assumed effective FLOP/s of a client "
+                                      "device; modelled energy = FLOPs / this × device_power_w")
     speed_factors: dict[str, float] = Field(default_factory=dict, max_length=1_000_000,
                                             description="client → slowdown factor (> 0)")
     measure_energy: bool = True

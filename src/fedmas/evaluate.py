@@ -9,14 +9,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fedmas.data.federated import batches, select_tasks
+from fedmas.flops import FlopCounter
 from fedmas.models import MultiTaskModel
 from fedmas.tasks import get_task
 
 
 @torch.no_grad()
 def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: Dataset,
-             batch_size: int = 64) -> dict[str, float]:
-    """Mean test loss and task metrics of ``model`` on ``data``: keys ``loss/<task>``, ``<metric>/<task>``."""
+             batch_size: int = 64, flops: FlopCounter | None = None) -> dict[str, float]:
+    """Mean test loss and task metrics of ``model`` on ``data``: keys ``loss/<task>``, ``<metric>/<task>``,
+    and ``flop`` (the evaluation's floating-point operations, see :mod:`fedmas.flops`)."""
+    flops = flops if flops is not None else FlopCounter()
+    flop = 0
     if weights is not None:
         model.load_state_dict(weights)
     model.eval()
@@ -25,7 +29,10 @@ def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: 
     count = 0
     for batch in batches(data, batch_size, shuffle=False):
         x, targets, masks = select_tasks(batch, model.tasks)
-        preds = model(x)
+        key = ("eval", model.tasks, tuple(x.shape))
+        with flops.count(key):
+            preds = model(x)
+        flop += flops[key]
         for i, t in enumerate(model.tasks):
             task = get_task(t)
             loss[i] += float(task.loss(preds[t], targets[t], masks.get(t))) * len(x)
@@ -36,4 +43,5 @@ def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: 
     for t in model.tasks:
         if sums[t]:
             out.update({f"{k}/{t}": v for k, v in get_task(t).finalize(sums[t]).items()})
+    out["flop"] = float(flop)
     return out

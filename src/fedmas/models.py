@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fedmas.flops import FlopCounter
 from fedmas.tasks import get_task
 
 
@@ -232,6 +233,7 @@ class ModelCache:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self._models: dict[tuple[str, ...], MultiTaskModel] = {}
+        self.flops = FlopCounter()  # FLOPs per kind of batch of these models, counted once
 
     def get(self, tasks: tuple[str, ...]) -> MultiTaskModel:
         if tasks not in self._models:

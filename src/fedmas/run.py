@@ -87,7 +87,7 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     if data is None:
         data = load_federated(cfg.data, cfg.task_list)
     if state is None:
-        state = ServerState(costs=CostLedger(cfg.cost.device_power_w))
+        state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
     if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
         raise ConfigError("no validation data (every client has fewer than two samples, or "
                           "data.validation_fraction is 0): HOA and federation.select: best_val need it")

@@ -34,6 +34,7 @@ def fedavg(updates: Sequence[tuple[Mapping[str, Tensor], float]]) -> dict[str, T
 
 MAX_AFFINITY_MAGNITUDE = 1e3  # Z(i→j) = 1 − L_after/L_before ≤ 1 for non-negative losses; far below −1e3 is absurd
 MAX_COMPUTE_S = 1e7
+MAX_FLOP = 1e21
 
 
 def check_reply(reply: Reply, expected: Mapping[str, Tensor], n_tasks: int, want_affinity: bool,
@@ -56,6 +57,9 @@ def check_reply(reply: Reply, expected: Mapping[str, Tensor], n_tasks: int, want
     compute = metrics.get("compute_s")
     if not _number(compute) or not math.isfinite(compute) or not 0 <= compute <= MAX_COMPUTE_S:
         return f"bad compute time: {_short(compute)}"
+    flop = metrics.get("flop")
+    if not _number(flop) or not math.isfinite(flop) or not 0 <= flop <= MAX_FLOP:
+        return f"bad FLOP count: {_short(flop)}"
     if not isinstance(msg.arrays, Mapping):
         return "malformed reply: no named arrays"
     arrays = dict(msg.arrays)

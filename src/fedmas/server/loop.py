@@ -250,8 +250,8 @@ class RoundLoop:
     def _evaluate(self, fl: FLTaskState, weights: dict[str, Tensor], data) -> dict[str, Any]:
         t0 = time.perf_counter()
         ev: dict[str, Any] = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(weights), data,
-                                      self.cfg.federation.eval_batch_size)
-        self.server.state.costs.add_eval(fl.name, time.perf_counter() - t0)
+                                      self.cfg.federation.eval_batch_size, self.models.flops)
+        self.server.state.costs.add_eval(fl.name, time.perf_counter() - t0, ev.pop("flop"))
         ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
         return ev
 
@@ -309,7 +309,7 @@ class RoundLoop:
                 m = r.message.metrics
                 client_time[r.client] += m["compute_s"]
                 st.costs.add_train(fl.name, r.client, m["compute_s"], m["samples"], r.bytes_down, r.bytes_up,
-                                   measured)
+                                   measured, m["flop"])
                 arrays = dict(r.message.arrays)
                 aff = arrays.pop("affinity", None)
                 good.append((arrays, m["samples"]))
