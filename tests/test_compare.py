@@ -26,14 +26,14 @@ def test_compare_runs_and_resumes(tiny_raw, tmp_path, capsys):
     assert set(res) == set(methods.split(","))
     assert (out / "comparison.png").stat().st_size > 5000 and (out / "energy.png").stat().st_size > 5000
     md = (out / "comparison.md").read_text()
-    assert "MAS 2 splits" in md and "total loss" in md
+    assert "MAS 2 splits" in md and "total test loss" in md and "cannot be told" in md
     # full cost of every phase: TAG pays its affinity phase, HOA its probes, one-by-one 3× the rounds
     tag = json.loads((out / "tag-2" / "summary.json").read_text())
     assert any(f["role"] == "merged" for f in tag["fl_tasks"])
     assert tag["costs"]["train_s"] == pytest.approx(sum(f["costs"]["train_s"] for f in tag["fl_tasks"]))
     hoa = json.loads((out / "hoa-2" / "summary.json").read_text())
     assert sum(f["role"] == "probe" for f in hoa["fl_tasks"]) == 6
-    assert res["one-by-one"]["rounds"] == 3 * tiny_raw["federation"]["rounds"]
+    assert res["one-by-one"]["runs"][0]["rounds"] == 3 * tiny_raw["federation"]["rounds"]
     before = (out / "mas-2" / "summary.json").stat().st_mtime_ns
     assert main(["compare", str(cfg), "--methods", "mas:2,all-in-one", "--out", str(out), "--quiet"]) == 0
     assert (out / "mas-2" / "summary.json").stat().st_mtime_ns == before  # not run again
@@ -45,3 +45,44 @@ def test_parse_methods_errors():
     with pytest.raises(ConfigError, match="split count 1..3"):
         parse_methods("mas:9", 3)
     assert parse_methods("mas:auto,all-in-one-gradnorm", 3)[1][2] == {"federation": {"task_weighting": "gradnorm"}}
+
+
+def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_raw, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    tiny_raw["federation"]["rounds"] = 2
+    tiny_raw["mas"]["merge_rounds"] = 1
+    cfg.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "cmp"
+    args = ["compare", str(cfg), "--methods", "mas:2,one-by-one", "--seeds", "0,1,2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["seeds"] == [0, 1, 2]
+    mas = next(r for r in doc["results"] if r["key"] == "mas:2")
+    totals = [r["total_loss"] for r in mas["runs"]]
+    assert len(set(totals)) == 3  # the seeds really differ
+    m, half = mas["total_loss"], mas["total_loss_ci"]
+    sd = (sum((x - m) ** 2 for x in totals) / 2) ** 0.5
+    assert m == pytest.approx(sum(totals) / 3) and half == pytest.approx(4.303 * sd / 3 ** 0.5)
+    obo = next(r for r in doc["results"] if r["key"] == "one-by-one")
+    assert obo["normalised_total"] == pytest.approx(3.0) and mas["normalised_total"] > 0
+    win = doc["wins"][0]
+    assert win["seeds"] == 3 and 0 <= win["lower_loss_in"] <= 3
+    assert "in " in (out / "comparison.md").read_text() and (out / "seed-1" / "mas-2" / "summary.json").exists()
+    # the same folder with another config is refused, naming what changed; nothing is rerun or mixed
+    before = (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args + ["--set", "federation.lr=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "federation.lr: 0.1 → 0.05" in err
+    assert (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns == before
+
+
+def test_interval_arithmetic_on_a_known_sample():
+    from fedmas.stats import mean_ci, t95
+
+    m, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, n 3, t(2) = 4.303
+    assert m == 2.0 and half == pytest.approx(4.303 / 3 ** 0.5)
+    assert mean_ci([5.0]) == (5.0, None)
+    assert t95(1) == 12.706 and t95(30) == 2.042 and abs(t95(120) - 1.980) < 0.005
+    with pytest.raises(ValueError):
+        t95(0)

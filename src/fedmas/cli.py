@@ -42,8 +42,19 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.set)
     out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-compare"
-    compare(cfg, a.methods, out, progress=not a.quiet)
+    seeds = _seeds(a.seeds) if a.seeds else None
+    compare(cfg, a.methods, out, progress=not a.quiet, seeds=seeds)
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or len(seeds) > 100:
+        raise ValueError(f"--seeds {text!r}: expected 1 to 100 distinct non-negative integers, e.g. 0,1,2")
+    return seeds
 
 
 def cmd_split(a: argparse.Namespace) -> int:
@@ -133,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--methods", default="mas:2,one-by-one,all-in-one,tag:2,random:2",
                    help="comma list of method[:splits], e.g. mas:2,mas:3,one-by-one,all-in-one-fedprox,hoa:3")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--out")
-    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--seeds", help="run every method under each of these training seeds (e.g. 0,1,2) and report "
+                                    "means with 95%% confidence intervals")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    c.add_argument("--out", help="comparison folder (default runs/<name>-compare); resumable")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
     c.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("split", help="split tasks into groups from an affinity file")

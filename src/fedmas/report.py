@@ -118,30 +118,45 @@ def loss_curves(metrics_path: Path, path: Path) -> None:
 
 
 def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Total test loss against training compute, one marker per method (the paper's figure)."""
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=130)
-    families: dict[str, str] = {}
+    """Total test loss against training compute (FLOPs), one marker per method (the paper's figure);
+    error bars are 95% intervals over seeds where there are several. Labels are placed so that
+    they never overlap (a label that would is moved down a line, in the legend's order)."""
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=130)
+    families: dict[str, Any] = {}
     markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "P"}
     cmap = plt.get_cmap("tab10")
-    placed: list[tuple[float, float]] = []
-    span_y = (max(r["total_loss"] for r in results) - min(r["total_loss"] for r in results)) or 1.0
-    span_x = (max(r["compute_h"] for r in results) - min(r["compute_h"] for r in results)) or 1.0
     for r in results:
         fam = r["method"]
         color = families.setdefault(fam, cmap(len(families) % 10))
-        ax.scatter(r["compute_h"] * 3600, r["total_loss"], s=160 if fam == "mas" else 70,
-                   marker=markers.get(fam, "o"), color=color, zorder=3, edgecolor="black", linewidth=0.5)
-        x, y = r["compute_h"], r["total_loss"]
-        crowded = sum(abs(x - px) / span_x < 0.08 and abs(y - py) / span_y < 0.05 for px, py in placed)
-        placed.append((x, y))
-        ax.annotate(r["label"], (x * 3600, y), textcoords="offset points", xytext=(6, 5 - 12 * crowded), fontsize=8)
-    ax.set_xlabel("training compute on clients (seconds, all phases)")
+        x, y = r["train_tflop"], r["total_loss"]
+        ax.errorbar(x, y, xerr=r.get("train_tflop_ci"), yerr=r.get("total_loss_ci"), fmt="none", ecolor=color,
+                    elinewidth=1, capsize=3, zorder=2)
+        ax.scatter(x, y, s=170 if fam == "mas" else 70, marker=markers.get(fam, "o"), color=color, zorder=3,
+                   edgecolor="black", linewidth=0.5, label=r["label"])
+    fig.canvas.draw()
+    _place_labels(ax, [(r["train_tflop"], r["total_loss"], r["label"]) for r in results])
+    ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic)")
     ax.set_ylabel("total test loss (sum over tasks, lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point; a label whose box would overlap one already placed moves down until it does not."""
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = []
+    for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):
+        for step in range(40):
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 4 - 11 * step), fontsize=8,
+                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if step else None)
+            bb = ann.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(bb.overlaps(o) for o in boxes):
+                boxes.append(bb)
+                break
+            ann.remove()
 
 
 def energy_figure(results: list[dict[str, Any]], path: Path, source: str) -> None:
