@@ -1,0 +1,202 @@
+"""``fedmas`` command line: run, compare, split, data preview/export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+def _fail(msg: str) -> int:
+    print(f"fedmas: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from fedmas.config import load_config
+    from fedmas.run import execute
+
+    if a.resume:
+        if a.config or a.set or a.force:
+            return _fail("--resume takes the run folder only; its config.yaml is used as saved")
+        summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet,
+                          allow_plugins=tuple(a.allow_plugin))
+    else:
+        if not a.config:
+            return _fail("give a CONFIG file, or --resume RUN_DIR")
+        cfg = load_config(a.config, a.set)
+        out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-{cfg.method}"
+        summary = execute(cfg, out, progress=not a.quiet, force=a.force)
+    return 0 if summary is not None else 1
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from fedmas.compare import compare
+    from fedmas.config import load_config
+
+    cfg = load_config(a.config, a.set)
+    out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-compare"
+    seeds = _seeds(a.seeds) if a.seeds else None
+    compare(cfg, a.methods, out, progress=not a.quiet, seeds=seeds)
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or len(seeds) > 100:
+        raise ValueError(f"--seeds {text!r}: expected 1 to 100 distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def cmd_split(a: argparse.Namespace) -> int:
+    from fedmas.grouping import EXACT_LIMIT, best_partition
+    from fedmas.report import read_affinity
+
+    tasks, z = read_affinity(Path(a.affinity))
+    if not 1 <= a.splits <= len(tasks):
+        return _fail(f"--splits {a.splits}: must be between 1 and the number of tasks ({len(tasks)})")
+    if len(tasks) > EXACT_LIMIT:
+        print(f"fedmas: {len(tasks)} tasks: heuristic search (exact up to {EXACT_LIMIT} tasks); "
+              f"this can take a few seconds", file=sys.stderr)
+    g = best_partition(z, a.splits, exactly=a.exact)
+    doc = {"groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score}
+    if a.json:
+        print(json.dumps(doc))
+    else:
+        for i, grp in enumerate(doc["groups"]):
+            print(f"group {i + 1}: {', '.join(grp)}")
+        print(f"objective (mean task score): {g.score:.6g}{'' if g.exact else ' (heuristic)'}")
+    return 0
+
+
+def _scene_spec(a: argparse.Namespace):
+    from fedmas.config import load_config
+    from fedmas.data.scenes import SceneSpec
+
+    cfg = load_config(a.config, a.set)
+    d = cfg.data
+    if d.dataset != "scenes":
+        raise ValueError(f"data.dataset is {d.dataset!r}; preview and export work on the built-in 'scenes'")
+    return SceneSpec(buildings=d.buildings, train_images=d.train_images, test_images=d.test_images,
+                     resolution=d.resolution, views_per_room=d.views_per_room, seed=d.seed), d
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from fedmas.data.scenes import load_or_render
+
+    spec, d = _scene_spec(a)
+    cache = Path(d.cache_dir) if d.cache_dir else None
+    if a.data_cmd == "preview":
+        from dataclasses import replace
+
+        from fedmas.data.preview import contact_sheet
+
+        spec = replace(spec, buildings=min(spec.buildings, a.buildings))
+        raw = load_or_render(spec, cache)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet({b: raw[b]["train"] for b in raw}, out, a.per_building)
+        print(f"wrote {out}")
+        return 0
+    from fedmas.data.taskonomy import export
+
+    raw = load_or_render(spec, cache)
+    by_building = {}
+    for b, splits in raw.items():
+        import numpy as np
+
+        by_building[f"building_{b:03d}"] = {k: np.concatenate([splits["train"][k], splits["test"][k]])
+                                            for k in splits["train"]}
+    n = export(by_building, Path(a.out))
+    print(f"wrote {n} images of {len(by_building)} buildings in Taskonomy layout to {a.out} "
+          f"(per building: first {spec.train_images} points = train, last {spec.test_images} = test)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedmas", description="Merge-and-Split federated multi-task learning")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run one method from a YAML config")
+    r.add_argument("config", nargs="?")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    r.add_argument("--out", help="run folder (default runs/<name>-<method>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    r.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
+                   help="with --resume: import this plugin module named in the run's config.yaml although it is "
+                        "neither installed nor inside the run folder")
+    r.add_argument("--force", action="store_true",
+                   help="start over in a --out folder that is not empty: replaces fedmas's own files there "
+                        "(config.yaml, checkpoint/, metrics.jsonl, ...), keeps every other file")
+    r.add_argument("--quiet", action="store_true", help="no progress lines and no final table")
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="run several methods and draw the comparison")
+    c.add_argument("config")
+    c.add_argument("--methods", default="mas:2,one-by-one,all-in-one,tag:2,random:2",
+                   help="comma list of method[:splits], e.g. mas:2,mas:3,one-by-one,all-in-one-fedprox,hoa:3")
+    c.add_argument("--seeds", help="run every method under each of these training seeds (e.g. 0,1,2) and report "
+                                    "means with 95%% confidence intervals")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    c.add_argument("--out", help="comparison folder (default runs/<name>-compare); resumable")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("split", help="split tasks into groups from an affinity file")
+    s.add_argument("--affinity", required=True)
+    s.add_argument("--splits", type=int, required=True)
+    s.add_argument("--exact", action="store_true", help="exactly K groups (default: at most K)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_split)
+
+    d = sub.add_parser("data", help="look at or export the built-in scenes dataset")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    pv = dsub.add_parser("preview", help="write a PNG contact sheet")
+    pv.add_argument("--out", default="scenes_preview.png")
+    pv.add_argument("--buildings", type=int, default=3)
+    pv.add_argument("--per-building", type=int, default=2)
+    ex = dsub.add_parser("export", help="write the dataset in Taskonomy's layout")
+    ex.add_argument("--format", choices=["taskonomy"], required=True)
+    ex.add_argument("--out", required=True)
+    for q in (pv, ex):
+        q.add_argument("--config", help="take data settings from this config")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.set_defaults(fn=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedmas.config import ConfigError
+    from fedmas.data.taskonomy import DataError
+    from fedmas.server.state import CheckpointError
+
+    logging.basicConfig(level=logging.WARNING, format="[fedmas] %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("fedmas: interrupted; continue with fedmas run --resume <run folder>", file=sys.stderr)
+        return 130
+    except RecursionError:
+        return _fail("input nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only on request
+        if os.environ.get("FEDMAS_DEBUG"):
+            raise
+        print(f"fedmas: internal error ({type(e).__name__}: {e}); this is a bug in fedmas — rerun with "
+              f"FEDMAS_DEBUG=1 for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

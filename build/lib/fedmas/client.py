@@ -1,0 +1,164 @@
+"""Local training on one client: (weights, data, instructions) → (weights, metrics, affinity).
+
+Nothing here knows about servers, transports or methods. One round of local
+training is :class:`LocalTraining`: ``__init__`` (load the weights, build the
+optimiser), ``step`` (one batch: FedProx's proximal term, GradNorm's task
+weights, and on every ``lookahead_step``-th batch the inter-task affinity of
+:mod:`fedmas.affinity`), ``finish`` (the reply). :func:`handle_train` is what
+every engine runs on a client: a train message in, a reply message out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from fedmas import affinity
+from fedmas.data.federated import batches, select_tasks
+from fedmas.flops import FlopCounter
+from fedmas.messages import LocalConfig, Message
+from fedmas.models import ModelCache, MultiTaskModel
+from fedmas.tasks import task_losses
+
+
+@dataclass
+class LocalResult:
+    weights: dict[str, Tensor]
+    metrics: dict[str, float]
+    affinity: Tensor | None  # (n, n), row = source task, column = target task
+
+
+class LocalTraining:
+    """The state of one round of local training, advanced one batch at a time."""
+
+    def __init__(self, model: MultiTaskModel, weights: Mapping[str, Tensor], cfg: LocalConfig,
+                 task_weights: Tensor | None = None, flops: FlopCounter | None = None):
+        self.t0 = time.perf_counter()
+        self.flops = flops if flops is not None else FlopCounter()
+        self.flop = 0
+        model.load_state_dict(weights)
+        model.train()
+        self.model, self.cfg, self.tasks = model, cfg, model.tasks
+        n = len(self.tasks)
+        self.head_params = {t: list(model.heads[t].parameters()) for t in self.tasks}
+        self.last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
+        self.encoder_params = list(model.encoder.parameters())
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
+        self.gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
+        self.w = task_weights.clone().float() if task_weights is not None else torch.ones(n)
+        self.initial_losses: Tensor | None = None
+        self.loss_sums = torch.zeros(n)
+        self.aff_sum = torch.zeros(n, n)
+        self.aff_count = 0
+        self.look: tuple[affinity.Lookahead, affinity.HeadMirror] | None = None  # built at the first lookahead
+        self.batches = self.samples = 0
+
+    def _lookahead_parts(self) -> tuple[affinity.Lookahead, affinity.HeadMirror] | None:
+        """The lookahead parts when this batch measures affinity, else None."""
+        step = self.cfg.lookahead_step
+        if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
+            return None
+        if self.look is None:
+            self.look = (affinity.Lookahead(self.model.encoder, self.last_shared if self.gradnorm else (),
+                                            self.cfg.encoder_grad_scale),
+                         affinity.HeadMirror(self.model))
+        return self.look
+
+    def step(self, batch) -> None:
+        x = batch[0]
+        look = self._lookahead_parts()
+        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0, self.gradnorm)
+        with self.flops.count(key):
+            self._step(batch, look)
+        self.flop += self.flops[key]
+
+    def _step(self, batch, look: tuple[affinity.Lookahead, affinity.HeadMirror] | None) -> None:
+        model, opt, w = self.model, self.opt, self.w
+        x, targets, masks = select_tasks(batch, self.tasks)
+        opt.zero_grad(set_to_none=True)
+        feats = look[0].forward(x) if look else model.encoder(x)
+        losses = task_losses(model.heads, self.tasks, feats, targets, masks)
+        lvec = torch.stack([loss.detach() for loss in losses])
+        if self.initial_losses is None:
+            self.initial_losses = lvec.clamp_min(1e-8)
+        if look:
+            norms, per_task = affinity.step_grads_per_task(model, losses, w, look[0], self.head_params,
+                                                           self.last_shared if self.gradnorm else [])
+            self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task)
+            look[0].release()
+            self.aff_count += 1
+        else:
+            total = sum(wi * li for wi, li in zip(w, losses)) if self.gradnorm else sum(losses)
+            if self.gradnorm:
+                norms = torch.stack([_grad_norm(li, self.last_shared) for li in losses])
+            total.backward()  # type: ignore[union-attr]
+        if self.cfg.encoder_grad_scale != 1.0:  # the encoder's share of Σ_i w_i ∇L_i, scaled (1/√n)
+            for p in self.encoder_params:
+                if p.grad is not None:
+                    p.grad.mul_(self.cfg.encoder_grad_scale)
+        if self.global_ref is not None:
+            for p, g in zip(model.parameters(), self.global_ref):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - g, alpha=self.cfg.prox_mu)
+        opt.step()
+        if self.gradnorm:
+            self.w = _gradnorm_update(w, norms, lvec, self.initial_losses, self.cfg)
+        self.loss_sums += lvec * len(x)
+        self.samples += len(x)
+        self.batches += 1
+
+    def finish(self) -> LocalResult:
+        n = max(self.samples, 1)
+        metrics = {f"train_loss/{t}": float(self.loss_sums[i] / n) for i, t in enumerate(self.tasks)}
+        metrics.update(samples=float(self.samples), batches=float(self.batches),
+                       lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0,
+                       flop=float(self.flop))
+        out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.gradnorm:
+            out["gradnorm.weights"] = self.w
+        return LocalResult(out, metrics, self.aff_sum / self.aff_count if self.aff_count else None)
+
+
+def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
+                cfg: LocalConfig, task_weights: Tensor | None = None, flops: FlopCounter | None = None) -> LocalResult:
+    """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights``."""
+    run = LocalTraining(model, weights, cfg, task_weights, flops)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _epoch in range(cfg.local_epochs):
+        for batch in batches(data, cfg.batch_size, gen):
+            run.step(batch)
+    return run.finish()
+
+
+def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
+    """Client side of a train message: local training, then a reply with weights and metrics."""
+    cfg = LocalConfig.from_dict(msg.config)
+    arrays = dict(msg.arrays)
+    task_weights = arrays.pop("gradnorm.weights", None)
+    result = train_local(models.get(cfg.task_tuple), arrays, data, cfg, task_weights, models.flops)
+    out = result.weights
+    if result.affinity is not None:
+        out["affinity"] = result.affinity
+    return Message(arrays=out, config={"tasks": cfg.tasks}, metrics=result.metrics)
+
+
+def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
+    g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.tensor(0.0)))
+
+
+def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, cfg: LocalConfig) -> Tensor:
+    """GradNorm (Chen et al., ICML 2018) with its closed-form gradient for G_i = w_i·‖∇L_i‖."""
+    g = w * norms
+    ratio = losses / initial
+    target = g.mean() * (ratio / ratio.mean()) ** cfg.gradnorm_alpha
+    grad = torch.sign(g - target) * norms
+    w = (w - cfg.gradnorm_lr * grad).clamp_min(1e-3)
+    return w * (len(w) / w.sum())

@@ -1,0 +1,214 @@
+"""``fedmas compare``: run several methods on one config and draw the paper's comparison.
+
+Each method runs in its own folder under the output folder; a finished method is
+not run again and an interrupted one is resumed, so the command itself is
+resumable. Writes ``comparison.json``, ``comparison.md``, ``comparison.png``
+(total test loss against training compute) and ``energy.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedmas.config import Config, ConfigError
+from fedmas.methods import PLANS
+from fedmas.report import comparison_figure, energy_figure, short, table
+from fedmas.run import execute
+from fedmas.stats import fmt, fmt_g, mean_ci
+
+
+def _names() -> tuple[dict[str, tuple[str, dict[str, Any]]], list[str]]:
+    """From the method registry: plain names (a method or one of its variants) → (method, overrides),
+    and the methods that take a split count (``name:K``)."""
+    plain: dict[str, tuple[str, dict[str, Any]]] = {}
+    splitting = []
+    for name, plan in PLANS.items():
+        if plan.splits:
+            splitting.append(name)
+        else:
+            plain[name] = (name, {})
+        for variant, over in plan.variants.items():
+            plain[variant] = (name, over)
+    return plain, splitting
+
+
+def parse_methods(spec: str, n_tasks: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """'mas:2,one-by-one,...' → [(key, method, config overrides)]."""
+    plain, splitting = _names()
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, _, k = item.partition(":")
+        if name in plain and not k:
+            method, over = plain[name]
+            out.append((name, method, over))
+        elif name in splitting:
+            if k == "auto" and PLANS[name].auto_splits:
+                out.append((item, name, {"mas": {"splits": "auto"}}))
+                continue
+            if not k.isdigit() or not 1 <= int(k) <= n_tasks:
+                raise ConfigError(f"--methods {item!r}: {name} needs a split count 1..{n_tasks}, e.g. {name}:2")
+            out.append((item, name, {"mas": {"splits": int(k)}}))
+        else:
+            autos = [f"{n}:auto" for n in splitting if PLANS[n].auto_splits]
+            raise ConfigError(f"--methods: unknown method {item!r}; accepted: {', '.join(plain)}, "
+                              f"{', '.join(s + ':K' for s in splitting)}, {', '.join(autos)}")
+    if not out:
+        raise ConfigError("--methods is empty")
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def label_of(key: str) -> str:
+    """How figures and tables name a ``--methods`` entry: 'mas:2' → 'MAS 2 splits'."""
+    name, _, k = key.partition(":")
+    if not k:
+        return name
+    label = PLANS[name].label
+    return f"{label} auto" if k == "auto" else f"{label} {k} splits"
+
+
+def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool) -> dict[str, Any]:
+    """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = yaml.safe_load(saved.read_text()) or {}
+        new = run_cfg.model_dump()
+        changed = _diff(old, new)
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
+                              f"choose another --out for this comparison")
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / "checkpoint" / "state.json").exists():
+        summary = execute(None, run_dir, resume=True, progress=progress)
+    else:
+        summary = execute(run_cfg, run_dir, progress=progress, force=saved.exists())
+    assert summary is not None
+    return summary
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    return [] if old == new else [f"{path}: {old!r} → {new!r}"]
+
+
+def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
+            seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Run every method (under every seed of ``seeds``; default: the config's seed) and report each
+    method's mean with a 95% Student-t interval over the seeds."""
+    plan = parse_methods(methods, len(cfg.task_list))
+    seeds = seeds or [cfg.seed]
+    out.mkdir(parents=True, exist_ok=True)
+    base = cfg.model_dump()
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
+    total = len(plan) * len(seeds)
+    for si, seed in enumerate(seeds):
+        for i, (label, method, over) in enumerate(plan):
+            run_cfg = Config.model_validate(_merge({**base, "method": method, "seed": seed,
+                                                    "name": f"{cfg.name}-{label}"}, over))
+            folder = label.replace(":", "-")
+            run_dir = out / folder if len(seeds) == 1 else out / f"seed-{seed}" / folder
+            if progress:
+                print(f"[fedmas compare] {si * len(plan) + i + 1}/{total} {label} seed {seed} → {run_dir}",
+                      file=sys.stderr, flush=True)
+            summary = _run_one(run_cfg, run_dir, label, progress)
+            c = summary["costs"]
+            runs[label].append({"seed": seed, "total_loss": summary["total_test_loss"],
+                                "test_loss": summary["test_loss"], "groups": summary.get("groups"),
+                                "train_tflop": c.get("train_flop", 0.0) / 1e12, "train_s": c["train_s"],
+                                "energy_j": c["energy_j"], "bytes": c["bytes_down"] + c["bytes_up"],
+                                "rounds": summary["rounds"], "energy_source": summary["energy_source"]})
+    results = _summarise(plan, runs, list(cfg.task_list))
+    doc = {"config": base, "seeds": seeds, "results": results, "wins": _wins(runs)}
+    (out / "comparison.json").write_text(json.dumps(doc, indent=1))
+    md = _table(results, list(cfg.task_list), len(seeds)) + "\n\n" + _wins_text(doc["wins"], len(seeds))
+    (out / "comparison.md").write_text(md)
+    title = (f"{len(cfg.task_list)} tasks on {_dataset_name(cfg.data.dataset)} ({cfg.data.buildings} clients, "
+             f"{cfg.federation.clients_per_round}/round, R={cfg.federation.rounds}, "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+    comparison_figure(results, out / "comparison.png", title)
+    energy_figure(results, out / "energy.png", results[0]["energy_source"])
+    if progress:
+        print(md)
+    return results
+
+
+def _dataset_name(dataset: str) -> str:
+    return dataset.split(":")[-2] if dataset.startswith("python:") else dataset
+
+
+def _summarise(plan, runs: dict[str, list[dict[str, Any]]], tasks: list[str]) -> list[dict[str, Any]]:
+    obo = {r["seed"]: r["test_loss"] for r in runs.get("one-by-one", [])}
+    results = []
+    for label, method, _ in plan:
+        rs = runs[label]
+        row: dict[str, Any] = {"label": label_of(label), "key": label, "method": method, "runs": rs,
+                               "groups": rs[0]["groups"], "energy_source": rs[0]["energy_source"]}
+        for key in ("total_loss", "train_tflop", "train_s", "energy_j", "bytes"):
+            row[key], row[f"{key}_ci"] = mean_ci([r[key] for r in rs])
+        row["test_loss"] = {t: mean_ci([r["test_loss"][t] for r in rs])[0] for t in tasks}
+        if all(r["seed"] in obo for r in rs):  # Σ_t L_t / L_t(one-by-one): no single task decides the ranking
+            norm = [sum(r["test_loss"][t] / obo[r["seed"]][t] for t in tasks) for r in rs]
+            row["normalised_total"], row["normalised_total_ci"] = mean_ci(norm)
+        results.append(row)
+    return results
+
+
+def _scaled(x: float | None, k: float) -> float | None:
+    return None if x is None else x * k
+
+
+def _wins(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """For every MAS entry against every other: in how many seeds its total test loss was lower."""
+    out = []
+    for a, ra in runs.items():
+        if not a.startswith("mas"):
+            continue
+        for b, rb in runs.items():
+            if b == a:
+                continue
+            pairs = [(x["total_loss"], y["total_loss"]) for x in ra for y in rb if x["seed"] == y["seed"]]
+            out.append({"mas": a, "other": b, "lower_loss_in": sum(x < y for x, y in pairs),
+                        "tied_in": sum(x == y for x, y in pairs), "seeds": len(pairs)})
+    return out
+
+
+def _wins_text(wins: list[dict[str, Any]], n_seeds: int) -> str:
+    if n_seeds < 2:
+        return "One seed: differences between methods cannot be told from seed-to-seed noise."
+    lines = [f"- {label_of(w['mas'])} had a lower total test loss than {label_of(w['other'])} in "
+             f"{w['lower_loss_in']} of {w['seeds']} seeds" + (f" (equal in {w['tied_in']})" if w["tied_in"] else "")
+             for w in wins]
+    return "Intervals: mean ± 95% Student-t half-width over seeds. Where two intervals overlap the ranking " \
+           "cannot be told apart at this many seeds.\n\n" + "\n".join(lines) + "\n"
+
+
+def _table(results: list[dict[str, Any]], tasks: list[str], n_seeds: int) -> str:
+    rows = [[r["label"], fmt(r["total_loss"], r["total_loss_ci"]),
+             fmt(r["normalised_total"], r["normalised_total_ci"], 3) if "normalised_total" in r else "",
+             *[f"{r['test_loss'][t]:.4f}" for t in tasks],
+             fmt_g(r["train_tflop"] * 1000, _scaled(r["train_tflop_ci"], 1000)),
+             f"{r['train_s']:.0f}", fmt_g(r["energy_j"], r["energy_j_ci"]),
+             f"{r['bytes'] / 1e6:.0f}",
+             "; ".join("{" + ",".join(short(t) for t in g) + "}" for g in (r["groups"] or []))] for r in results]
+    header = ["method", "total test loss", "normalised total", *[short(t) for t in tasks], "compute GFLOP",
+              "compute s", "energy J", "traffic MB", "groups (first seed)"]
+    note = (f"\n\n{n_seeds} seed(s). Compute: client training FLOPs over all phases (deterministic); seconds "
+            f"depend on the machine's load. Energy: {results[0]['energy_source']}. Normalised total: "
+            f"Σ_t L_t / L_t(one-by-one).")
+    return table(rows, header) + note
+
+

@@ -1,0 +1,391 @@
+"""Run configuration, validated once at the edge (YAML file + ``--set key=value``).
+
+Every error names the offending key and what would be accepted; everything
+past :func:`load_config` trusts its input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from fedmas.tasks import TASK_SETS, TASKS
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message says which and what is accepted."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class DataConfig(_Strict):
+    dataset: str = Field("scenes", description="'scenes', 'taskonomy', or 'python:<module>:<function>'")
+    buildings: int = Field(8, ge=1, le=1000)
+    train_images: int = Field(48, ge=1, le=100_000)
+    test_images: int = Field(16, ge=1, le=100_000)
+    resolution: int = Field(64, ge=16, le=1024)
+    views_per_room: int = Field(8, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="seed of the rendered scenes (independent of the training seed)")
+    root: str | None = None
+    buildings_file: str | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of every client's training data held out as validation data: the "
+                                     "only data that decisions (HOA's groups, best_val selection) read")
+    cache_dir: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v in ("scenes", "taskonomy") or (v.startswith("python:") and v.count(":") == 2):
+            return v
+        raise ValueError("accepted: 'scenes', 'taskonomy', or 'python:<module>:<function>'")
+
+    @model_validator(mode="after")
+    def _resolution(self) -> DataConfig:
+        if self.resolution % 16:
+            raise ValueError(f"data.resolution must be a multiple of 16, got {self.resolution}")
+        if self.dataset == "taskonomy" and not self.root:
+            raise ValueError("data.root is required when data.dataset is 'taskonomy'")
+        return self
+
+
+class ModelConfig(_Strict):
+    encoder: Literal["small", "deep", "resnet18", "xception"] = Field(
+        "small", description="small (light encoder, heavy heads), deep (encoder ~90% of the parameters, like the "
+                             "paper's), resnet18, xception (GPU scale)")
+    width: int = Field(16, ge=2, le=512)
+    encoder_grad_scale: Literal["inv_sqrt_n", "none"] = Field(
+        "inv_sqrt_n", description="scale of the shared encoder's gradient in a model of n tasks: 1/√n "
+                                  "(as the Taskonomy multi-task code MAS builds on) or none (plain sum)")
+
+
+class FederationConfig(_Strict):
+    rounds: int = Field(20, ge=1, le=1_000_000, description="R: rounds per FL task lifetime (total for MAS)")
+    clients_per_round: int = Field(4, ge=1, le=1_000_000)
+    max_tasks_per_client: int = Field(1, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=10_000)
+    batch_size: int = Field(16, ge=1, le=1_000_000)
+    lr: float = Field(0.1, gt=0, le=1e3)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1e3)
+    schedule: Literal["poly", "constant"] = "poly"
+    aggregation: Literal["fedavg", "fedprox"] = "fedavg"
+    prox_mu: float = Field(0.01, ge=0, le=1e6)
+    task_weighting: Literal["equal", "gradnorm"] = "equal"
+    gradnorm_alpha: float = Field(1.5, ge=0, le=100)
+    eval_every: int = Field(1, ge=1, le=1_000_000)
+    eval_batch_size: int = Field(64, ge=1, le=1_000_000)
+    round_deadline_s: float | None = Field(None, gt=0, le=1e7)
+    min_replies: int = Field(1, ge=1, le=1_000_000)
+    max_round_retries: int = Field(2, ge=0, le=1000)
+    select: Literal["last", "best_val"] = Field(
+        "last", description="the reported model of each FL task: its last round's, or the one with the lowest "
+                            "validation loss (as the MAS reference reports)")
+
+
+class MASConfig(_Strict):
+    """Defaults follow the MAS reference implementation: the merged model trains R0 = 0.7·R rounds, the
+    split is decided from the mean affinity of its first 0.1·R rounds (measuring stops after them), and
+    each group trains R − R0 rounds with the poly schedule restarted from the base learning rate."""
+
+    splits: int | Literal["auto"] = 2
+    merge_rounds: int | float | Literal["auto"] = Field(
+        0.7, description="R0: rounds of the merged phase; an integer, a fraction of federation.rounds, or auto")
+    affinity_rounds: int | float | Literal["all"] = Field(
+        0.1, description="the split uses the mean affinity of the first N merge rounds (an integer or a fraction "
+                         "of federation.rounds); measuring stops after them. 'all': every merge round")
+    split_rounds: int | None = Field(None, ge=1, le=1_000_000,
+                                     description="rounds each group trains after the split; None = R − R0")
+    split_schedule: Literal["restart", "continue"] = Field(
+        "restart", description="restart: each group runs the poly schedule afresh over its rounds from the base "
+                               "lr; continue: the groups take the schedule on from round R0 of R")
+    lookahead_step: int = Field(10, ge=1, le=1_000_000)
+    max_splits: int = Field(4, ge=1, le=64)
+    auto_epsilon: float = Field(0.05, ge=0, le=100, description="splits: auto — smallest k within ε·|best| of the best")
+    compute_budget_h: float | None = Field(None, gt=0, le=1e9)
+    settle_threshold: float = Field(0.9, ge=-1, le=1)
+    settle_patience: int = Field(2, ge=1, le=10_000)
+    max_merge_rounds: int = Field(15, ge=1, le=1_000_000)
+    min_merge_rounds: int = Field(3, ge=1, le=1_000_000)
+
+    @field_validator("splits")
+    @classmethod
+    def _positive_or_auto(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be ≥ 1 or 'auto'")
+        return v
+
+    @field_validator("merge_rounds", "affinity_rounds")
+    @classmethod
+    def _rounds_or_fraction(cls, v: int | float | str) -> int | float | str:
+        if isinstance(v, bool):
+            raise ValueError("must be a number of rounds, a fraction in (0, 1), or a word")
+        if isinstance(v, float) and not (0 < v < 1 or (v.is_integer() and v >= 1)):
+            raise ValueError("a fraction of federation.rounds must lie in (0, 1)")
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, int) and not 1 <= v <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000 rounds")
+        return v
+
+    def rounds_of(self, value: int | float, total: int) -> int:
+        """An integer round count, or a fraction of ``total`` rounded (at least 1)."""
+        return int(value) if isinstance(value, int) else max(1, int(round(value * total)))
+
+
+class HOAConfig(_Strict):
+    pair_rounds: int | Literal["full"] = Field(
+        "full", description="rounds each single task and pair trains to estimate losses; full = federation.rounds "
+                            "(the paper's HOA, charged in full); a small number is a cheaper probe")
+
+    @field_validator("pair_rounds")
+    @classmethod
+    def _pair_rounds(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 1_000_000:
+            raise ValueError("must be between 1 and 1000000, or 'full'")
+        return v
+
+
+class CostConfig(_Strict):
+    device_power_w: float = Field(15.0, gt=0, le=1e6, description="modelled device power while training")
+    server_power_w: float = Field(50.0, gt=0, le=1e7)
+    device_flops_per_s: float = Field(1e11, gt=0, le=1e18, description="assumed effective FLOP/s of a client "
+                                      "device; modelled energy = FLOPs / this × device_power_w")
+    speed_factors: dict[str, float] = Field(default_factory=dict, max_length=1_000_000,
+                                            description="client → slowdown factor (> 0)")
+    measure_energy: bool = True
+
+    @field_validator("speed_factors")
+    @classmethod
+    def _speeds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not 0 < x <= 1e6}
+        if bad:
+            raise ValueError(f"slowdown factors must be in (0, 1e6]: {_one_line(repr(bad), 80)}")
+        return v
+
+
+class FlowerConfig(_Strict):
+    nodes: int = Field(2, ge=1, le=100_000,
+                       description="SuperNodes: simulated (flower-sim) or expected to connect (flower)")
+    superlink: str = Field("127.0.0.1:9093", description="host:port of the SuperLink (engine: flower)")
+    root_certificates: str | None = Field(None, description="CA certificate (PEM) for TLS; None = insecure")
+    connect_timeout_s: float = Field(120.0, gt=0, le=1e6)
+    round_deadline_s: float = Field(300.0, gt=0, le=1e7, description="used when federation.round_deadline_s is unset")
+    poll_s: float = Field(0.2, gt=0, le=60)
+
+
+class Config(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$",
+                      description="run name: letters, digits and _ . : + - (it names the default run folder)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="training seed (client selection, initialisation)")
+    method: str = "mas"
+    plugins: list[str] = Field(default_factory=list, max_length=64,
+                               description="modules imported first (own tasks, datasets)")
+    tasks: list[str] | str = Field("sdnkt", validate_default=True)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    federation: FederationConfig = FederationConfig()
+    mas: MASConfig = MASConfig()
+    hoa: HOAConfig = HOAConfig()
+    cost: CostConfig = CostConfig()
+    engine: str = Field("inprocess", description="how messages travel: inprocess, flower-sim or flower")
+    flower: FlowerConfig = FlowerConfig()
+    threads: int = Field(2, ge=1, le=256)
+
+    @field_validator("method", "engine")
+    @classmethod
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        """A method or an engine must be registered (``fedmas.methods.PLANS``, ``fedmas.engines.ENGINES``)."""
+        from fedmas.engines import ENGINES
+        from fedmas.methods import PLANS
+
+        known = PLANS if info.field_name == "method" else ENGINES
+        if v not in known:
+            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(known)}")
+        return v
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: list[str]) -> list[str]:
+        import importlib
+
+        for mod in v:
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise ValueError(f"cannot import plugin module {mod!r} ({e})") from None
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str] | str) -> list[str]:
+        names = list(TASK_SETS[v]) if isinstance(v, str) and v in TASK_SETS else v
+        if isinstance(names, str):
+            names = [s.strip() for s in names.split(",") if s.strip()]
+        unknown = [t for t in names if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; accepted: {', '.join(sorted(TASKS))} "
+                             f"or a set name ({', '.join(TASK_SETS)})")
+        if len(set(names)) != len(names) or not names:
+            raise ValueError("tasks must be a non-empty list without repeats")
+        return list(names)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        from fedmas.methods import PLANS
+
+        plan, n = PLANS[self.method], len(self.tasks)  # type: ignore[arg-type]
+        if isinstance(self.mas.splits, int) and self.mas.splits > n and plan.splits:
+            raise ValueError(f"mas.splits={self.mas.splits} is larger than the number of tasks ({n})")
+        if self.data.dataset == "scenes" and self.federation.clients_per_round > self.data.buildings:
+            raise ValueError(f"federation.clients_per_round={self.federation.clients_per_round} exceeds the "
+                             f"number of clients (data.buildings={self.data.buildings})")
+        m, R = self.mas, self.federation.rounds
+        if m.merge_rounds != "auto" and plan.continues and m.split_rounds is None \
+                and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]
+            raise ValueError(f"mas.merge_rounds={m.merge_rounds} leaves no rounds after the split in "
+                             f"federation.rounds={R}; lower it or set mas.split_rounds")
+        if self.data.validation_fraction == 0 and (self.method == "hoa" or self.federation.select == "best_val"):
+            raise ValueError("data.validation_fraction is 0, but HOA's group choice and federation.select: best_val "
+                             "read validation data (never test data); hold out a fraction, e.g. 0.1")
+        if self.federation.min_replies > self.federation.clients_per_round:
+            raise ValueError("federation.min_replies cannot exceed federation.clients_per_round")
+        return self
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        return tuple(self.tasks)  # type: ignore[arg-type]
+
+
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML without aliases and at most :data:`MAX_YAML_DEPTH` levels deep: an alias bomb or a deeply
+    nested document is refused while it is read, before anything walks it."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases (*name) are not accepted in fedmas files (line {mark.line + 1})")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """Parse bounded YAML (size, depth, no aliases); :class:`ConfigError` naming ``source`` otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES // 1024} KiB; not a fedmas config")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(str(e))})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return safe_yaml(text, "--set value")
+    except ConfigError:
+        if len(text) > MAX_YAML_BYTES:
+            raise
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. federation.rounds=10")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def format_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _section(err["loc"][:-1])
+            if parent is not None:
+                msg += f"; accepted keys here: {', '.join(parent.model_fields)}"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg += f" (got {_one_line(repr(err['input']), 80)})"
+        lines.append(f"{loc}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def _section(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a config; raises :class:`ConfigError` with a readable message."""
+    raw: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        raw.update(read_yaml_mapping(p, "config file"))
+    apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def read_yaml_mapping(p: Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a non-empty mapping; :class:`ConfigError` naming the file otherwise."""
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} is not a regular file")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_YAML_BYTES // 1024} KiB; not a fedmas config")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read ({e})") from None
+    loaded = safe_yaml(text, str(p))
+    if loaded is None:
+        raise ConfigError(f"{p}: the file is empty; a config needs at least 'tasks:' or 'method:'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    return loaded

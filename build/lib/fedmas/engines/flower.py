@@ -1,0 +1,166 @@
+"""Flower engine, server side: the same fedmas messages carried by Flower's Message API (flwr 1.41).
+
+The ServerApp runs fedmas's own round loop and plans unchanged; only the engine
+differs. Each Flower node hosts one or more fedmas clients: client k (in sorted
+order) lives on the node whose ``partition-id`` is k mod ``num-partitions``.
+The ClientApp (:mod:`fedmas.engines.flower_client`) runs :func:`fedmas.client.handle_train`;
+nothing here imports training code. ``engine: flower-sim`` is :func:`launch` (Ray
+simulation in this process); ``engine: flower`` is :mod:`fedmas.engines.flower_deploy`.
+
+Replies are matched by ``metadata.reply_to_message_id``; the engine polls with
+its own deadline and treats error replies, missing replies and nodes that left
+as dropouts, which the round loop rejects like any other failed client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Message as FlMessage
+from flwr.serverapp import Grid, ServerApp
+
+from fedmas.config import Config
+from fedmas.engines import Drive, EngineFactory
+from fedmas.messages import Job, Message, Reply
+
+log = logging.getLogger("fedmas")
+TRAIN, QUERY = "train", "query"
+
+
+def config_record(d: dict[str, Any]) -> ConfigRecord:
+    return ConfigRecord({k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))})
+
+
+def _payload(rd: RecordDict) -> int:
+    n = 0
+    for v in rd.values():
+        if isinstance(v, ArrayRecord):
+            n += v.count_bytes()
+        else:
+            n += len(repr(dict(v)))
+    return n
+
+
+class FlowerEngine:
+    """Carries jobs over a Flower ``Grid`` (deployment or simulation)."""
+
+    def __init__(self, grid: Grid, cfg: Config, clients: list[str]):
+        self.grid, self.cfg = grid, cfg
+        self.cfg_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+        self.clients = sorted(clients)
+        self.node_of: dict[str, int] = {}
+        self._wait_for_nodes()
+
+    def _wait_for_nodes(self) -> None:
+        want, end = self.cfg.flower.nodes, time.monotonic() + self.cfg.flower.connect_timeout_s
+        while True:
+            nodes = list(self.grid.get_node_ids())
+            if len(nodes) >= want or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        if not nodes:
+            raise RuntimeError("no Flower SuperNode connected to the SuperLink")
+        self._map_nodes(nodes)
+
+    def _map_nodes(self, nodes: list[int]) -> None:
+        msgs = [FlMessage(content=RecordDict({"q": ConfigRecord({"what": "partition"})}), dst_node_id=n,
+                          message_type=QUERY, group_id="map") for n in nodes]
+        parts: dict[int, tuple[int, int]] = {}
+        for r in self.grid.send_and_receive(msgs, timeout=self.cfg.flower.connect_timeout_s):
+            if r.has_error():
+                continue
+            info = r.content["info"]
+            parts[r.metadata.src_node_id] = (int(info["partition_id"]), int(info["num_partitions"]))
+        self.node_of = {}
+        for node, (pid, npart) in parts.items():
+            for k, c in enumerate(self.clients):
+                if k % npart == pid:
+                    self.node_of[c] = node
+        log.info("Flower nodes: %d; clients mapped: %d/%d", len(parts), len(self.node_of), len(self.clients))
+
+    def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
+        deadline = deadline_s or self.cfg.flower.round_deadline_s
+        alive = set(self.grid.get_node_ids())
+        if any(n not in set(self.node_of.values()) for n in alive):
+            self._map_nodes(list(alive))  # a node joined or came back
+        out: dict[int, Reply] = {}
+        sent: dict[str, int] = {}
+        msgs = []
+        for i, job in enumerate(jobs):
+            node = self.node_of.get(job.client)
+            if node is None or node not in alive:
+                out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
+                continue
+            cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml}
+            rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=job.message.arrays), "config": config_record(cfg)})
+            msgs.append((i, rd, node))
+        group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"
+        ids = self.grid.push_messages([FlMessage(content=rd, dst_node_id=node, message_type=TRAIN, group_id=group)
+                                       for _, rd, node in msgs])
+        for (i, rd, _), mid in zip(msgs, ids):
+            sent[mid] = i
+            out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, f"timeout: no reply within {deadline:g} s",
+                           bytes_down=_payload(rd))
+        pending, end = set(sent), time.monotonic() + deadline
+        while pending and time.monotonic() < end:
+            for r in self.grid.pull_messages(list(pending)):
+                mid = r.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                pending.discard(mid)
+                i = sent[mid]
+                down = out[i].bytes_down
+                if r.has_error():
+                    out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
+                                   f"Flower error {r.error.code}: {r.error.reason}", down)
+                else:
+                    try:
+                        c = r.content
+                        msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
+                                      metrics={k: float(v) for k, v in c["metrics"].items()})
+                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, msg, None, down, _payload(c))
+                    except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
+                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
+                                       f"malformed Flower reply: {type(e).__name__}", down)
+            if pending:
+                time.sleep(self.cfg.flower.poll_s)
+        return [out[i] for i in range(len(jobs))]
+
+
+# ---------------------------------------------------------------- server side
+
+
+def make_server_app(serve: Callable[[Context, EngineFactory], Any]) -> ServerApp:
+    """A ServerApp whose main calls ``serve(context, engine_factory)``: the factory builds a
+    :class:`FlowerEngine` on this run's ``Grid`` for the data the server side loads."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(context, lambda cfg, data, _spec: FlowerEngine(grid, cfg, data.client_ids))
+
+    return app
+
+
+def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+    """``engine: flower-sim``: Flower's Ray-backed simulation on this machine; its ServerApp drives this run."""
+    from flwr.simulation import run_simulation as flwr_sim
+
+    from fedmas.engines.flower_client import make_client_app
+
+    ray_tmp = Path(run_dir).resolve().parent / ".ray"
+    if len(str(ray_tmp)) > 40:  # Ray's unix-socket paths must stay under ~107 characters
+        ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-"))
+    os.environ.setdefault("RAY_TMPDIR", str(ray_tmp))
+    flwr_sim(server_app=make_server_app(lambda _ctx, factory: drive(factory)), client_app=make_client_app(),
+             num_supernodes=cfg.flower.nodes,
+             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                             "init_args": {"num_cpus": max(1, cfg.threads)}})

@@ -1,0 +1,203 @@
+"""Start a SuperLink and SuperNodes as real processes, and submit fedmas runs to a SuperLink.
+
+``python -m fedmas.engines.flower_deploy CONFIG --out RUN_DIR [--nodes 2] [--tls]`` runs a
+whole loopback deployment for a demo: it starts ``flower-superlink`` and ``nodes``
+``flower-supernode`` processes on 127.0.0.1 (optionally with TLS and SuperNode
+authentication from a self-signed CA), submits the run with ``flwr run``, waits,
+and stops every process it started by its PID. :func:`launch` is ``engine: flower``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedmas.config import Config, ConfigError, load_config
+from fedmas.engines import Drive
+
+APP_DIR = Path(__file__).parent / "flower_app"
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Offline, self-contained Flower: no telemetry, no update check, no dependency install."""
+    home.mkdir(parents=True, exist_ok=True)
+    # Flower's processes start further Flower commands (flower-superexec, flwr-serverapp, ...) by
+    # name: make sure the ones installed beside this Python are found even in an unactivated venv.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_TMPDIR": str(home / "ray"), "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_connection(home: Path, address: str, root_certificates: str | None) -> None:
+    conn = f'address = "{address}"\n' + (f'root-certificates = "{root_certificates}"\n' if root_certificates
+                                         else "insecure = true\n")
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "fedmas"\n\n[superlink.fedmas]\n{conn}')
+
+
+def submit(cfg: Config, run_dir: Path, home: Path | None = None, timeout_s: float | None = None) -> int:
+    """``flwr run`` the fedmas app on the SuperLink named by ``cfg.flower``; streams its logs.
+
+    The ServerApp continues the run folder ``run_dir`` (from its checkpoint, if any). A folder
+    that ``fedmas run`` has not prepared is prepared there from ``cfg``."""
+    run_dir = Path(run_dir).resolve()
+    home = home or run_dir.parent / ".flwr"
+    env = flower_env(home)
+    write_connection(home, cfg.flower.superlink, cfg.flower.root_certificates)
+    rc = f'out="{run_dir}"'
+    if not (run_dir / "config.yaml").exists():
+        import yaml
+
+        config_path = home / f"{run_dir.name}.config.yaml"
+        config_path.write_text(yaml.safe_dump({**cfg.model_dump(), "engine": "flower"}))
+        rc += f' config="{config_path}"'
+    proc = subprocess.run([_bin("flwr"), "run", str(APP_DIR), "fedmas", "--stream", "--run-config", rc], env=env,
+                          cwd=str(APP_DIR), timeout=timeout_s)
+    return proc.returncode
+
+
+def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+    """``engine: flower``: submit the prepared run folder to the SuperLink; its ServerApp drives the run."""
+    rc = submit(cfg, run_dir)
+    if rc != 0:
+        print(f"[fedmas] flwr run exited with status {rc}; see its output above", file=sys.stderr)
+
+
+@dataclass
+class Loopback:
+    """SuperLink + SuperNodes on 127.0.0.1, each a real process, stopped by PID."""
+
+    root: Path
+    nodes: int = 2
+    tls: bool = False
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Loopback:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = flower_env(self.root / "flwr-home")
+        link = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--database", str(self.root / "superlink.db"), "--disable-runtime-dependency-installation"]
+        certs = make_certificates(self.root / "certs") if self.tls else None
+        if certs:
+            link += ["--ssl-ca-certfile", certs["ca"], "--ssl-certfile", certs["cert"], "--ssl-keyfile", certs["key"]]
+        else:
+            link += ["--insecure"]
+        self._spawn("superlink", link, env)
+        self._wait_port(self.port)
+        for i in range(self.nodes):
+            self.start_node(i, env, certs)
+        return self
+
+    def start_node(self, i: int, env: dict[str, str] | None = None, certs: dict[str, str] | None = None) -> None:
+        env = env or flower_env(self.root / "flwr-home")
+        node = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
+                "--node-config", f"partition-id={i} num-partitions={self.nodes}"]
+        if self.tls:
+            certs = certs or make_certificates(self.root / "certs")
+            node += ["--root-certificates", certs["ca"]]
+        else:
+            node += ["--insecure"]
+        self._spawn(f"node{i}", node, env)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def _wait_port(self, port: int, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"superlink exited; see {self.root / 'superlink.log'}")
+            time.sleep(0.2)
+        raise TimeoutError(f"SuperLink did not listen on {port}")
+
+    def kill(self, name: str) -> None:
+        p = self.procs[name]
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+    def __enter__(self) -> Loopback:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def make_certificates(folder: Path) -> dict[str, str]:
+    """A self-signed CA and a server certificate for 127.0.0.1/localhost (needs the openssl command)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, key, cert = folder / "ca.crt", folder / "server.key", folder / "server.pem"
+    if not cert.exists():
+        if shutil.which("openssl") is None:
+            raise RuntimeError("TLS needs the openssl command to make test certificates")
+        ext = folder / "san.cnf"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=folder)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fedmas-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+        run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.cnf", "-out", "server.pem")
+    return {"ca": str(ca), "key": str(key), "cert": str(cert)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="fedmas on a loopback Flower deployment (demo)")
+    ap.add_argument("config")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--set", action="append", default=[])
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.set)
+    except ConfigError as e:
+        print(f"fedmas: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out).resolve()
+    with Loopback(out.parent / f".{out.name}-flower", nodes=a.nodes, tls=a.tls) as lb:
+        cfg.flower.superlink = lb.address
+        cfg.flower.nodes = a.nodes
+        if a.tls:
+            cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
+        return submit(cfg, out, home=lb.root / "cli-home")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Plain-data messages between server and clients (the wire format; no training code).
+
+A message is named arrays + a config dict + metrics, so any engine (in-process,
+Flower) can carry it; :func:`message_nbytes` is its exact size on the wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Instructions for one round of local training; the server sends ``dataclasses.asdict`` of it
+    and the client rebuilds it with :meth:`from_dict`, which refuses unknown, missing or mistyped keys."""
+
+    tasks: str = ""  # comma-separated task names of the FL task's model
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    local_epochs: int = 1
+    batch_size: int = 16
+    prox_mu: float = 0.0  # FedProx proximal term; 0 = FedAvg
+    gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
+    gradnorm_lr: float = 0.025
+    lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
+    encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
+    seed: int = 0
+    round: int = 0
+
+    @property
+    def task_tuple(self) -> tuple[str, ...]:
+        return tuple(self.tasks.split(","))
+
+    def to_dict(self) -> dict[str, str | int | float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> LocalConfig:
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        missing = sorted(set(fields) - set(d))
+        if unknown or missing:
+            raise ValueError(f"local training config: unknown keys {unknown}, missing keys {missing}")
+        out: dict[str, object] = {}
+        for k, kind in fields.items():
+            v = d[k]
+            ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[str(kind)]
+            if not ok:
+                raise ValueError(f"local training config: {k} must be {kind}, got {v!r}")
+            out[k] = float(v) if kind == "float" else v  # type: ignore[arg-type]
+        return cls(**out)  # type: ignore[arg-type]
+
+
+@dataclass
+class Message:
+    arrays: dict[str, Tensor]
+    config: dict[str, Scalar] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """One client's work in one round: train FL task ``fl_task`` from ``message``."""
+
+    client: str
+    fl_task: str
+    message: Message
+
+
+@dataclass
+class Reply:
+    client: str
+    fl_task: str
+    message: Message | None
+    error: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def payload_nbytes(arrays: dict[str, Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Exact size of ``arrays`` serialised with safetensors (header + data), without serialising."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name in sorted(arrays, key=lambda k: (-_align(arrays[k]), k)):
+        t = arrays[name]
+        nb = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nb]}
+        offset += nb
+    if metadata:
+        header["__metadata__"] = metadata
+    h = json.dumps(header, separators=(",", ":")).encode()
+    pad = (8 - len(h) % 8) % 8
+    return 8 + len(h) + pad + offset
+
+
+def _align(t: Tensor) -> int:
+    return t.element_size()
+
+
+def message_nbytes(msg: Message) -> int:
+    meta = {k: str(v) for k, v in {**msg.config, **{f"m:{k}": v for k, v in msg.metrics.items()}}.items()}
+    return payload_nbytes(msg.arrays, meta)

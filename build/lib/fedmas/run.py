@@ -1,0 +1,194 @@
+"""One run of one method: data → engine → plan → round loop → summary, resumable.
+
+Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
+``affinity.json`` / ``affinity.png`` (methods that measure affinity),
+``split.json`` (the split decision and each candidate's objective),
+``costs.json``, ``losses.png`` and, only once the run is complete, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedmas.accounting import CostLedger
+from fedmas.config import Config, ConfigError, load_config
+from fedmas.data import FederatedData, load_federated
+from fedmas.engines import EngineFactory, launch
+from fedmas.methods import MERGED, affinity_rounds, make_plan
+from fedmas.models import ModelSpec, encoder_share
+from fedmas.report import heatmap, loss_curves, short, table
+from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
+from fedmas.runtime import configure_cpu
+from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
+from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
+
+
+def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
+            engine: Engine | None = None, stop_after: int | None = None,
+            engine_factory: EngineFactory | None = None, force: bool = False,
+            allow_plugins: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
+
+    The config and the data are checked before the run folder is created (once, here); then the
+    engine named by ``cfg.engine`` is launched (:func:`fedmas.engines.launch`) and drives
+    :func:`drive` wherever it runs the server side. ``engine`` / ``engine_factory`` bypass that
+    choice (tests, benchmarks). The folder is locked for this process while it runs."""
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = resume_config(run_dir, allow_plugins)
+        with RunLock(run_dir):
+            if (run_dir / "summary.json").exists():
+                return json.loads((run_dir / "summary.json").read_text())
+            data = load_federated(cfg.data, cfg.task_list)
+            return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+    assert cfg is not None
+    check_new_run_dir(run_dir, force)
+    data = load_federated(cfg.data, cfg.task_list)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        prepare_run_dir(run_dir, cfg, force=True)
+        if progress:
+            print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
+        return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
+    """What is about to run, in two lines."""
+    f, spec = cfg.federation, ModelSpec(cfg.model.encoder, cfg.model.width)
+    share = encoder_share(cfg.task_list, spec)
+    return (f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks ({', '.join(short(t) for t in cfg.task_list)}), "
+            f"{len(data.clients)} clients, {f.clients_per_round} per round, R={f.rounds}, engine {cfg.engine} "
+            f"→ {run_dir}\n[fedmas] model: {cfg.model.encoder} encoder (width {cfg.model.width}) holding "
+            f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters")
+
+
+def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, stop_after: int | None,
+            engine: Engine | None, engine_factory: EngineFactory | None) -> dict[str, Any] | None:
+    if engine is not None:
+        engine_factory = lambda _cfg, _data, _spec: engine  # noqa: E731
+    if engine_factory is not None:
+        return drive(cfg, run_dir, engine_factory, progress, stop_after, data)
+    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data))
+    p = run_dir / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
+          stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
+    """The server side of a prepared run folder: load data and checkpoint, run the round loop, finish."""
+    state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
+    if state is None:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    configure_cpu(cfg.threads)
+    if data is None:
+        data = load_federated(cfg.data, cfg.task_list)
+    if state is None:
+        state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
+    if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
+        raise ConfigError("no validation data (every client has fewer than two samples, or "
+                          "data.validation_fraction is 0): HOA and federation.select: best_val need it")
+    truncate_metrics(run_dir, state.round)
+    server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()})
+    server.check_weights()
+    _write_derived(server)
+    engine = engine_factory(cfg, data, server.spec)
+    plan = make_plan(cfg.method)
+
+    total, t0, r0 = plan.expected_rounds(server), time.perf_counter(), state.round
+
+    def on_round(srv: Server) -> None:
+        _write_affinity(srv)
+        if progress:
+            done = srv.state.round - r0
+            print_progress(srv, total, (time.perf_counter() - t0) / done if done else None)
+
+    loop = RoundLoop(server, engine, plan, data.test, on_round, data.validation)
+    try:
+        if not loop.run(stop_after):
+            return None
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    return finish(server, plan, progress)
+
+
+def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str | None = None,
+                     overrides: list[str] | None = None) -> dict[str, Any] | None:
+    """A deployed ServerApp's entry: drive the run in ``run_dir`` (prepared by ``fedmas run``), or
+    prepare it first from ``config`` when ``flwr run`` was called directly."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        if not config:
+            raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
+        prepare_run_dir(run_dir, load_config(config, overrides or []))  # refuses a folder in use
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    return drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
+
+
+def _write_derived(server: Server) -> None:
+    """Rewrite what derives from the state (affinity.json, split.json) from the checkpoint just loaded,
+    so a kill between the checkpoint and these files never leaves a stale one."""
+    _write_affinity(server, always=True)
+    split = server.state.plan.get("split")
+    if split is not None:
+        atomic_write_text(server.run_dir / "split.json", json.dumps(split, indent=1))
+
+
+def _write_affinity(server: Server, always: bool = False) -> None:
+    rows = server.state.affinity.of(MERGED)
+    if not rows or (rows[-1]["round"] != server.state.round - 1 and not always):
+        return
+    doc = server.state.affinity.to_doc(MERGED, affinity_rounds(server))
+    atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
+
+
+def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
+    st, run_dir, cfg = server.state, server.run_dir, server.cfg
+    owner = plan.final_assignment(server)
+    per_task = {t: st.task(fl).last_eval[f"loss/{t}"] for t, fl in owner.items()}
+    metrics = {t: {k.split("/")[0]: v for k, v in st.task(fl).last_eval.items()
+                   if k.endswith(f"/{t}") and not k.startswith("loss/")} for t, fl in owner.items()}
+    totals = st.costs.totals()
+    summary = {
+        "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
+        "total_test_loss": sum(per_task.values()), "test_loss": per_task, "test_metrics": metrics,
+        "owner": owner, "groups": st.plan.get("groups"), "select": cfg.federation.select,
+        "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
+                      "started_round": t.started_round, "finished_round": t.finished_round,
+                      "selected_round": t.selected_round,
+                      "final_total_loss": t.last_eval.get("total_loss"),
+                      "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
+        "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
+    }
+    atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
+    measured = st.affinity.mean(MERGED, affinity_rounds(server))
+    if measured is not None:
+        rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
+        heatmap(measured[0], measured[1], run_dir / "affinity.png",
+                f"Inter-task affinity, mean of {rounds} merged rounds",
+                st.plan.get("groups"))
+    loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    if progress:
+        print(render_summary(summary))
+    return summary
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    rows = [[short(t), f"{v:.4f}", s["owner"][t]] for t, v in s["test_loss"].items()]
+    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}", ""])
+    c = s["costs"]
+    lines = [f"\n{s['method']} on {len(s['tasks'])} tasks, {s['rounds']} rounds"]
+    if s.get("groups"):
+        lines.append("groups: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in s["groups"]))
+    lines.append(table(rows, ["task", "test loss", "FL task"]))
+    lines.append(f"client compute {c['train_s']:.1f} s | energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
+                 f"| traffic {(c['bytes_down'] + c['bytes_up']) / 1e6:.1f} MB | simulated wall-clock "
+                 f"{c['sim_wallclock_s']:.1f} s")
+    return "\n".join(lines)

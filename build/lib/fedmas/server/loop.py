@@ -1,0 +1,382 @@
+"""The one round loop every method runs on.
+
+Each round: the plan may change which FL tasks exist (merge, split, next task);
+the server selects clients and schedules which FL task each trains (at most
+``max_tasks_per_client`` per client), sends plain-data messages through the
+engine, rejects bad replies, aggregates each FL task with FedAvg, averages the
+clients' affinity matrices, evaluates, accounts costs, logs one metrics line per
+FL task and checkpoints the complete state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedmas.accounting import EnergyMeter
+from fedmas.evaluate import evaluate
+from fedmas.messages import Job, LocalConfig, Message, Reply
+from fedmas.models import ModelCache, ModelSpec, build_model
+from fedmas.server.aggregate import check_reply, fedavg
+from fedmas.server.state import CheckpointError, FLTaskState, ServerState, atomic_write_text, save_checkpoint
+from fedmas.tasks import TASKS
+
+if TYPE_CHECKING:
+    from fedmas.config import Config
+
+log = logging.getLogger("fedmas")
+
+
+class Engine(Protocol):
+    """Carries jobs to clients and brings their replies back (in-process, Flower, ...)."""
+
+    def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]: ...
+
+
+class Plan(Protocol):
+    """What the loop needs of a method (:class:`fedmas.methods.Plan`): which FL tasks exist now."""
+
+    def update(self, server: Server) -> None:
+        """Called before every round (and again after a resume); must be idempotent."""
+
+
+def stable_seed(*parts: object) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class Server:
+    """The state plus the operations plans may use."""
+
+    def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
+                 sizes: dict[str, int] | None = None):
+        self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
+        self.spec = ModelSpec(cfg.model.encoder, cfg.model.width)
+        self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
+
+    def max_samples(self, client: str) -> float:
+        """The most samples a reply of ``client`` can honestly report for one round."""
+        n = self.sizes.get(client)
+        return 1e9 if n is None else float(n * self.cfg.federation.local_epochs)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.cfg.task_list
+
+    def capacity(self) -> int:
+        """How many FL tasks can train at once with a full client quota each."""
+        f = self.cfg.federation
+        return max(1, (len(self.clients) * f.max_tasks_per_client) // f.clients_per_round)
+
+    def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
+                 measure_affinity: bool = False, init_from: str | None = None,
+                 schedule_offset: int = 0, schedule_total: int | None = None,
+                 affinity_rounds: int | None = None) -> FLTaskState:
+        if any(t.name == name for t in self.state.active + self.state.finished):
+            raise ValueError(f"FL task {name!r} exists already")
+        fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
+                         affinity_rounds=affinity_rounds, schedule_offset=schedule_offset,
+                         schedule_total=schedule_total or rounds, started_round=self.state.round)
+        src = self.state.weights[init_from] if init_from else None
+        model = build_model(tasks, self.spec, init_from=src, seed=stable_seed(self.cfg.seed, "init", name))
+        w = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
+            w["gradnorm.weights"] = torch.ones(len(tasks))
+        self.state.weights[name] = w
+        self.state.active.append(fl)
+        return fl
+
+    def check_weights(self) -> None:
+        """Every active FL task has the weights its model needs (names, shapes, dtypes), all finite:
+        a tampered or damaged checkpoint is refused here, naming the file, before any round runs."""
+        ck = self.run_dir / "checkpoint"
+        for fl in self.state.active:
+            w = self.state.weights.get(fl.name)
+            if w is None:
+                raise CheckpointError(f"{ck}: no weights for active FL task {fl.name!r}")
+            unknown = [t for t in fl.tasks if t not in TASKS]
+            if unknown:
+                raise CheckpointError(f"{ck}: FL task {fl.name!r} names unknown tasks {unknown}")
+            ref = build_model(fl.tasks, self.spec).state_dict()
+            if self.cfg.federation.task_weighting == "gradnorm" and len(fl.tasks) > 1:
+                ref["gradnorm.weights"] = torch.ones(len(fl.tasks))
+            if set(w) != set(ref):
+                missing, extra = sorted(set(ref) - set(w)), sorted(set(w) - set(ref))
+                raise CheckpointError(f"{ck}: weights of {fl.name!r} do not fit its model "
+                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
+            for k, v in ref.items():
+                got = w[k]
+                if got.shape != v.shape or got.dtype != v.dtype:
+                    raise CheckpointError(f"{ck}: {fl.name}/{k} is {got.dtype} {tuple(got.shape)}, "
+                                          f"the model needs {v.dtype} {tuple(v.shape)}")
+                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                    raise CheckpointError(f"{ck}: {fl.name}/{k} holds non-finite values")
+
+    def finished(self, name: str) -> FLTaskState | None:
+        return next((t for t in self.state.finished if t.name == name), None)
+
+
+def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
+             max_per_client: int, round_index: int) -> dict[str, list[str]]:
+    """Seeded random selection: each FL task gets up to ``per_round`` distinct clients and no client
+    trains more than ``max_per_client`` FL tasks. When the pool cannot give every FL task its full
+    quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness."""
+    n = len(fl_tasks)
+    out: dict[str, list[str]] = {}
+    if n == 0:
+        return out
+    slots = len(clients) * max_per_client
+    quota = [per_round] * n
+    if per_round * n > slots:
+        base, extra = divmod(slots, n)
+        quota = [min(per_round, base + (1 if i < extra else 0)) for i in range(n)]
+    r = round_index % n
+    order = list(range(n))[r:] + list(range(n))[:r]
+    load: dict[str, int] = defaultdict(int)
+    perm = [clients[i] for i in rng.permutation(len(clients))]
+    for rank, i in enumerate(order):
+        chosen: list[str] = []
+        for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
+            if len(chosen) == quota[rank]:
+                break
+            if load[c] < max_per_client:
+                chosen.append(c)
+                load[c] += 1
+        out[fl_tasks[i].name] = chosen
+    return out
+
+
+def lr_at(cfg: Config, fl: FLTaskState) -> float:
+    f = cfg.federation
+    if f.schedule == "constant":
+        return f.lr
+    pos = fl.schedule_offset + fl.done_rounds
+    return f.lr * max(0.0, 1 - pos / fl.schedule_total) ** 0.9
+
+
+def encoder_grad_scale(cfg: Config, n_tasks: int) -> float:
+    """Scale of the shared encoder's gradient in a model of ``n_tasks`` tasks (``model.encoder_grad_scale``)."""
+    return 1.0 / math.sqrt(n_tasks) if cfg.model.encoder_grad_scale == "inv_sqrt_n" and n_tasks > 1 else 1.0
+
+
+def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> LocalConfig:
+    f = cfg.federation
+    return LocalConfig(
+        tasks=",".join(fl.tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
+        local_epochs=f.local_epochs, batch_size=f.batch_size,
+        prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
+        gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
+        lookahead_step=cfg.mas.lookahead_step if fl.measuring else 0,
+        encoder_grad_scale=encoder_grad_scale(cfg, len(fl.tasks)),
+        seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
+    )
+
+
+class RoundLoop:
+    def __init__(self, server: Server, engine: Engine, plan: Plan, test_data, on_round: Callable | None = None,
+                 val_data=None):
+        self.server, self.engine, self.plan, self.test_data = server, engine, plan, test_data
+        self.val_data = val_data  # decisions read only this (never test_data)
+        self.cfg = server.cfg
+        self.models = ModelCache(server.spec)
+        self.meter = EnergyMeter(self.cfg.cost.measure_energy)
+        self.on_round = on_round
+        server.state.costs.energy_source = self.meter.source
+
+    def run(self, stop_after: int | None = None) -> bool:
+        """Train until the plan has no FL task left (returns True) or ``stop_after`` rounds (False)."""
+        st = self.server.state
+        rng = np.random.default_rng(self.cfg.seed)
+        if st.rng:
+            rng.bit_generator.state = st.rng
+        if st.torch_rng is not None:
+            torch.set_rng_state(st.torch_rng)
+        done = 0
+        while True:
+            self.plan.update(self.server)
+            if not st.active:
+                return True
+            self._round(rng)
+            st.rng = rng.bit_generator.state
+            st.torch_rng = torch.get_rng_state()
+            save_checkpoint(self.server.run_dir, st)
+            if self.on_round:
+                self.on_round(self.server)
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                return False
+
+    def _round(self, rng: np.random.Generator) -> None:
+        st, cfg, f = self.server.state, self.cfg, self.cfg.federation
+        t_round = time.perf_counter()
+        assign = schedule(rng, self.server.clients, st.active, f.clients_per_round, f.max_tasks_per_client, st.round)
+        client_time: dict[str, float] = defaultdict(float)
+        lines = []
+        for fl in list(st.active):
+            lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
+            valid = self._train_fl_task(fl, assign[fl.name], client_time)
+            fl.done_rounds += 1
+            ev: dict[str, Any] = {}
+            if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
+                ev = self._evaluate(fl, st.weights[fl.name], self.test_data)
+                fl.last_eval = ev
+                if self._validates(fl):
+                    fl.last_val = self._evaluate(fl, st.weights[fl.name], self.val_data)
+                    ev["val_total_loss"] = fl.last_val["total_loss"]
+                    self._keep_if_best(fl)
+            lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
+                          "fl_round": fl.done_rounds, "lr": lr,
+                          "clients": assign[fl.name], "accepted": valid, **ev})
+            if fl.done_rounds >= fl.rounds:
+                self._select(fl)
+                st.retire(fl)
+        speed = cfg.cost.speed_factors
+        st.costs.sim_wallclock_s += max((s * speed.get(c, 1.0) for c, s in client_time.items()), default=0.0)
+        st.costs.rounds += 1
+        _append_metrics(self.server.run_dir, lines, time.perf_counter() - t_round)
+        st.round += 1
+
+    def _evaluate(self, fl: FLTaskState, weights: dict[str, Tensor], data) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ev: dict[str, Any] = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(weights), data,
+                                      self.cfg.federation.eval_batch_size, self.models.flops)
+        self.server.state.costs.add_eval(fl.name, time.perf_counter() - t0, ev.pop("flop"))
+        ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
+        return ev
+
+    def _validates(self, fl: FLTaskState) -> bool:
+        """Validation losses are needed by HOA's probes and by best-validation model selection."""
+        return self.val_data is not None and (
+            fl.role == "probe" or (fl.role == "final" and self.cfg.federation.select == "best_val"))
+
+    def _keep_if_best(self, fl: FLTaskState) -> None:
+        if fl.role != "final" or self.cfg.federation.select != "best_val":
+            return
+        val = fl.last_val["total_loss"]
+        if fl.best_val is None or val < fl.best_val:
+            fl.best_val, fl.best_round = val, fl.done_rounds
+            st = self.server.state
+            st.weights[best_key(fl.name)] = {k: v.clone() for k, v in st.weights[fl.name].items()}
+
+    def _select(self, fl: FLTaskState) -> None:
+        """The reported model of a finishing FL task: its last, or (best_val) its best-validation round's,
+        whose test losses are then evaluated once (test data never chooses anything)."""
+        st = self.server.state
+        best = st.weights.pop(best_key(fl.name), None)
+        fl.selected_round = fl.done_rounds
+        if best is not None and fl.best_round is not None and fl.best_round != fl.done_rounds:
+            fl.last_eval = self._evaluate(fl, best, self.test_data)
+            fl.selected_round = fl.best_round
+
+    def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float]) -> int:
+        st, f = self.server.state, self.cfg.federation
+        weights = expected = st.weights[fl.name]
+        for attempt in range(f.max_round_retries + 1):
+            jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt).to_dict()))
+                    for c in clients]
+            e0 = self.meter.read()
+            replies = self.engine.run(jobs, f.round_deadline_s)
+            e1 = self.meter.read()
+            measured = (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
+            good: list[tuple[dict[str, Tensor], float]] = []
+            affs: list[tuple[Tensor, float]] = []
+            for r in replies:
+                try:
+                    why = check_reply(r, expected, len(fl.tasks), fl.measuring,
+                                      self.server.max_samples(r.client))
+                except Exception as e:  # noqa: BLE001 - no reply may raise in the server
+                    why = f"malformed reply: {type(e).__name__}"
+                if why is not None:
+                    log.warning("round %d, FL task %s: rejected client %s: %s", st.round, fl.name, r.client, why)
+                    kind = why.split(":")[0]
+                    if r.error is not None:  # the client's own failure: raised, timed out, dropped out
+                        kind = f"client error: {r.error.split(':')[0]}"
+                    st.faults[kind] = st.faults.get(kind, 0) + 1
+                    st.costs.add_rejected(fl.name, r.client, r.bytes_down)
+                    continue
+                assert r.message is not None
+                m = r.message.metrics
+                client_time[r.client] += m["compute_s"]
+                st.costs.add_train(fl.name, r.client, m["compute_s"], m["samples"], r.bytes_down, r.bytes_up,
+                                   measured, m["flop"])
+                arrays = dict(r.message.arrays)
+                aff = arrays.pop("affinity", None)
+                good.append((arrays, m["samples"]))
+                if aff is not None and fl.measuring:
+                    affs.append((aff, m["samples"]))
+            if len(good) >= min(f.min_replies, len(clients)) and good:
+                st.weights[fl.name] = fedavg(good)
+                if affs:
+                    tot = sum(n for _, n in affs)
+                    mean = sum(a.double() * (n / tot) for a, n in affs)
+                    st.affinity.append(st.round, fl.name, fl.tasks, mean.tolist(), len(affs), tot)
+                return len(good)
+            if attempt < f.max_round_retries:
+                log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round,
+                            fl.name, len(good), f.min_replies, attempt + 1, f.max_round_retries)
+                st.faults["round_retries"] = st.faults.get("round_retries", 0) + 1
+        log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
+        st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
+        return 0
+
+
+def best_key(fl_task: str) -> str:
+    """Where the best-validation weights of ``fl_task`` are kept in the state (``federation.select: best_val``)."""
+    return f"{fl_task}@best"
+
+
+def _model_weights(w: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in w.items() if k != "gradnorm.weights"}
+
+
+def _append_metrics(run_dir: Path, lines: list[dict[str, Any]], seconds: float) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        for ln in lines:
+            fh.write(json.dumps({**ln, "round_s": seconds}) + "\n")
+
+
+def truncate_metrics(run_dir: Path, completed_rounds: int) -> None:
+    """Drop metric lines of rounds the checkpoint does not contain (a crash after logging)."""
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return
+    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and _round_of(ln) < completed_rounds]
+    atomic_write_text(p, "".join(k + "\n" for k in keep))
+
+
+def _round_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["round"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 30  # a torn last line is dropped
+
+
+def progress_line(server: Server) -> str:
+    st = server.state
+    parts = []
+    for fl in st.active + [t for t in st.finished if t.finished_round == st.round - 1]:
+        if fl.last_eval:
+            parts.append(f"{fl.name} {fl.last_eval['total_loss']:.3f}")
+    return f"round {st.round:>3} | " + " | ".join(parts)
+
+
+def print_progress(server: Server, total: int | None = None, s_per_round: float | None = None) -> None:
+    """One line per round: round k/total, each FL task's current test loss, and an ETA."""
+    r = server.state.round
+    line = progress_line(server)
+    if total:
+        line = line.replace(f"round {r:>3}", f"round {r:>3}/{total}", 1)
+        if s_per_round:
+            line += f" | eta {s_per_round * max(total - r, 0):.0f} s"
+    print(f"[fedmas] {line}", file=sys.stderr, flush=True)

@@ -1,0 +1,218 @@
+"""Explicit server state and its crash-safe checkpoint (safetensors + JSON, never pickle).
+
+Layout inside ``<run>/checkpoint/``: ``weights-<round>.safetensors`` holds every
+FL task's weights (keys ``<fl task>/<param>``) and the torch RNG state;
+``state.json`` holds everything else and names the weights file it belongs to.
+Both are written to a temporary file and renamed, and ``state.json`` is renamed
+last, so a SIGKILL at any moment leaves the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fedmas.accounting import CostLedger
+
+
+@dataclass
+class FLTaskState:
+    """One federated learning task in flight (a model over a group of tasks)."""
+
+    name: str
+    tasks: list[str]
+    rounds: int  # rounds this FL task trains
+    role: str = "final"  # "final": its losses are reported; "merged", "probe": intermediate phases
+    measure_affinity: bool = False
+    affinity_rounds: int | None = None  # measure during the first N rounds only (None: every round)
+    schedule_offset: int = 0  # poly schedule position of its first round
+    schedule_total: int = 0  # R of the poly schedule
+    done_rounds: int = 0
+    started_round: int = 0
+    finished_round: int | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)  # test losses and metrics (reported, never read)
+    last_val: dict[str, float] = field(default_factory=dict)  # validation losses (what decisions read)
+    best_val: float | None = None  # federation.select: best_val — lowest validation total loss so far
+    best_round: int | None = None
+    selected_round: int | None = None  # the round whose model is reported
+
+    @property
+    def measuring(self) -> bool:
+        """Whether this round's clients measure the inter-task affinity."""
+        return self.measure_affinity and len(self.tasks) > 1 and (
+            self.affinity_rounds is None or self.done_rounds < self.affinity_rounds)
+
+
+@dataclass
+class AffinityLog:
+    """The server's per-round affinity matrices (each the sample-weighted mean over that round's clients)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def append(self, round_index: int, fl_task: str, tasks: list[str], matrix: list[list[float]], clients: int,
+               samples: float) -> None:
+        self.rows.append({"round": round_index, "fl_task": fl_task, "tasks": list(tasks), "matrix": matrix,
+                          "clients": clients, "samples": samples})
+
+    def of(self, fl_task: str, first: int | None = None) -> list[dict[str, Any]]:
+        """``fl_task``'s rows in round order (only those of its first ``first`` rounds when given)."""
+        rows = [a for a in self.rows if a["fl_task"] == fl_task]
+        if first is None or not rows:
+            return rows
+        return [a for a in rows if a["round"] < rows[0]["round"] + first]
+
+    def mean(self, fl_task: str, first: int | None = None) -> tuple[list[str], np.ndarray] | None:
+        """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured."""
+        rows = self.of(fl_task, first)
+        if not rows:
+            return None
+        return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
+
+    def to_doc(self, fl_task: str, first: int | None = None) -> dict[str, Any] | None:
+        """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``;
+        ``affinity`` is the mean over the rows used (``rounds`` of them, ``clients`` replies in all)."""
+        measured = self.mean(fl_task, first)
+        if measured is None:
+            return None
+        tasks, z = measured
+        rows = self.of(fl_task, first)
+        return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
+                                                   for i, s in enumerate(tasks)},
+                "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
+                "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]}
+                            for a in self.of(fl_task)]}
+
+
+@dataclass
+class ServerState:
+    round: int = 0
+    active: list[FLTaskState] = field(default_factory=list)
+    finished: list[FLTaskState] = field(default_factory=list)
+    weights: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+    affinity: AffinityLog = field(default_factory=AffinityLog)
+    faults: dict[str, int] = field(default_factory=dict)
+    costs: CostLedger = field(default_factory=lambda: CostLedger(15.0))
+    rng: dict[str, Any] = field(default_factory=dict)
+    torch_rng: Tensor | None = None
+
+    def task(self, name: str) -> FLTaskState:
+        for t in self.active + self.finished:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def retire(self, fl: FLTaskState, finished_round: int | None = None) -> None:
+        """``fl`` trains no more: move it to the finished list (its last round: the current one unless given)."""
+        fl.finished_round = self.round if finished_round is None else finished_round
+        self.active.remove(fl)
+        self.finished.append(fl)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(run_dir: Path, state: ServerState) -> None:
+    ck = run_dir / "checkpoint"
+    ck.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{fl}/{k}": v.contiguous() for fl, w in state.weights.items() for k, v in w.items()}
+    tensors["__rng__/torch"] = torch.get_rng_state()
+    wname = f"weights-{state.round:05d}.safetensors"
+    tmp = ck / (wname + ".tmp")
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, ck / wname)
+    doc = {
+        "format": 1, "weights_file": wname, "round": state.round,
+        "active": [asdict(t) for t in state.active], "finished": [asdict(t) for t in state.finished],
+        "plan": state.plan, "affinity": state.affinity.rows, "faults": state.faults,
+        "costs": state.costs.to_json(), "rng": state.rng,
+    }
+    atomic_write_text(ck / "state.json", json.dumps(doc))
+    for old in ck.glob("weights-*.safetensors"):
+        if old.name != wname:
+            old.unlink(missing_ok=True)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def load_checkpoint(run_dir: Path) -> ServerState:
+    """The state saved in ``run_dir/checkpoint``; :class:`CheckpointError` naming the file when it is
+    missing, unreadable, not a regular file, or holds fields of the wrong kind."""
+    ck = run_dir / "checkpoint"
+    sp = ck / "state.json"
+    if not sp.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} (missing {sp})")
+    if sp.stat().st_size > MAX_STATE_BYTES:
+        raise CheckpointError(f"{sp}: larger than {MAX_STATE_BYTES >> 20} MiB; not a fedmas checkpoint")
+    try:
+        doc = json.loads(sp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError) as e:
+        raise CheckpointError(f"unreadable checkpoint {sp}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weights_file"), str):
+        raise CheckpointError(f"{sp}: not a fedmas checkpoint (no weights_file)")
+    name = doc["weights_file"]
+    wpath = ck / name
+    if "/" in name or "\\" in name or name.startswith(".") or not wpath.is_file():
+        raise CheckpointError(f"checkpoint weights file missing or not a regular file: {wpath}")
+    try:
+        flat = load_file(str(wpath))  # safetensors: plain tensors only, no code
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for malformed files
+        raise CheckpointError(f"unreadable checkpoint weights {wpath}: {e}") from None
+    try:
+        return _state_from(doc, flat)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any malformed field is a refusal naming the file
+        raise CheckpointError(f"{sp}: malformed checkpoint ({type(e).__name__}: {e})") from None
+
+
+MAX_STATE_BYTES = 256 << 20
+
+
+def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
+    weights: dict[str, dict[str, Tensor]] = {}
+    torch_rng = flat.pop("__rng__/torch", None)
+    if torch_rng is not None:
+        torch.Generator().set_state(torch_rng)  # raises on a malformed state
+    for key, v in flat.items():
+        fl, name = key.split("/", 1)
+        weights.setdefault(fl, {})[name] = v
+    if not isinstance(doc["round"], int) or doc["round"] < 0:
+        raise ValueError(f"round must be a non-negative integer, got {doc['round']!r}")
+    rng = doc["rng"]
+    if rng:
+        np.random.default_rng().bit_generator.state = rng  # raises on a malformed state
+    tasks = [FLTaskState(**t) for t in doc["active"]] + [FLTaskState(**t) for t in doc["finished"]]
+    for t in tasks:
+        if not (isinstance(t.name, str) and isinstance(t.tasks, list) and all(isinstance(x, str) for x in t.tasks)
+                and all(isinstance(x, int) for x in (t.rounds, t.done_rounds, t.schedule_offset, t.schedule_total))):
+            raise ValueError(f"FL task entry {t.name!r} has fields of the wrong type")
+    if not isinstance(doc["plan"], dict) or not isinstance(doc["affinity"], list):
+        raise ValueError("plan must be a mapping and affinity a list")
+    n_active = len(doc["active"])
+    return ServerState(
+        round=doc["round"], active=tasks[:n_active], finished=tasks[n_active:], weights=weights, plan=doc["plan"],
+        affinity=AffinityLog(doc["affinity"]), faults=dict(doc.get("faults", {})),
+        costs=CostLedger.from_json(doc["costs"]), rng=rng, torch_rng=torch_rng)
