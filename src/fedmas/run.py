@@ -188,7 +188,8 @@ def render_summary(s: dict[str, Any]) -> str:
     if s.get("groups"):
         lines.append("groups: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in s["groups"]))
     lines.append(table(rows, ["task", "test loss", "FL task"]))
-    lines.append(f"client compute {c['train_s']:.1f} s | energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
+    lines.append(f"client compute {c['train_s']:.1f} s, {c.get('train_flop', 0.0) / 1e12:.3g} TFLOP | "
+                 f"energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
                  f"| traffic {(c['bytes_down'] + c['bytes_up']) / 1e6:.1f} MB | simulated wall-clock "
                  f"{c['sim_wallclock_s']:.1f} s")
     return "\n".join(lines)
