@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedmas.config import Config, ConfigError
+from fedmas.config import Config, ConfigError, read_yaml_mapping
 from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
 from fedmas.run import execute
+from fedmas.runfolder import holds_run
 from fedmas.stats import fmt, fmt_g, mean_ci
 
 
@@ -82,17 +81,13 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool) -> dict
     """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = yaml.safe_load(saved.read_text()) or {}
-        new = run_cfg.model_dump()
-        changed = _diff(old, new)
+        changed = _diff(read_yaml_mapping(saved, "run config"), run_cfg.model_dump())
         if changed:
             raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
                               f"choose another --out for this comparison")
-    if (run_dir / "summary.json").exists():
-        return json.loads((run_dir / "summary.json").read_text())
-    if (run_dir / "checkpoint" / "state.json").exists():
+    if holds_run(run_dir):  # finished (its summary comes back at once) or interrupted
         summary = execute(None, run_dir, resume=True, progress=progress)
-    else:
+    else:  # new, or a run of this config that never checkpointed
         summary = execute(run_cfg, run_dir, progress=progress, force=saved.exists())
     assert summary is not None
     return summary

@@ -249,13 +249,11 @@ def _param_count(server: Server, tasks: list[str]) -> int:
 
 
 def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
-    m, log = server.cfg.mas, server.state.affinity
-    used = len(log.of(MERGED, affinity_rounds(server)))
+    m, first = server.cfg.mas, affinity_rounds(server)
     merged = server.finished(MERGED)
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
-           "chosen": chosen, "rule": rule, "affinity_rounds": used,
-           "affinity_rounds_rule": "all merged rounds" if affinity_rounds(server) is None
-           else f"the first {affinity_rounds(server)} merged rounds",
+           "chosen": chosen, "rule": rule, "affinity_rounds": len(server.state.affinity.of(MERGED, first)),
+           "affinity_rounds_rule": "all merged rounds" if first is None else f"the first {first} merged rounds",
            "merge_rounds": merged.done_rounds if merged else None,
            "merge_rounds_rule": "auto: the affinity ranking settled" if m.merge_rounds == "auto"
            else f"mas.merge_rounds={m.merge_rounds}",

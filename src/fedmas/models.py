@@ -230,10 +230,10 @@ def subset_state(state: Mapping[str, Tensor], tasks: Sequence[str]) -> dict[str,
 class ModelCache:
     """One model instance per task tuple, reused across rounds (weights are loaded each time)."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, flops: FlopCounter | None = None):
         self.spec = spec
         self._models: dict[tuple[str, ...], MultiTaskModel] = {}
-        self.flops = FlopCounter()  # FLOPs per kind of batch of these models, counted once
+        self.flops = flops if flops is not None else FlopCounter()  # FLOPs per kind of batch, counted once
 
     def get(self, tasks: tuple[str, ...]) -> MultiTaskModel:
         if tasks not in self._models:

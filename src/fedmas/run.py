@@ -41,16 +41,16 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     if resume:
         cfg = resume_config(run_dir, allow_plugins)
         with RunLock(run_dir):
-            if (run_dir / "summary.json").exists():
-                return json.loads((run_dir / "summary.json").read_text())
-            data = load_federated(cfg.data, cfg.task_list)
-            return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+            done = _summary(run_dir)
+            if done is not None:
+                return done
+            return _launch(cfg, run_dir, load_data(cfg), progress, stop_after, engine, engine_factory)
     assert cfg is not None
     check_new_run_dir(run_dir, force)
-    data = load_federated(cfg.data, cfg.task_list)
+    data = load_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        prepare_run_dir(run_dir, cfg, force=True)
+        prepare_run_dir(run_dir, cfg, force)
         if progress:
             print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
         return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
@@ -73,8 +73,22 @@ def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, sto
     if engine_factory is not None:
         return drive(cfg, run_dir, engine_factory, progress, stop_after, data)
     launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data))
+    return _summary(run_dir)
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a finished run, or None."""
     p = run_dir / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def load_data(cfg: Config) -> FederatedData:
+    """The run's federated data, checked against what the method needs (before any run folder exists)."""
+    data = load_federated(cfg.data, cfg.task_list)
+    if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
+        raise ConfigError("no validation data (every client has fewer than two samples, or "
+                          "data.validation_fraction is 0): HOA and federation.select: best_val need it")
+    return data
 
 
 def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
@@ -85,12 +99,9 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.threads)
     if data is None:
-        data = load_federated(cfg.data, cfg.task_list)
+        data = load_data(cfg)
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
-    if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
-        raise ConfigError("no validation data (every client has fewer than two samples, or "
-                          "data.validation_fraction is 0): HOA and federation.select: best_val need it")
     truncate_metrics(run_dir, state.round)
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()})
     server.check_weights()
@@ -125,9 +136,11 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
     if not (run_dir / "config.yaml").exists():
         if not config:
             raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
-        prepare_run_dir(run_dir, load_config(config, overrides or []))  # refuses a folder in use
-    if (run_dir / "summary.json").exists():
-        return json.loads((run_dir / "summary.json").read_text())
+        check_new_run_dir(run_dir)
+        prepare_run_dir(run_dir, load_config(config, overrides or []))
+    done = _summary(run_dir)
+    if done is not None:
+        return done
     return drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
 
 

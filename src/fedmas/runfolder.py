@@ -47,8 +47,8 @@ def check_new_run_dir(run_dir: Path, force: bool = False) -> None:
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
-    """Create the run folder (after :func:`check_new_run_dir` and the data checks) and write config.yaml."""
-    check_new_run_dir(run_dir, force)
+    """Create the run folder and write config.yaml; with ``force``, first remove fedmas's own files there.
+    Call :func:`check_new_run_dir` (and check the data) before: this one no longer refuses anything."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if force:
         for name in RUN_FILES:

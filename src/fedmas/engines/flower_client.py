@@ -19,11 +19,12 @@ from fedmas.runtime import configure_cpu
 
 @functools.lru_cache(maxsize=4)
 def _client_data(cfg_yaml: str, client: str):
+    """A client's config, data and models (with their FLOP counts), kept while this process lives."""
     from fedmas.data import load_client
 
     cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
     configure_cpu(cfg.threads)
-    return cfg, load_client(cfg.data, cfg.task_list, client)
+    return cfg, load_client(cfg.data, cfg.task_list, client), ModelCache(ModelSpec(cfg.model.encoder, cfg.model.width))
 
 
 def make_client_app() -> ClientApp:
@@ -32,10 +33,10 @@ def make_client_app() -> ClientApp:
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
         c = msg.content["config"]
-        cfg, data = _client_data(str(c["fedmas_config"]), str(c["client"]))
+        _cfg, data, models = _client_data(str(c["fedmas_config"]), str(c["client"]))
         config = {k: v for k, v in dict(c).items() if k not in ("fedmas_config", "client")}
         fm = Message(arrays=msg.content["arrays"].to_torch_state_dict(), config=config)
-        out = handle_train(fm, data, ModelCache(ModelSpec(cfg.model.encoder, cfg.model.width)))
+        out = handle_train(fm, data, models)
         rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=out.arrays), "config": config_record(out.config),
                          "metrics": MetricRecord(out.metrics)})
         return FlMessage(content=rd, reply_to=msg)

@@ -57,7 +57,7 @@ class InProcessEngine:
 
             def work(j: Job = job, b: list = box) -> None:
                 try:
-                    b.append(self._one(j, ModelCache(self.spec)))
+                    b.append(self._one(j, ModelCache(self.spec, self.models.flops)))  # own models, shared counts
                 except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                     b.append(e)
 

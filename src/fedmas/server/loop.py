@@ -89,13 +89,19 @@ class Server:
                          affinity_rounds=affinity_rounds, schedule_offset=schedule_offset,
                          schedule_total=schedule_total or rounds, started_round=self.state.round)
         src = self.state.weights[init_from] if init_from else None
-        model = build_model(tasks, self.spec, init_from=src, seed=stable_seed(self.cfg.seed, "init", name))
+        self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name))
+        self.state.active.append(fl)
+        return fl
+
+    def initial_weights(self, tasks: list[str], init_from: dict[str, Tensor] | None = None,
+                        seed: int = 0) -> dict[str, Tensor]:
+        """An FL task's state: its model's weights (copied from ``init_from`` where names match), plus
+        GradNorm's task weights when the config uses GradNorm on a multi-task model."""
+        model = build_model(tasks, self.spec, init_from=init_from, seed=seed)
         w = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
             w["gradnorm.weights"] = torch.ones(len(tasks))
-        self.state.weights[name] = w
-        self.state.active.append(fl)
-        return fl
+        return w
 
     def check_weights(self) -> None:
         """Every active FL task has the weights its model needs (names, shapes, dtypes), all finite:
@@ -108,9 +114,7 @@ class Server:
             unknown = [t for t in fl.tasks if t not in TASKS]
             if unknown:
                 raise CheckpointError(f"{ck}: FL task {fl.name!r} names unknown tasks {unknown}")
-            ref = build_model(fl.tasks, self.spec).state_dict()
-            if self.cfg.federation.task_weighting == "gradnorm" and len(fl.tasks) > 1:
-                ref["gradnorm.weights"] = torch.ones(len(fl.tasks))
+            ref = self.initial_weights(fl.tasks)
             if set(w) != set(ref):
                 missing, extra = sorted(set(ref) - set(w)), sorted(set(w) - set(ref))
                 raise CheckpointError(f"{ck}: weights of {fl.name!r} do not fit its model "
