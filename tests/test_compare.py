@@ -10,6 +10,7 @@ import yaml
 from fedmas.cli import main
 from fedmas.compare import parse_methods
 from fedmas.config import ConfigError
+from fedmas.stats import mean_ci
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,10 @@ def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_
     assert obo["normalised_total"] == pytest.approx(3.0) and mas["normalised_total"] > 0
     win = doc["wins"][0]
     assert win["seeds"] == 3 and 0 <= win["lower_loss_in"] <= 3
+    other = {r["seed"]: r["total_loss"] for r in obo["runs"]}
+    diffs = [r["total_loss"] - other[r["seed"]] for r in mas["runs"]]
+    assert (win["paired_diff"], win["paired_diff_ci"]) == pytest.approx(mean_ci(diffs))
+    assert win["verdict"] in ("lower", "higher", "cannot tell") and "Paired" in (out / "comparison.md").read_text()
     assert "in " in (out / "comparison.md").read_text() and (out / "seed-1" / "mas-2" / "summary.json").exists()
     # the same folder with another config is refused, naming what changed; nothing is rerun or mixed
     before = (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns
@@ -78,7 +83,7 @@ def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_
 
 
 def test_interval_arithmetic_on_a_known_sample():
-    from fedmas.stats import mean_ci, t95
+    from fedmas.stats import t95
 
     m, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, n 3, t(2) = 4.303
     assert m == 2.0 and half == pytest.approx(4.303 / 3 ** 0.5)
@@ -86,3 +91,10 @@ def test_interval_arithmetic_on_a_known_sample():
     assert t95(1) == 12.706 and t95(30) == 2.042 and abs(t95(120) - 1.980) < 0.005
     with pytest.raises(ValueError):
         t95(0)
+
+
+def test_verdict_of_a_paired_difference():
+    from fedmas.stats import verdict
+
+    assert verdict(-0.3, 0.2) == "lower" and verdict(0.3, 0.2) == "higher"
+    assert verdict(-0.1, 0.2) == "cannot tell" and verdict(0.1, None) == "one seed: cannot tell"

@@ -180,3 +180,10 @@ def test_split_uses_the_first_affinity_rounds_and_measuring_stops(tiny_raw, tmp_
     full = tmp_path / "all"  # the ablation: affinity over every merged round
     execute(_mas(tiny_raw, affinity_rounds="all"), full, progress=False)
     assert len(json.loads((full / "affinity.json").read_text())["history"]) == 4
+    last = tmp_path / "last"  # the ablation: the N merged rounds just before the split
+    execute(_mas(tiny_raw, affinity_rounds=2, affinity_window="last"), last, progress=False)
+    aff = json.loads((last / "affinity.json").read_text())
+    assert [h["round"] for h in aff["history"]] == [2, 3] and aff["rounds"] == 2
+    split = json.loads((last / "split.json").read_text())
+    np.testing.assert_allclose(split["affinity"], np.mean([h["matrix"] for h in aff["history"]], axis=0))
+    assert split["affinity_rounds_rule"] == "the last 2 merged rounds"

@@ -18,7 +18,7 @@ from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
 from fedmas.run import execute
 from fedmas.runfolder import holds_run
-from fedmas.stats import fmt, fmt_g, mean_ci
+from fedmas.stats import fmt, fmt_g, mean_ci, verdict
 
 
 def _names() -> tuple[dict[str, tuple[str, dict[str, Any]]], list[str]]:
@@ -176,19 +176,22 @@ def _wins(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             if b == a:
                 continue
             pairs = [(x["total_loss"], y["total_loss"]) for x in ra for y in rb if x["seed"] == y["seed"]]
+            diff, half = mean_ci([x - y for x, y in pairs]) if pairs else (None, None)
             out.append({"mas": a, "other": b, "lower_loss_in": sum(x < y for x, y in pairs),
-                        "tied_in": sum(x == y for x, y in pairs), "seeds": len(pairs)})
+                        "tied_in": sum(x == y for x, y in pairs), "seeds": len(pairs),
+                        "paired_diff": diff, "paired_diff_ci": half, "verdict": verdict(diff, half)})
     return out
 
 
 def _wins_text(wins: list[dict[str, Any]], n_seeds: int) -> str:
     if n_seeds < 2:
         return "One seed: differences between methods cannot be told from seed-to-seed noise."
-    lines = [f"- {label_of(w['mas'])} had a lower total test loss than {label_of(w['other'])} in "
-             f"{w['lower_loss_in']} of {w['seeds']} seeds" + (f" (equal in {w['tied_in']})" if w["tied_in"] else "")
-             for w in wins]
-    return "Intervals: mean ± 95% Student-t half-width over seeds. Where two intervals overlap the ranking " \
-           "cannot be told apart at this many seeds.\n\n" + "\n".join(lines) + "\n"
+    lines = [f"- {label_of(w['mas'])} − {label_of(w['other'])}: {fmt(w['paired_diff'], w['paired_diff_ci'])} "
+             f"total test loss ({w['verdict']}); lower in {w['lower_loss_in']} of {w['seeds']} seeds"
+             + (f" (equal in {w['tied_in']})" if w["tied_in"] else "") for w in wins if w["seeds"]]
+    return "Intervals: mean ± 95% Student-t half-width over seeds. Paired: the difference of two methods " \
+           "run under the same seed, whose interval decides: where it contains 0 the two cannot be told " \
+           "apart at this many seeds.\n\n" + "\n".join(lines) + "\n"
 
 
 def _table(results: list[dict[str, Any]], tasks: list[str], n_seeds: int) -> str:

@@ -101,6 +101,9 @@ class MASConfig(_Strict):
     affinity_rounds: int | float | Literal["all"] = Field(
         0.1, description="the split uses the mean affinity of the first N merge rounds (an integer or a fraction "
                          "of federation.rounds); measuring stops after them. 'all': every merge round")
+    affinity_window: Literal["first", "last"] = Field(
+        "first", description="which merged rounds affinity_rounds counts: first (the reference: measure the "
+                             "first N, then stop) or last (measure only the N rounds just before the split)")
     split_rounds: int | None = Field(None, ge=1, le=1_000_000,
                                      description="rounds each group trains after the split; None = R − R0")
     split_schedule: Literal["restart", "continue"] = Field(

@@ -123,12 +123,24 @@ def merge_rounds(server: Server) -> int:
 
 
 def affinity_rounds(server: Server) -> int | None:
-    """The first N merged rounds whose mean affinity decides the split (measuring stops after them);
-    None: every merged round (``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
+    """The N merged rounds whose mean affinity decides the split (the first N, after which measuring stops,
+    or with ``mas.affinity_window: last`` the N just before the split); None: every merged round
+    (``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
     m = server.cfg.mas
     if m.affinity_rounds == "all" or m.merge_rounds == "auto":
         return None
     return min(m.rounds_of(m.affinity_rounds, server.cfg.federation.rounds), merge_rounds(server))
+
+
+def affinity_skip(server: Server, phase_rounds: int) -> int:
+    """Merged rounds trained before measuring starts: 0, or phase − N for ``mas.affinity_window: last``."""
+    n = affinity_rounds(server)
+    return 0 if n is None or server.cfg.mas.affinity_window == "first" else max(0, phase_rounds - n)
+
+
+def _window_rule(server: Server) -> str:
+    n = affinity_rounds(server)
+    return "all merged rounds" if n is None else f"the {server.cfg.mas.affinity_window} {n} merged rounds"
 
 
 def pair_rounds(server: Server) -> int:
@@ -160,7 +172,8 @@ class _MergeThenSplit(Plan):
             total = r0 if m.split_schedule == "restart" else r0 + split_rounds(server, r0)
             server.add_task(MERGED, list(server.tasks), r0, role="merged",
                             measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=total,
-                            affinity_rounds=affinity_rounds(server) if self.measure else None)
+                            affinity_rounds=affinity_rounds(server) if self.measure else None,
+                            affinity_skip=affinity_skip(server, r0) if self.measure else 0)
             st.plan["started"] = True
         merged = next((t for t in st.active if t.name == MERGED), None)
         if merged is not None and m.merge_rounds == "auto" and self.measure:
@@ -253,7 +266,7 @@ def _write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen,
     merged = server.finished(MERGED)
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
            "chosen": chosen, "rule": rule, "affinity_rounds": len(server.state.affinity.of(MERGED, first)),
-           "affinity_rounds_rule": "all merged rounds" if first is None else f"the first {first} merged rounds",
+           "affinity_rounds_rule": _window_rule(server),
            "merge_rounds": merged.done_rounds if merged else None,
            "merge_rounds_rule": "auto: the affinity ranking settled" if m.merge_rounds == "auto"
            else f"mas.merge_rounds={m.merge_rounds}",
@@ -293,14 +306,18 @@ class TAG(Plan):
 
     @staticmethod
     def _phase(server: Server) -> int:
-        """Rounds of the affinity phase: TAG discards its merged model, so it trains only while it measures."""
+        """Rounds of the affinity phase: TAG discards its merged model, so it trains only while it measures
+        (up to the end of the window: R0 rounds with ``mas.affinity_window: last``)."""
+        if server.cfg.mas.affinity_window == "last":
+            return merge_rounds(server)
         return affinity_rounds(server) or merge_rounds(server)
 
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
         if not st.plan.get("started"):
             r0 = self._phase(server)
-            server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=r0)
+            server.add_task(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True, schedule_total=r0,
+                            affinity_rounds=affinity_rounds(server), affinity_skip=affinity_skip(server, r0))
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:
             tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server))

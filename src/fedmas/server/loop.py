@@ -82,11 +82,11 @@ class Server:
     def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
                  measure_affinity: bool = False, init_from: str | None = None,
                  schedule_offset: int = 0, schedule_total: int | None = None,
-                 affinity_rounds: int | None = None) -> FLTaskState:
+                 affinity_rounds: int | None = None, affinity_skip: int = 0) -> FLTaskState:
         if any(t.name == name for t in self.state.active + self.state.finished):
             raise ValueError(f"FL task {name!r} exists already")
         fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
-                         affinity_rounds=affinity_rounds, schedule_offset=schedule_offset,
+                         affinity_rounds=affinity_rounds, affinity_skip=affinity_skip, schedule_offset=schedule_offset,
                          schedule_total=schedule_total or rounds, started_round=self.state.round)
         src = self.state.weights[init_from] if init_from else None
         self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name))

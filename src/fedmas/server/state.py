@@ -32,7 +32,8 @@ class FLTaskState:
     rounds: int  # rounds this FL task trains
     role: str = "final"  # "final": its losses are reported; "merged", "probe": intermediate phases
     measure_affinity: bool = False
-    affinity_rounds: int | None = None  # measure during the first N rounds only (None: every round)
+    affinity_rounds: int | None = None  # measure during N rounds only (None: every round)
+    affinity_skip: int = 0  # ... starting after this many rounds (0: the first N; rounds − N: the last N)
     schedule_offset: int = 0  # poly schedule position of its first round
     schedule_total: int = 0  # R of the poly schedule
     done_rounds: int = 0
@@ -47,8 +48,8 @@ class FLTaskState:
     @property
     def measuring(self) -> bool:
         """Whether this round's clients measure the inter-task affinity."""
-        return self.measure_affinity and len(self.tasks) > 1 and (
-            self.affinity_rounds is None or self.done_rounds < self.affinity_rounds)
+        return self.measure_affinity and len(self.tasks) > 1 and self.done_rounds >= self.affinity_skip and (
+            self.affinity_rounds is None or self.done_rounds < self.affinity_skip + self.affinity_rounds)
 
 
 @dataclass
