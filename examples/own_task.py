@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedmas.data.federated import FederatedData, MultiTaskArrays, concat
 from fedmas.data.scenes import SceneSpec, load_or_render
@@ -50,26 +49,41 @@ def make_data(cfg, tasks) -> FederatedData:
     return FederatedData(clients=clients, test=concat(tests), tasks=tuple(tasks))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from fedmas.config import Config
+def main(argv: list[str] | None = None) -> dict | None:
+    from fedmas.config import ConfigError
+    from fedmas.data import DataError
     from fedmas.run import execute
+    from fedmas.runfolder import holds_run
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", default="runs/own-task")
+    ap.add_argument("--force", action="store_true", help="start over in --out (by default a run there is resumed)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    cfg = Config.model_validate({
+    out = Path(a.out)
+    try:
+        if holds_run(out) and not a.force:  # run again: finish (or just re-print) the run that is there
+            print(f"[own_task] {out} holds a run: resuming it (--force starts over)", file=sys.stderr)
+            return execute(None, out, resume=True)
+        return execute(_config(a.rounds), out, force=a.force)
+    except (ConfigError, DataError) as e:
+        print(f"own_task: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _config(rounds: int):
+    from fedmas.config import Config
+
+    return Config.model_validate({
         "name": "own-task", "method": "mas", "plugins": ["own_task"],
         "tasks": ["dominant_object", "depth_m", "normal"],
         "data": {"dataset": "python:own_task:make_data", "buildings": 3, "train_images": 8, "test_images": 4,
                  "resolution": 32},
         "model": {"width": 8},
-        "federation": {"rounds": a.rounds, "clients_per_round": 2, "batch_size": 8},
-        "mas": {"splits": 2, "merge_rounds": max(1, a.rounds // 2), "lookahead_step": 1},
+        "federation": {"rounds": rounds, "clients_per_round": 2, "batch_size": 8},
+        "mas": {"splits": 2, "merge_rounds": max(1, rounds // 2), "lookahead_step": 1},
     })
-    torch.manual_seed(0)
-    return execute(cfg, Path(a.out))
 
 
 if __name__ == "__main__":

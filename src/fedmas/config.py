@@ -6,6 +6,7 @@ past :func:`load_config` trusts its input.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,9 @@ class DataConfig(_Strict):
         0.1, ge=0, lt=1, description="share of every client's training data held out as validation data: the "
                                      "only data that decisions (HOA's groups, best_val selection) read")
     cache_dir: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="a plugin dataset's own settings, passed to it unchecked "
+                                                "as data_config.options")
 
     @field_validator("dataset")
     @classmethod
@@ -53,6 +57,9 @@ class DataConfig(_Strict):
             raise ValueError(f"data.resolution must be a multiple of 16, got {self.resolution}")
         if self.dataset == "taskonomy" and not self.root:
             raise ValueError("data.root is required when data.dataset is 'taskonomy'")
+        if self.options and not self.dataset.startswith("python:"):
+            raise ValueError(f"data.options is for a plugin dataset ('python:<module>:<function>'); "
+                             f"{self.dataset!r} takes its settings from the other data.* keys")
         return self
 
 
@@ -356,6 +363,16 @@ def _section(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def add_import_path(folder: Path, first: bool = False) -> None:
+    """Make modules in ``folder`` importable (after everything else, or ``first``)."""
+    d = str(Path(folder).resolve())
+    if d in sys.path:
+        if not first or sys.path[0] == d:
+            return
+        sys.path.remove(d)
+    sys.path.insert(0, d) if first else sys.path.append(d)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Read, override and validate a config; raises :class:`ConfigError` with a readable message."""
@@ -365,6 +382,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         p = Path(path)
         source = str(p)
         raw.update(read_yaml_mapping(p, "config file"))
+        add_import_path(p.parent)  # plugins may live beside their config, no PYTHONPATH needed
     apply_overrides(raw, overrides or [])
     try:
         return Config.model_validate(raw)

@@ -1,6 +1,6 @@
 """Split search: pure functions from an affinity matrix to a task grouping (numpy only).
 
-``Z[i, j]`` is the affinity of source task i onto target task j (../shared/MAS.md §2).
+``Z[i, j]`` is the affinity of source task i onto target task j.
 
 MAS objective (to maximise): the mean over tasks of a task's score, where a task
 in a group of two or more scores the mean of Z[p, t] over the other members p,

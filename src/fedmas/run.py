@@ -85,6 +85,10 @@ def _summary(run_dir: Path) -> dict[str, Any] | None:
 def load_data(cfg: Config) -> FederatedData:
     """The run's federated data, checked against what the method needs (before any run folder exists)."""
     data = load_federated(cfg.data, cfg.task_list)
+    n, per = len(data.clients), cfg.federation.clients_per_round
+    if per > n:
+        raise ConfigError(f"federation.clients_per_round={per} exceeds the {n} clients of data.dataset "
+                          f"{cfg.data.dataset!r}; choose at most {n}")
     if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
         raise ConfigError("no validation data (every client has fewer than two samples, or "
                           "data.validation_fraction is 0): HOA and federation.select: best_val need it")

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from fedmas.config import Config, ConfigError, load_config, read_yaml_mapping
+from fedmas.config import Config, ConfigError, add_import_path, load_config, read_yaml_mapping
 from fedmas.server.state import atomic_write_text
 
 LOCK = ".fedmas.lock"
+PLUGINS = "plugins"  # copies of the config's single-file plugin modules, so that --resume finds them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint", "affinity.json", "affinity.png", "split.json",
-             "costs.json", "losses.png", "summary.json", "run.log", LOCK)
+             "costs.json", "losses.png", "summary.json", "run.log", PLUGINS, LOCK)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -60,6 +61,26 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
             elif p.exists() or p.is_symlink():
                 p.unlink()
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    _keep_plugins(run_dir, cfg.plugins)
+
+
+def _keep_plugins(run_dir: Path, plugins: Sequence[str]) -> None:
+    """Copy each plugin that is one .py file outside fedmas and the installed packages into
+    ``run_dir/plugins``: ``--resume`` imports that copy, the code the run started with."""
+    installed = _installed()
+    for mod in plugins:
+        m = sys.modules.get(mod)
+        f = Path(getattr(m, "__file__", None) or "")
+        if "." in mod or mod.split(".")[0] == "fedmas" or f.name != f"{mod}.py" or not f.is_file():
+            continue
+        if any(f.resolve().is_relative_to(d) for d in installed):
+            continue
+        (run_dir / PLUGINS).mkdir(exist_ok=True)
+        shutil.copyfile(f, run_dir / PLUGINS / f.name)
+
+
+def _installed() -> list[Path]:
+    return [Path(x).resolve() for x in site.getsitepackages() + [site.getusersitepackages()]]
 
 
 def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
@@ -72,6 +93,8 @@ def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
     if not p.exists():
         raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
     plugins = read_yaml_mapping(p, "run config").get("plugins") or []
+    if (run_dir / PLUGINS).is_dir():
+        add_import_path(run_dir / PLUGINS, first=True)
     if isinstance(plugins, list):
         for mod in plugins:
             if isinstance(mod, str) and mod not in allow_plugins:
@@ -87,7 +110,7 @@ def _check_plugin_origin(mod: str, run_dir: Path, source: Path) -> None:
     except (ImportError, ValueError):
         spec = None
     origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
-    installed = [Path(x).resolve() for x in site.getsitepackages() + [site.getusersitepackages()]]
+    installed = _installed()
     if origin is not None and (origin.is_relative_to(run_dir.resolve()) or any(origin.is_relative_to(d)
                                                                                for d in installed)):
         return

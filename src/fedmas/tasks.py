@@ -1,6 +1,6 @@
 """What is learned: one small object per task (head size, loss, label decoding, metrics).
 
-A task turns raw labels (Taskonomy's on-disk encodings, ../shared/MAS.md §7) into
+A task turns raw labels (Taskonomy's on-disk encodings) into
 a training target, scores a prediction against it, and names its head size.
 Add a task by subclassing :class:`Task` (or instantiating one of the generic
 classes below) and calling :func:`register`; see ``examples/own_task.py``.
@@ -42,6 +42,36 @@ class Task:
     def finalize(self, sums: dict[str, Tensor]) -> dict[str, float]:
         return {}
 
+    # what a decoded target must look like; checked on samples of every client before training
+    integer_target = False
+
+    def target_shape(self, hw: tuple[int, int]) -> tuple[int, ...]:
+        """The shape of one sample's decoded target for an input of spatial size ``hw``."""
+        return (self.channels, *hw) if self.dense else (self.channels,)
+
+    def check_target(self, target: Tensor, hw: tuple[int, int]) -> str | None:
+        """What is wrong with one sample's decoded target (shape, dtype, values), or None."""
+        want, got = self.target_shape(hw), tuple(target.shape)
+        if got != want:
+            hint = ""
+            if sorted(got) == sorted(want):
+                hint = " (axes in another order: a channel-first label? raw labels are (N, H, W) or (N, H, W, C))"
+            elif self.dense and len(got) == len(want) and got[1:] != want[1:]:
+                hint = " (labels at another resolution than the images?)"
+            elif self.dense and len(got) == len(want):
+                hint = f" ({got[0]} channels, the task declares {self.channels})"
+            return f"target of shape {got}, expected {want}{hint}"
+        if self.integer_target != (not target.is_floating_point()):
+            kind = "integer class ids" if self.integer_target else "floating point values"
+            return (f"target of dtype {target.dtype}, expected {kind} (raw labels must go through the task's "
+                    f"decode: MultiTaskArrays.from_raw)")
+        if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+            return "target holds NaN or infinite values"
+        return self.check_values(target)
+
+    def check_values(self, target: Tensor) -> str | None:
+        return None
+
 
 def _depth_mask(raw: dict[str, np.ndarray]) -> np.ndarray | None:
     d = raw.get("depth_zbuffer")
@@ -66,9 +96,23 @@ class L1Task(Task):
     select: tuple[int, ...] | None = None  # channels of the raw image to keep
     mean_channels: bool = False  # average the raw channels first (reshading)
     mask_by_depth: bool = False
+    # a decoded target is (raw − offset) / scale, of order 1; far larger values mean offset/scale were not
+    # applied (hand-built arrays that skipped decode). None: no range check
+    target_range: tuple[float, float] | None = (-1000.0, 1000.0)
+
+    def check_values(self, target):
+        if self.target_range is None:
+            return None
+        lo, hi = float(target.min()), float(target.max())
+        if lo < self.target_range[0] or hi > self.target_range[1]:
+            return (f"target values in [{lo:.4g}, {hi:.4g}], outside the decoded range {list(self.target_range)}: "
+                    f"were offset/scale applied (the task's decode, MultiTaskArrays.from_raw)? "
+                    f"fedmas.tasks.fit_normalisation estimates them; target_range=None switches this check off")
+        return None
 
     def decode(self, raw):
         r = raw[self.label or self.name]
+        _check_raw(self.name, r, raw)
         x = r.astype(np.float32) / (255.0 if r.dtype == np.uint8 else 1.0)
         x = x[..., None] if x.ndim == 3 else x
         if self.mean_channels:
@@ -116,28 +160,53 @@ class NormalTask(L1Task):
 
 @dataclass(frozen=True)
 class SegmentationTask(Task):
-    """Per-pixel classification; class 0 is unlabelled and ignored."""
+    """Per-pixel classification into ``channels`` classes. ``ignore_index``: a label value that marks
+    unlabelled pixels (no loss, not in mIoU); the default None ignores nothing, so every class id
+    0..channels−1 counts (the built-in ``segment_semantic`` uses Taskonomy's 0 = unlabelled)."""
+
+    ignore_index: int | None = None
+    label: str = ""
+    integer_target = True
+
+    def target_shape(self, hw):
+        return tuple(hw)
+
+    def check_values(self, target):
+        valid = target if self.ignore_index is None else target[target != self.ignore_index]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.channels):
+            ign = "" if self.ignore_index is None else f", or {self.ignore_index} (ignore_index)"
+            return (f"class ids in [{int(valid.min())}, {int(valid.max())}], expected 0..{self.channels - 1}{ign}")
+        return None
 
     def decode(self, raw):
-        return raw[self.name].astype(np.int64), None
+        r = raw[self.label or self.name]
+        _check_raw(self.name, r, raw, channels=False)
+        return r.astype(np.int64), None
+
+    def _valid(self, target: Tensor) -> Tensor:
+        return torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
 
     def loss(self, pred, target, mask):
-        valid = target > 0
-        if not bool(valid.any()):
+        if self.ignore_index is None:
+            return F.cross_entropy(pred, target)
+        if not bool(self._valid(target).any()):
             return pred.sum() * 0.0
-        return F.cross_entropy(pred, target, ignore_index=0)
+        return F.cross_entropy(pred, target, ignore_index=self.ignore_index)
 
     def metric_sums(self, pred, target, mask):
         c = self.channels
         p = pred.argmax(1)
-        valid = target > 0
+        valid = self._valid(target)
         idx = target[valid] * c + p[valid]
         return {"confusion": torch.bincount(idx, minlength=c * c).reshape(c, c).double()}
 
     def finalize(self, sums):
         cm = sums["confusion"]
-        inter = cm.diag()[1:]
-        union = (cm.sum(0) + cm.sum(1) - cm.diag())[1:]
+        keep = torch.ones(len(cm), dtype=torch.bool)
+        if self.ignore_index is not None and 0 <= self.ignore_index < len(cm):
+            keep[self.ignore_index] = False
+        inter = cm.diag()[keep]
+        union = (cm.sum(0) + cm.sum(1) - cm.diag())[keep]
         present = union > 0
         miou = float((inter[present] / union[present]).mean()) if bool(present.any()) else math.nan
         return {"miou": miou}
@@ -149,6 +218,16 @@ class ImageClassificationTask(Task):
 
     label_fn: object = None
     dense: bool = False
+    integer_target = True
+
+    def target_shape(self, hw):
+        return ()
+
+    def check_values(self, target):
+        if int(target.min()) < 0 or int(target.max()) >= self.channels:
+            return f"class id {int(target.max()) if int(target.max()) >= self.channels else int(target.min())}, " \
+                   f"expected 0..{self.channels - 1}"
+        return None
 
     def decode(self, raw):
         return np.asarray(self.label_fn(raw), np.int64), None  # type: ignore[misc]
@@ -200,8 +279,40 @@ def task_losses(heads, tasks, feats: Tensor, targets, masks) -> list[Tensor]:
     return [get_task(t).loss(heads[t](feats), targets[t], masks.get(t)) for t in tasks]
 
 
+def _check_raw(name: str, r: np.ndarray, raw: dict[str, np.ndarray], channels: bool = True) -> None:
+    """A raw dense label must be (N, H, W) or, with ``channels``, (N, H, W, C), at the images' size."""
+    rgb = raw.get("rgb")
+    ok = r.ndim == 3 or (channels and r.ndim == 4)
+    if ok and rgb is not None and rgb.ndim == 4:
+        ok = tuple(r.shape[:3]) == tuple(rgb.shape[:3])
+    if not ok:
+        want = "(N, H, W) or (N, H, W, C)" if channels else "(N, H, W) of class ids"
+        at = f" with N, H, W = {tuple(rgb.shape[:3])} as the rgb images" if rgb is not None and rgb.ndim == 4 else ""
+        hint = " (channel-first? put channels last)" if r.ndim == 4 and r.shape[1] in (1, 2, 3) else ""
+        raise ValueError(f"task {name!r}: raw label of shape {tuple(r.shape)}, expected {want}{at}{hint}")
+
+
+def fit_normalisation(task: L1Task, raw: dict[str, np.ndarray], mask: np.ndarray | None = None) -> L1Task:
+    """``task`` with ``offset``/``scale`` set to the per-channel mean and standard deviation of its
+    labels in ``raw`` (one client's raw labels, e.g.), so that its decoded targets are standardised.
+    Where the task masks by depth, only valid pixels count; ``mask`` (N, H, W) restricts further."""
+    import dataclasses
+
+    plain = dataclasses.replace(task, offset=(0.0,), scale=(1.0,))
+    x, m = plain.decode(raw)  # (N, C, H, W)
+    keep = np.ones((x.shape[0], 1, *x.shape[2:]), bool) if m is None else m > 0
+    if mask is not None:
+        keep = keep & (np.asarray(mask, bool)[:, None])
+    vals = x.transpose(1, 0, 2, 3)[:, keep.transpose(1, 0, 2, 3)[0]]  # (C, valid pixels)
+    if vals.shape[1] == 0:
+        raise ValueError(f"task {task.name!r}: no valid pixels to estimate its normalisation from")
+    mean, std = vals.mean(1), vals.std(1)
+    std = np.where(std > 1e-8, std, 1.0)
+    return dataclasses.replace(task, offset=tuple(float(v) for v in mean), scale=tuple(float(v) for v in std))
+
+
 for _t in (
-    SegmentationTask("segment_semantic", 18),
+    SegmentationTask("segment_semantic", 18, ignore_index=0),
     DepthTask("depth_zbuffer", 1, offset=(1500.0,), scale=(1000.0,), mask_by_depth=True),
     NormalTask("normal", 3, offset=(0.5,), scale=(0.5,), mask_by_depth=True),
     L1Task("edge_occlusion", 1, offset=(56.0248,), scale=(239.1265,)),
@@ -222,4 +333,12 @@ TASK_SETS = {
 
 def decode_input(rgb: np.ndarray) -> np.ndarray:
     """Model input from raw 8-bit rgb (N, H, W, 3) → float (N, 3, H, W) in [−1, 1]."""
+    if rgb.dtype != np.uint8:
+        lo, hi = (float(rgb.min()), float(rgb.max())) if rgb.size else (0.0, 0.0)
+        hint = " — multiply by 255 and convert with .astype(np.uint8)" if 0 <= lo and hi <= 1.0 else ""
+        raise ValueError(f"rgb images of dtype {rgb.dtype} with values in [{lo:.4g}, {hi:.4g}], expected uint8 "
+                         f"0..255{hint}")
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        hint = " (channel-first? put channels last)" if rgb.ndim == 4 and rgb.shape[1] == 3 else ""
+        raise ValueError(f"rgb images of shape {tuple(rgb.shape)}, expected (N, H, W, 3){hint}")
     return np.ascontiguousarray((rgb.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))

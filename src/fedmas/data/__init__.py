@@ -7,13 +7,17 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch.utils.data import ConcatDataset
 
-from fedmas.data.federated import FederatedData, MultiTaskArrays, concat, hold_out
+from fedmas.data.federated import FederatedData, MultiTaskArrays, batches, concat, hold_out
 from fedmas.data.scenes import SceneSpec, load_or_render
 from fedmas.data.taskonomy import DataError, read_buildings_file, read_taskonomy
+from fedmas.tasks import get_task
 
-__all__ = ["DataError", "FederatedData", "MultiTaskArrays", "load_federated", "scenes_federated"]
+__all__ = ["DataError", "FederatedData", "MultiTaskArrays", "check_samples", "load_federated", "scenes_federated"]
+
+SAMPLES_CHECKED = 8  # per client, and of the test set
 
 
 def scenes_federated(spec: SceneSpec, tasks: Sequence[str], cache_dir: Path | None = None) -> FederatedData:
@@ -71,7 +75,7 @@ def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.c
         data = read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
     else:
         data = _plugin_data(cfg, tasks)
-    return with_validation(check_federated(data, cfg.dataset), cfg)
+    return with_validation(check_samples(check_federated(data, cfg.dataset), cfg.dataset, tasks), cfg)
 
 
 def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:
@@ -103,3 +107,58 @@ def check_federated(data: FederatedData, source: str) -> FederatedData:
     if len(data.test) == 0:  # type: ignore[arg-type]
         raise DataError(f"data.dataset {source!r}: the test set is empty (a total test loss of 0 would mean nothing)")
     return data
+
+
+def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> FederatedData:
+    """Check the first samples of every client and of the test set against what each task declares
+    (target shape, dtype and value range; mask shape and range; a float input of 3 channels that is not
+    constant); raises :class:`DataError` naming the client, the task, what was found and what is expected."""
+    parts = [(f"client {c!r}", ds) for c, ds in data.clients.items()] + [("the test set", data.test)]
+    for where, ds in parts:
+        try:
+            x, targets, masks = next(batches(ds, SAMPLES_CHECKED, shuffle=False))
+        except Exception as e:  # noqa: BLE001 - the user's Dataset failed: say where, no traceback
+            raise DataError(f"data.dataset {source!r}, {where}: reading its first samples raised "
+                            f"{type(e).__name__}: {e}") from None
+        why = _check_input(x)
+        if why:
+            raise DataError(f"data.dataset {source!r}, {where}: model input {why}")
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        for t in tasks:
+            if t not in targets:
+                raise DataError(f"data.dataset {source!r}, {where}: no target for task {t!r} "
+                                f"(targets hold {sorted(targets)})")
+            task = get_task(t)
+            target, mask = targets[t], masks.get(t)
+            if not isinstance(target, torch.Tensor):
+                raise DataError(f"data.dataset {source!r}, {where}, task {t!r}: target is a "
+                                f"{type(target).__name__}, expected a tensor")
+            why = next((w for w in (task.check_target(target[i], hw) for i in range(len(target))) if w), None) \
+                or (_check_mask(mask, task.target_shape(hw), task.dense) if mask is not None else None)
+            if why:
+                raise DataError(f"data.dataset {source!r}, {where}, task {t!r}: {why}")
+    return data
+
+
+def _check_input(x) -> str | None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return f"of type {getattr(x, 'dtype', type(x).__name__)}, expected float images (decode_input of uint8 rgb)"
+    if x.ndim != 4 or x.shape[1] != 3:
+        hint = " (channels last? a sample must be (3, H, W))" if x.ndim == 4 and x.shape[-1] == 3 else ""
+        return f"samples of shape {tuple(x.shape[1:])}, expected (3, H, W){hint}"
+    if not bool(torch.isfinite(x).all()):
+        return "holds NaN or infinite values"
+    if float(x.max() - x.min()) < 0.05:  # decode_input spreads 8-bit images over [−1, 1]
+        return (f"is nearly constant (values in [{float(x.min()):.4g}, {float(x.max()):.4g}] over the first "
+                f"{len(x)} samples): float rgb in [0, 1] decoded as if 0..255? decode_input expects uint8")
+    return None
+
+
+def _check_mask(mask, want: tuple[int, ...], dense: bool) -> str | None:
+    got = tuple(mask.shape[1:])
+    ok = (len(got) == len(want) and got[1:] == want[1:] and got[0] in (1, want[0])) if dense else got in ((), want)
+    if not ok:
+        return f"mask of shape {got}, expected {(1, *want[1:]) if dense else want}"
+    if not mask.is_floating_point() or float(mask.min()) < 0 or float(mask.max()) > 1:
+        return f"mask of dtype {mask.dtype} with values outside [0, 1], expected a float validity mask in [0, 1]"
+    return None

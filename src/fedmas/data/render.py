@@ -4,7 +4,7 @@ A *room* is an axis-aligned box (floor z=0, ceiling z=Lz) holding furniture-like
 primitives (boxes rotated about the vertical axis, spheres, vertical cylinders).
 ``render_views`` casts one primary ray per pixel for several cameras in the same
 room at once (so the numpy overhead is shared) and returns every label in
-Taskonomy's raw on-disk encodings (../shared/MAS.md §7), all derived from the
+Taskonomy's raw on-disk encodings, all derived from the
 same hit geometry:
 
 ===================  =========  ==================================================

@@ -1,7 +1,7 @@
 """Taskonomy's on-disk layout: a writer (for ``scenes``) and a reader (for real data).
 
 Layout: ``<root>/<label>/<building>/point_<p>_view_<v>_domain_<label>.png``
-with the encodings of ../shared/MAS.md §7. The reader selects buildings with a
+with Taskonomy's on-disk encodings (decoded by fedmas.tasks). The reader selects buildings with a
 list file (one name per line), holds out whole points per building as test
 data, and refuses a missing, truncated or corrupt file with an error naming it.
 """
