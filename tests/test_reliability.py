@@ -262,8 +262,10 @@ def test_fifo_as_weights_file_does_not_hang(tiny_raw, tmp_path):
 
 def test_resume_imports_only_trusted_plugins(tiny_raw, tmp_path):
     """--resume runs the plugin modules named in the run's config.yaml only when they are installed, inside
-    the run folder, or allowed by name; anything else is refused before it is imported."""
+    the run folder (a single-file plugin is copied there when the run starts), or allowed by name; anything
+    else is refused before it is imported."""
     (tmp_path / "mytasks.py").write_text("from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n")
+    (tmp_path / "other.py").write_text("from pathlib import Path\nPath(__file__).with_suffix('.ran').touch()\n")
     raw = _small(tiny_raw)
     raw["plugins"] = ["mytasks"]
     cfg = tmp_path / "c.yaml"
@@ -275,9 +277,16 @@ def test_resume_imports_only_trusted_plugins(tiny_raw, tmp_path):
     (tmp_path / "mytasks.ran").unlink()
     (run / "summary.json").unlink()  # pretend it was interrupted after the last checkpoint
     proc = subprocess.run(cmd + ["--resume", str(run), "--quiet"], env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--allow-plugin mytasks" in proc.stderr, proc.stderr
-    assert not (tmp_path / "mytasks.ran").exists()  # refused before anything ran
-    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", "--allow-plugin", "mytasks"], env=env,
+    assert proc.returncode == 0, proc.stderr  # the run's own copy of its plugin, not the (editable) original
+    assert (run / "plugins" / "mytasks.ran").exists() and not (tmp_path / "mytasks.ran").exists()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["plugins"] = ["mytasks", "other"]  # someone edits the run's config to run code from elsewhere
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "summary.json").unlink()
+    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--allow-plugin other" in proc.stderr, proc.stderr
+    assert not (tmp_path / "other.ran").exists()  # refused before anything ran
+    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", "--allow-plugin", "other"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "mytasks.ran").exists() and (run / "summary.json").exists()
+    assert (tmp_path / "other.ran").exists() and (run / "summary.json").exists()

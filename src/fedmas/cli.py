@@ -13,6 +13,15 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedmas")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _fail(msg: str) -> int:
     print(f"fedmas: error: {msg}", file=sys.stderr)
     return EXIT_USAGE
@@ -25,14 +34,24 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.resume:
         if a.config or a.set or a.force:
             return _fail("--resume takes the run folder only; its config.yaml is used as saved")
-        summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet,
-                          allow_plugins=tuple(a.allow_plugin))
+        try:
+            summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet,
+                              allow_plugins=tuple(a.allow_plugin))
+        except KeyboardInterrupt:
+            print(f"fedmas: interrupted; continue with fedmas run --resume {a.resume}", file=sys.stderr)
+            return 130
     else:
         if not a.config:
             return _fail("give a CONFIG file, or --resume RUN_DIR")
         cfg = load_config(a.config, a.set)
         out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-{cfg.method}"
-        summary = execute(cfg, out, progress=not a.quiet, force=a.force)
+        try:
+            summary = execute(cfg, out, progress=not a.quiet, force=a.force)
+        except KeyboardInterrupt:
+            if (out / "config.yaml").exists():
+                print(f"fedmas: interrupted; continue with fedmas run --resume {out}", file=sys.stderr)
+                return 130
+            raise
     return 0 if summary is not None else 1
 
 
@@ -58,16 +77,27 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_split(a: argparse.Namespace) -> int:
-    from fedmas.grouping import EXACT_LIMIT, best_partition
+    from fedmas.grouping import EXACT_LIMIT, best_partition, smallest_within
     from fedmas.report import read_affinity
 
     tasks, z = read_affinity(Path(a.affinity))
-    if not 1 <= a.splits <= len(tasks):
-        return _fail(f"--splits {a.splits}: must be between 1 and the number of tasks ({len(tasks)})")
+    auto = a.splits == "auto"
+    if not auto and not (a.splits.isdigit() and 1 <= int(a.splits) <= len(tasks)):
+        return _fail(f"--splits {a.splits}: expected auto or an integer between 1 and the number of tasks "
+                     f"({len(tasks)})")
     if len(tasks) > EXACT_LIMIT:
         print(f"fedmas: {len(tasks)} tasks: heuristic search (exact up to {EXACT_LIMIT} tasks); "
               f"this can take a few seconds", file=sys.stderr)
-    g = best_partition(z, a.splits, exactly=a.exact)
+    rule = ""
+    if auto:  # as the config's mas.splits: auto — the fewest groups within ε of the best objective
+        cands = []
+        for k in range(1, min(len(tasks), a.max_splits) + 1):
+            g = best_partition(z, k, exactly=True)
+            cands.append({"k": k, "score": g.score, "part": g})
+        g = smallest_within(cands, a.epsilon)["part"]
+        rule = f"auto: the fewest groups within ε={a.epsilon} × |best| of the best objective"
+    else:
+        g = best_partition(z, int(a.splits), exactly=a.exact)
     doc = {"groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score}
     if a.json:
         print(json.dumps(doc))
@@ -75,7 +105,28 @@ def cmd_split(a: argparse.Namespace) -> int:
         for i, grp in enumerate(doc["groups"]):
             print(f"group {i + 1}: {', '.join(grp)}")
         print(f"objective (mean task score): {g.score:.6g}{'' if g.exact else ' (heuristic)'}")
+        if rule:
+            print(rule)
     return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from fedmas.run import render_summary
+
+    run_dir = Path(a.run)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        print(render_summary(json.loads(summary.read_text()), run_dir))
+        return 0
+    if (run_dir / "comparison.md").is_file():
+        print((run_dir / "comparison.md").read_text())
+        return 0
+    state = run_dir / "checkpoint" / "state.json"
+    if state.is_file():
+        rounds = json.loads(state.read_text()).get("round", "?")
+        print(f"{run_dir}: not finished, {rounds} rounds done; continue with fedmas run --resume {run_dir}")
+        return 0
+    return _fail(f"{run_dir} holds no fedmas run or comparison (no summary.json, comparison.md or checkpoint)")
 
 
 def _scene_spec(a: argparse.Namespace):
@@ -124,6 +175,7 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmas", description="Merge-and-Split federated multi-task learning")
+    p.add_argument("--version", action="version", version=f"fedmas {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run one method from a YAML config")
@@ -152,24 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("split", help="split tasks into groups from an affinity file")
-    s.add_argument("--affinity", required=True)
-    s.add_argument("--splits", type=int, required=True)
+    s.add_argument("--affinity", required=True, help="affinity.json of a run (or {tasks, affinity} JSON)")
+    s.add_argument("--splits", required=True, help="number of groups K, or auto (the fewest groups within "
+                                                  "--epsilon of the best objective)")
     s.add_argument("--exact", action="store_true", help="exactly K groups (default: at most K)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--epsilon", type=float, default=0.05, help="with --splits auto: tolerance (default 0.05)")
+    s.add_argument("--max-splits", type=int, default=4, help="with --splits auto: most groups tried (default 4)")
+    s.add_argument("--json", action="store_true", help="print the groups as JSON")
     s.set_defaults(fn=cmd_split)
+
+    w = sub.add_parser("show", help="print a finished run's table (or a comparison's) again")
+    w.add_argument("run", help="a run folder (or a comparison folder)")
+    w.set_defaults(fn=cmd_show)
 
     d = sub.add_parser("data", help="look at or export the built-in scenes dataset")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     pv = dsub.add_parser("preview", help="write a PNG contact sheet")
-    pv.add_argument("--out", default="scenes_preview.png")
-    pv.add_argument("--buildings", type=int, default=3)
-    pv.add_argument("--per-building", type=int, default=2)
+    pv.add_argument("--out", default="scenes_preview.png", help="PNG to write (default scenes_preview.png)")
+    pv.add_argument("--buildings", type=int, default=3, help="buildings shown (default 3)")
+    pv.add_argument("--per-building", type=int, default=2, help="images per building (default 2)")
     ex = dsub.add_parser("export", help="write the dataset in Taskonomy's layout")
-    ex.add_argument("--format", choices=["taskonomy"], required=True)
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--format", choices=["taskonomy"], required=True, help="on-disk layout (taskonomy)")
+    ex.add_argument("--out", required=True, help="folder to write")
     for q in (pv, ex):
         q.add_argument("--config", help="take data settings from this config")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     d.set_defaults(fn=cmd_data)
     return p
 
@@ -186,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, ValueError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        print("fedmas: interrupted; continue with fedmas run --resume <run folder>", file=sys.stderr)
+        print("fedmas: interrupted (a comparison continues where it stopped when run again with the same "
+              "--out)" if args.cmd == "compare" else "fedmas: interrupted", file=sys.stderr)
         return 130
     except RecursionError:
         return _fail("input nested too deeply")

@@ -324,3 +324,10 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return 1.0
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def smallest_within(cands: list[dict], epsilon: float) -> dict:
+    """``splits: auto``: of candidates ``{"k", "score", ...}``, the one with the fewest groups whose
+    objective lies within ``epsilon`` × |best| of the best."""
+    best = max(c["score"] for c in cands)
+    return min((c for c in cands if c["score"] >= best - epsilon * abs(best)), key=lambda c: c["k"])

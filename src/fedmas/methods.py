@@ -251,8 +251,7 @@ def _auto_k(server: Server, cands: list[dict[str, Any]]) -> tuple[dict[str, Any]
         feasible = [c for c in cands if c["projected_h"] <= m.compute_budget_h] or cands[:1]
         rule = f"within the compute budget of {m.compute_budget_h} h, "
     best = max(c["score"] for c in feasible)
-    tol = m.auto_epsilon * abs(best)
-    chosen = min((c for c in feasible if c["score"] >= best - tol), key=lambda c: c["k"])
+    chosen = grouping.smallest_within(feasible, m.auto_epsilon)
     rule += f"smallest k whose objective is within ε={m.auto_epsilon} × |best| of the best ({best:.4g})"
     return chosen, rule
 

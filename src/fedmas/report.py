@@ -76,45 +76,85 @@ def _bounded_int(text: str) -> float:
 
 def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-task affinity Z(i→j)",
             groups: list[list[str]] | None = None) -> None:
-    n = len(tasks)
-    fig, ax = plt.subplots(figsize=(1.1 * n + 2.5, 1.0 * n + 1.8), dpi=120)
-    off = z - np.diag(np.diag(z))
-    lim = max(float(np.abs(off).max()), 1e-9)
-    im = ax.imshow(z, cmap="RdBu", vmin=-lim, vmax=lim)
-    ax.set_xticks(range(n), [short(t) for t in tasks], rotation=40, ha="right")
-    ax.set_yticks(range(n), [short(t) for t in tasks])
+    """The affinity matrix with the tasks ordered by group and each chosen group outlined. Only the
+    off-diagonal cells (one task's step on another) are coloured, on a scale centred on zero that
+    reaches the largest of them, so nothing is clipped; the diagonal (a task on itself) is printed in grey."""
+    order = [t for g in (groups or []) for t in g if t in tasks]
+    order += [t for t in tasks if t not in order]
+    idx = [tasks.index(t) for t in order]
+    z = np.asarray(z, float)[np.ix_(idx, idx)]
+    n = len(order)
+    off = np.where(np.eye(n, dtype=bool), np.nan, z)
+    lim = max(float(np.nanmax(np.abs(off))) if n > 1 else 0.0, 1e-12)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2.8, 1.0 * n + 2.2), dpi=120)
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#e6e6e6")
+    im = ax.imshow(np.ma.masked_invalid(off), cmap=cmap, vmin=-lim, vmax=lim)
+    ax.set_xticks(range(n), [short(t) for t in order], rotation=40, ha="right")
+    ax.set_yticks(range(n), [short(t) for t in order])
     ax.set_xlabel("target task j (helped when positive)")
-    ax.set_ylabel("source task i (step on its loss)")
+    ax.set_ylabel("source task i (a step on its loss)")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{z[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                    color="white" if abs(z[i, j]) > 0.6 * lim else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            v = z[i, j]
+            colour = "#777777" if i == j else ("white" if abs(v) > 0.6 * lim else "black")
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color=colour,
+                    style="italic" if i == j else "normal")
+    at = 0
+    for g in groups or []:
+        k = sum(t in tasks for t in g)
+        ax.add_patch(plt.Rectangle((at - 0.5, at - 0.5), k, k, fill=False, edgecolor="black", linewidth=2.2))
+        at += k
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="affinity (off-diagonal; scale centred on 0)")
     if groups:
-        title += "\nsplit: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in groups)
-    ax.set_title(title, fontsize=10)
+        title += "\noutlined: the chosen groups " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}"
+                                                              for g in groups)
+    ax.set_title(title + "\ngrey: a task on itself (not coloured)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
 def loss_curves(metrics_path: Path, path: Path) -> None:
+    """Each task's test loss per round (one panel per task, one line per FL task that trains it, rounds
+    numbered from 0 as in metrics.jsonl); a dashed line marks where the tasks were split or regrouped."""
     rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if "total_loss" in r]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for name in dict.fromkeys(r["fl_task"] for r in rows):
-        rr = [r for r in rows if r["fl_task"] == name]
-        label = name if len(rr[0]["tasks"]) > 3 else f"{name}: " + ", ".join(short(t) for t in rr[0]["tasks"])
-        ax.plot([r["round"] + 1 for r in rr], [r["total_loss"] for r in rr], marker=".", label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test loss (sum over the FL task's tasks)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    tasks = list(dict.fromkeys(t for r in rows for t in r["tasks"]))
+    fl_tasks = list(dict.fromkeys(r["fl_task"] for r in rows))
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(fl_tasks)}
+    cols = min(3, len(tasks))
+    nrows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.9 * nrows + 0.8), dpi=110, squeeze=False)
+    firsts = sorted({min(r["round"] for r in rows if r["fl_task"] == f) for f in fl_tasks} - {rows[0]["round"]})
+    for ax, t in zip(axes.flat, tasks):
+        for f in fl_tasks:
+            rr = [r for r in rows if r["fl_task"] == f and f"loss/{t}" in r]
+            if rr:
+                ax.plot([r["round"] for r in rr], [r[f"loss/{t}"] for r in rr], marker=".", color=colours[f],
+                        label=f)
+        for x in firsts:
+            ax.axvline(x - 0.5, color="black", linestyle="--", linewidth=0.9)
+        ax.set_title(short(t), fontsize=10)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("round")
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[f], marker=".", label=_fl_label(f, rows)) for f in fl_tasks]
+    if firsts:
+        handles.append(plt.Line2D([], [], color="black", linestyle="--", label="split / new FL tasks start"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle("Test loss per task (each line: the FL task that trains it)", fontsize=10)
+    fig.tight_layout(rect=(0, min(0.45, (0.3 + 0.28 * -(-len(handles) // 4)) / fig.get_figheight()), 1, 1))
     fig.savefig(path)
     plt.close(fig)
+
+
+def _fl_label(name: str, rows: list[dict[str, Any]]) -> str:
+    ts = next(r["tasks"] for r in rows if r["fl_task"] == name)
+    return name if len(ts) > 3 else f"{name}: " + ", ".join(short(t) for t in ts)
 
 
 def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> None:

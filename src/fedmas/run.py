@@ -43,17 +43,61 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         with RunLock(run_dir):
             done = _summary(run_dir)
             if done is not None:
+                if progress:
+                    print(f"[fedmas] {run_dir} finished earlier; its results:", file=sys.stderr)
+                    print(render_summary(done, run_dir), file=sys.stderr)
                 return done
-            return _launch(cfg, run_dir, load_data(cfg), progress, stop_after, engine, engine_factory)
+            with ConsoleLog(run_dir):
+                return _launch(cfg, run_dir, load_data(cfg), progress, stop_after, engine, engine_factory)
     assert cfg is not None
     check_new_run_dir(run_dir, force)
     data = load_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         prepare_run_dir(run_dir, cfg, force)
-        if progress:
-            print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
-        return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+        with ConsoleLog(run_dir):
+            if progress:
+                print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
+            return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+class ConsoleLog:
+    """While a run executes, what fedmas prints (stdout and stderr) is also appended to ``run.log``."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.log"
+
+    def __enter__(self) -> ConsoleLog:
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.file), _Tee(sys.stderr, self.file)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self.saved
+        self.file.close()
+
+
+class _Tee:
+    def __init__(self, stream: Any, log: Any):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        try:
+            self.log.write(text)
+        except (OSError, ValueError):  # a full disk or a closed log never stops the run
+            pass
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        try:
+            self.log.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
@@ -113,13 +157,21 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
 
-    total, t0, r0 = plan.expected_rounds(server), time.perf_counter(), state.round
+    total, r0 = plan.expected_rounds(server), state.round
+    if progress and r0 > 0:
+        print(f"[fedmas] resuming {run_dir} after round {r0 - 1} (rounds count from 0, as in the files)"
+              + (f"; {total - r0} of {total} rounds to go" if total else ""), file=sys.stderr, flush=True)
+    eta = RoundTimer()
+    had_groups = "groups" in state.plan
 
     def on_round(srv: Server) -> None:
+        nonlocal had_groups
         _write_affinity(srv)
         if progress:
-            done = srv.state.round - r0
-            print_progress(srv, total, (time.perf_counter() - t0) / done if done else None)
+            if not had_groups and "groups" in srv.state.plan and srv.state.round >= 2:  # chosen before this round
+                print(split_line(srv), file=sys.stderr, flush=True)
+            print_progress(srv, total, eta.tick())
+        had_groups = "groups" in srv.state.plan
 
     loop = RoundLoop(server, engine, plan, data.test, on_round, data.validation)
     try:
@@ -193,20 +245,69 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
     loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     if progress:
-        print(render_summary(summary))
+        print(render_summary(summary, run_dir))
     return summary
 
 
-def render_summary(s: dict[str, Any]) -> str:
-    rows = [[short(t), f"{v:.4f}", s["owner"][t]] for t, v in s["test_loss"].items()]
-    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}", ""])
+def _headline(metrics: dict[str, float]) -> str:
+    """A task's first reported metric (mIoU, depth error in m, normal angle, accuracy, L1), as text."""
+    if not metrics:
+        return ""
+    k, v = next(iter(metrics.items()))
+    return f"{k} {v:.4g}"
+
+
+def render_summary(s: dict[str, Any], run_dir: Path | None = None) -> str:
+    """The final table: each task's test loss, its headline metric and the FL task that reports it;
+    the groups, the costs and the files written."""
+    metrics = s.get("test_metrics", {})
+    rows = [[short(t), f"{v:.4f}", _headline(metrics.get(t, {})), s["owner"][t]] for t, v in s["test_loss"].items()]
+    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}", "", ""])
     c = s["costs"]
-    lines = [f"\n{s['method']} on {len(s['tasks'])} tasks, {s['rounds']} rounds"]
+    sel = " (each FL task's best-validation round)" if s.get("select") == "best_val" else ""
+    lines = [f"\n{s['method']} on {len(s['tasks'])} tasks, {s['rounds']} rounds; test loss and metric{sel}"]
     if s.get("groups"):
         lines.append("groups: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in s["groups"]))
-    lines.append(table(rows, ["task", "test loss", "FL task"]))
+    lines.append(table(rows, ["task", "test loss", "test metric", "FL task"]))
     lines.append(f"client compute {c['train_s']:.1f} s, {c.get('train_flop', 0.0) / 1e12:.3g} TFLOP | "
                  f"energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
                  f"| traffic {(c['bytes_down'] + c['bytes_up']) / 1e6:.1f} MB | simulated wall-clock "
                  f"{c['sim_wallclock_s']:.1f} s")
+    if run_dir is not None:
+        files = [f for f in ("summary.json", "metrics.jsonl", "costs.json", "losses.png", "affinity.json",
+                             "affinity.png", "split.json", "run.log") if (run_dir / f).exists()]
+        lines.append(f"files in {run_dir}: {', '.join(files)}")
     return "\n".join(lines)
+
+
+class RoundTimer:
+    """Seconds per round for the ETA: an exponential average of the last rounds (the first round, which
+    pays start-up costs, is left out once a second one is known), so the estimate moves smoothly."""
+
+    def __init__(self, weight: float = 0.3):
+        self.weight, self.last, self.mean, self.n = weight, time.perf_counter(), None, 0
+
+    def tick(self) -> float | None:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        self.n += 1
+        if self.mean is None or self.n == 2:
+            self.mean = dt
+        else:
+            self.mean = (1 - self.weight) * self.mean + self.weight * dt
+        return self.mean
+
+
+def split_line(server: Server) -> str:
+    """The console line when the tasks are split: the groups and how they were chosen."""
+    st = server.state
+    groups = "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in st.plan["groups"])
+    split = st.plan.get("split") or {}
+    why = ""
+    if split.get("rule"):
+        why = f"; {split['rule']}"
+        if split.get("affinity_rounds_rule"):
+            why += f", from the mean affinity of {split['affinity_rounds_rule']}"
+    elif "estimate" in st.plan:
+        why = f"; estimated mean validation loss {st.plan['estimate']['estimated_mean_loss']:.4f}"
+    return f"[fedmas] split after round {st.round - 2}: {groups}{why}"

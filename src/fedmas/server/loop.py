@@ -366,21 +366,28 @@ def _round_of(line: str) -> int:
         return 1 << 30  # a torn last line is dropped
 
 
-def progress_line(server: Server) -> str:
+def progress_line(server: Server, total: int | None = None) -> str:
+    """Round index as in the files (from 0), and each FL task's test loss summed over its tasks."""
     st = server.state
     parts = []
     for fl in st.active + [t for t in st.finished if t.finished_round == st.round - 1]:
         if fl.last_eval:
-            parts.append(f"{fl.name} {fl.last_eval['total_loss']:.3f}")
-    return f"round {st.round:>3} | " + " | ".join(parts)
+            tasks = "" if len(fl.tasks) == len(server.tasks) and len(fl.tasks) > 1 else \
+                "{" + ",".join(_short(t) for t in fl.tasks) + "}"
+            parts.append(f"{fl.name}{tasks} {fl.last_eval['total_loss']:.3f}")
+    done = f"{st.round}/{total}" if total else f"{st.round}"
+    return f"round {st.round - 1:>3} ({done} done) | test loss Σ tasks: " + " | ".join(parts)
+
+
+def _short(task: str) -> str:
+    from fedmas.report import short
+
+    return short(task)
 
 
 def print_progress(server: Server, total: int | None = None, s_per_round: float | None = None) -> None:
-    """One line per round: round k/total, each FL task's current test loss, and an ETA."""
-    r = server.state.round
-    line = progress_line(server)
-    if total:
-        line = line.replace(f"round {r:>3}", f"round {r:>3}/{total}", 1)
-        if s_per_round:
-            line += f" | eta {s_per_round * max(total - r, 0):.0f} s"
+    """One line per round: its index, rounds done of total, each FL task's test loss, and an ETA."""
+    line = progress_line(server, total)
+    if total and s_per_round:
+        line += f" | eta {s_per_round * max(total - server.state.round, 0):.0f} s"
     print(f"[fedmas] {line}", file=sys.stderr, flush=True)
