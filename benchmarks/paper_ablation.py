@@ -71,17 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="applied to every variant")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
+    for name, _, sets, methods in VARIANTS:  # the variants first (they need nothing from the reference)
+        if methods:
+            compare(load_config(a.config, [*a.set, *sets]), ",".join(methods), a.out / "paper_ablation" / name,
+                    progress=True, seeds=seeds)
     if not (a.reference / "comparison.json").exists():
-        print(f"run the paper-protocol comparison into {a.reference} first (see {CONFIG.name})", file=sys.stderr)
+        print(f"variants done; run the paper-protocol comparison into {a.reference} (see {CONFIG.name}), then "
+              f"this script again for the table", file=sys.stderr)
         return 2
     ref = _runs(a.reference)
     rows, md = [], []
     for name, what, sets, methods in VARIANTS:
         runs = {k: ref[k] for k in ("mas:2", *BASELINES)}
         if methods:
-            folder = a.out / "paper_ablation" / name
-            compare(load_config(a.config, [*a.set, *sets]), ",".join(methods), folder, progress=True, seeds=seeds)
-            runs.update(_runs(folder))
+            runs.update(_runs(a.out / "paper_ablation" / name))
         mas, aio, obo = runs["mas:2"], runs["all-in-one"], runs["one-by-one"]
         norm = _normaliser(obo)
         total, total_ci = mean_ci([mas[s]["total_loss"] for s in seeds])
