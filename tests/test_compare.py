@@ -48,7 +48,13 @@ def test_parse_methods_errors():
     assert parse_methods("mas:auto,all-in-one-gradnorm", 3)[1][2] == {"federation": {"task_weighting": "gradnorm"}}
 
 
-def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_raw, tmp_path, capsys):
+def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_raw, tmp_path, capsys,
+                                                                           monkeypatch):
+    import fedmas.compare
+
+    loads = []
+    real = fedmas.compare.load_federated
+    monkeypatch.setattr(fedmas.compare, "load_federated", lambda *a: loads.append(a) or real(*a))
     cfg = tmp_path / "c.yaml"
     tiny_raw["federation"]["rounds"] = 2
     tiny_raw["mas"]["merge_rounds"] = 1
@@ -58,6 +64,7 @@ def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_
     assert main(args) == 0
     doc = json.loads((out / "comparison.json").read_text())
     assert doc["seeds"] == [0, 1, 2]
+    assert len(loads) == 1  # 6 runs, the data loaded once
     mas = next(r for r in doc["results"] if r["key"] == "mas:2")
     totals = [r["total_loss"] for r in mas["runs"]]
     assert len(set(totals)) == 3  # the seeds really differ

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmas.config import Config, ConfigError, read_yaml_mapping
+from fedmas.data import FederatedData, load_federated
 from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
 from fedmas.run import execute
@@ -77,7 +78,16 @@ def label_of(key: str) -> str:
     return f"{label} auto" if k == "auto" else f"{label} {k} splits"
 
 
-def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool) -> dict[str, Any]:
+def _data_for(run_cfg: Config, cache: dict[str, FederatedData]) -> FederatedData:
+    """The comparison's data, loaded once per distinct data config and task list."""
+    key = json.dumps([run_cfg.data.model_dump(), list(run_cfg.task_list), run_cfg.plugins], sort_keys=True)
+    if key not in cache:
+        cache[key] = load_federated(run_cfg.data, run_cfg.task_list)
+    return cache[key]
+
+
+def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
+             data: dict[str, FederatedData] | None = None) -> dict[str, Any]:
     """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
     saved = run_dir / "config.yaml"
     if saved.exists():
@@ -85,10 +95,13 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool) -> dict
         if changed:
             raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
                               f"choose another --out for this comparison")
-    if holds_run(run_dir):  # finished (its summary comes back at once) or interrupted
-        summary = execute(None, run_dir, resume=True, progress=progress)
+    if holds_run(run_dir) and (run_dir / "summary.json").exists():  # finished: its summary comes back at once
+        return execute(None, run_dir, resume=True, progress=False)  # type: ignore[return-value]
+    loaded = _data_for(run_cfg, data if data is not None else {})
+    if holds_run(run_dir):  # interrupted
+        summary = execute(None, run_dir, resume=True, progress=progress, data=loaded)
     else:  # new, or a run of this config that never checkpointed
-        summary = execute(run_cfg, run_dir, progress=progress, force=saved.exists())
+        summary = execute(run_cfg, run_dir, progress=progress, force=saved.exists(), data=loaded)
     assert summary is not None
     return summary
 
@@ -109,6 +122,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     base = cfg.model_dump()
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
+    data: dict[str, FederatedData] = {}
     total = len(plan) * len(seeds)
     for si, seed in enumerate(seeds):
         for i, (label, method, over) in enumerate(plan):
@@ -119,7 +133,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
             if progress:
                 print(f"[fedmas compare] {si * len(plan) + i + 1}/{total} {label} seed {seed} → {run_dir}",
                       file=sys.stderr, flush=True)
-            summary = _run_one(run_cfg, run_dir, label, progress)
+            summary = _run_one(run_cfg, run_dir, label, progress, data)
             c = summary["costs"]
             runs[label].append({"seed": seed, "total_loss": summary["total_test_loss"],
                                 "test_loss": summary["test_loss"], "groups": summary.get("groups"),

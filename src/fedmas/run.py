@@ -30,13 +30,15 @@ from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
             engine: Engine | None = None, stop_after: int | None = None,
             engine_factory: EngineFactory | None = None, force: bool = False,
-            allow_plugins: tuple[str, ...] = ()) -> dict[str, Any] | None:
+            allow_plugins: tuple[str, ...] = (), data: FederatedData | None = None) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
 
     The config and the data are checked before the run folder is created (once, here); then the
     engine named by ``cfg.engine`` is launched (:func:`fedmas.engines.launch`) and drives
     :func:`drive` wherever it runs the server side. ``engine`` / ``engine_factory`` bypass that
-    choice (tests, benchmarks). The folder is locked for this process while it runs."""
+    choice (tests, benchmarks). ``data``: the federated data of ``cfg.data`` when the caller has it
+    loaded already (a comparison loads it once); it is checked against the method all the same.
+    The folder is locked for this process while it runs."""
     run_dir = Path(run_dir)
     if resume:
         cfg = resume_config(run_dir, allow_plugins)
@@ -48,10 +50,10 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
                     print(render_summary(done, run_dir), file=sys.stderr)
                 return done
             with ConsoleLog(run_dir):
-                return _launch(cfg, run_dir, load_data(cfg), progress, stop_after, engine, engine_factory)
+                return _launch(cfg, run_dir, load_data(cfg, data), progress, stop_after, engine, engine_factory)
     assert cfg is not None
     check_new_run_dir(run_dir, force)
-    data = load_data(cfg)
+    data = load_data(cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         prepare_run_dir(run_dir, cfg, force)
@@ -126,9 +128,11 @@ def _summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def load_data(cfg: Config) -> FederatedData:
-    """The run's federated data, checked against what the method needs (before any run folder exists)."""
-    data = load_federated(cfg.data, cfg.task_list)
+def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
+    """The run's federated data (loaded unless given), checked against what the method needs (before
+    any run folder exists)."""
+    if data is None:
+        data = load_federated(cfg.data, cfg.task_list)
     n, per = len(data.clients), cfg.federation.clients_per_round
     if per > n:
         raise ConfigError(f"federation.clients_per_round={per} exceeds the {n} clients of data.dataset "
