@@ -145,7 +145,8 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     (out / "comparison.json").write_text(json.dumps(doc, indent=1))
     md = _table(results, list(cfg.task_list), len(seeds)) + "\n\n" + _wins_text(doc["wins"], len(seeds))
     (out / "comparison.md").write_text(md)
-    title = (f"{len(cfg.task_list)} tasks on {_dataset_name(cfg.data.dataset)} ({cfg.data.buildings} clients, "
+    clients = f"{cfg.data.buildings} clients, " if cfg.data.dataset == "scenes" else ""  # others: unknown here
+    title = (f"{len(cfg.task_list)} tasks on {_dataset_name(cfg.data.dataset)} ({clients}"
              f"{cfg.federation.clients_per_round}/round, R={cfg.federation.rounds}, "
              f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
     comparison_figure(results, out / "comparison.png", title)
