@@ -21,6 +21,7 @@ def test_a_run_explains_itself_and_keeps_its_log(tiny_raw, tmp_path, capsys):
     text = out.err + out.out
     assert f"[fedmas] mas on 3 tasks (seg, depth, normal), 4 clients, 2 per round, R=4, engine inprocess → {run}" \
         in text
+    assert "[fedmas] short names: seg = segment_semantic, depth = depth_zbuffer\n" in text
     rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "round   0 (1/4 done) | test loss Σ tasks: merged " in text and min(rounds) == 0  # same numbering
     split = json.loads((run / "split.json").read_text())

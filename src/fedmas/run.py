@@ -109,7 +109,13 @@ def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
     return (f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks ({', '.join(short(t) for t in cfg.task_list)}), "
             f"{len(data.clients)} clients, {f.clients_per_round} per round, R={f.rounds}, engine {cfg.engine} "
             f"→ {run_dir}\n[fedmas] model: {cfg.model.encoder} encoder (width {cfg.model.width}) holding "
-            f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters")
+            f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters" + _names_line(cfg.task_list))
+
+
+def _names_line(tasks: list[str]) -> str:
+    """The console's short task names against the names in the files, where they differ."""
+    pairs = [f"{short(t)} = {t}" for t in tasks if short(t) != t]
+    return f"\n[fedmas] short names: {', '.join(pairs)}" if pairs else ""
 
 
 def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, stop_after: int | None,
