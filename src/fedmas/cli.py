@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run one method from a YAML config")
-    r.add_argument("config", nargs="?")
+    r.add_argument("config", nargs="?", help="YAML config (commented example: configs/quickstart.yaml)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     r.add_argument("--out", help="run folder (default runs/<name>-<method>)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("compare", help="run several methods and draw the comparison")
-    c.add_argument("config")
+    c.add_argument("config", help="YAML config shared by every method (each method overrides its own keys)")
     c.add_argument("--methods", default="mas:2,one-by-one,all-in-one,tag:2,random:2",
                    help="comma list of method[:splits], e.g. mas:2,mas:3,one-by-one,all-in-one-fedprox,hoa:3")
     c.add_argument("--seeds", help="run every method under each of these training seeds (e.g. 0,1,2) and report "
