@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -70,3 +71,23 @@ def naive_train_with_affinity(model: MultiTaskModel, weights: Mapping[str, Tenso
             opt.step()
             nb += 1
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, (acc / count if count else None)
+
+
+def synthetic_federation(cfg, tasks):
+    """A plugin dataset of ``data.options.clients`` clients holding ``data.options.images`` (default 4)
+    random images each, with random raw labels in Taskonomy's encodings (for scale tests and benchmarks)."""
+    from fedmas.data.federated import FederatedData, MultiTaskArrays
+
+    n, k, r = int(cfg.options["clients"]), int(cfg.options.get("images", 4)), cfg.resolution
+    rng = np.random.default_rng(cfg.seed)
+
+    def raw(m: int) -> dict[str, np.ndarray]:
+        return {"rgb": rng.integers(0, 256, (m, r, r, 3), dtype=np.uint8),
+                "depth_zbuffer": rng.integers(500, 6000, (m, r, r)).astype(np.uint16),
+                "normal": rng.integers(0, 256, (m, r, r, 3), dtype=np.uint8),
+                "segment_semantic": rng.integers(0, 18, (m, r, r)),
+                "keypoints2d": rng.integers(0, 256, (m, r, r), dtype=np.uint8).astype(np.uint16),
+                "edge_texture": rng.integers(0, 2000, (m, r, r)).astype(np.uint16)}
+
+    clients = {f"c{i:05d}": MultiTaskArrays.from_raw(raw(k), tasks) for i in range(n)}
+    return FederatedData(clients=clients, test=MultiTaskArrays.from_raw(raw(32), tasks), tasks=tuple(tasks))
