@@ -80,8 +80,15 @@ def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_
     assert (win["paired_diff"], win["paired_diff_ci"]) == pytest.approx(mean_ci(diffs))
     assert win["verdict"] in ("lower", "higher", "cannot tell") and "Paired" in (out / "comparison.md").read_text()
     assert "in " in (out / "comparison.md").read_text() and (out / "seed-1" / "mas-2" / "summary.json").exists()
-    # the same folder with another config is refused, naming what changed; nothing is rerun or mixed
+    # a run saved before a config key existed reads as that key's default: reused, not refused
     before = (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns
+    saved = out / "seed-0" / "mas-2" / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["mas"]["affinity_window"], older["data"]["options"]
+    saved.write_text(yaml.safe_dump(older))
+    assert main(args) == 0
+    assert (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns == before
+    # the same folder with another config is refused, naming what changed; nothing is rerun or mixed
     capsys.readouterr()
     assert main(args + ["--set", "federation.lr=0.05"]) == 2
     err = capsys.readouterr().err

@@ -91,7 +91,12 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
     """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
     saved = run_dir / "config.yaml"
     if saved.exists():
-        changed = _diff(read_yaml_mapping(saved, "run config"), run_cfg.model_dump())
+        old = read_yaml_mapping(saved, "run config")
+        try:  # as this version reads it: a key added since then takes its default, like --resume does
+            old = Config.model_validate(old).model_dump()
+        except ValueError:
+            pass  # not a valid config any more: compared as written, so the difference is named
+        changed = _diff(old, run_cfg.model_dump())
         if changed:
             raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
                               f"choose another --out for this comparison")
