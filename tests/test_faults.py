@@ -129,6 +129,32 @@ def test_too_few_replies_retries_then_skips(tiny_raw, tmp_path, caplog):
     assert "retry" in caplog.text
 
 
+def test_a_retry_asks_idle_clients_in_place_of_failed_ones(tiny_raw, tmp_path, caplog):
+    """Dead clients fail instantly; asking them again would fail again. The retry keeps the usable replies
+    and asks clients that are idle this round instead, so the round still updates."""
+    cfg = _cfg(tiny_raw, clients_per_round=4, min_replies=4, max_round_retries=3)
+    cfg.method = "all-in-one"
+    data = load_federated(cfg.data, cfg.task_list)
+    clients = dict(data.clients)
+    dead = set(data.client_ids[:4])  # half the federation sits on a dead machine
+    for c in dead:
+        clients[c] = RaisingData(clients[c])
+    engine = InProcessEngine(clients, ModelSpec(cfg.model.encoder, cfg.model.width))
+    with caplog.at_level(logging.WARNING, logger="fedmas"):
+        s = execute(cfg, tmp_path / "run", progress=False, engine=engine)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert s["faults"].get("rounds_without_update", 0) == 0
+    assert all(ln["accepted"] == 4 for ln in lines)  # the failed ones replaced by idle live clients
+    asked = {ln["round"]: set(ln["clients"]) for ln in lines}
+    retries = [ln for ln in caplog.text.splitlines() if "; retry " in ln]
+    assert retries and s["faults"]["round_retries"] == len(retries)
+    for ln in retries:  # never the same client twice in a round
+        r = int(ln.split("round ")[1].split(",")[0])
+        new = set(ln.split(" with ")[1].split(", "))
+        assert not new & asked[r], ln
+        asked[r] |= new
+
+
 def test_crafted_pickle_checkpoint_is_refused(tiny_raw, tmp_path):
     import pickle
 

@@ -229,7 +229,8 @@ class RoundLoop:
         lines = []
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
-            valid = self._train_fl_task(fl, assign[fl.name], client_time)
+            busy = {c for cs in assign.values() for c in cs}
+            valid = self._train_fl_task(fl, assign[fl.name], client_time, busy)
             fl.done_rounds += 1
             ev: dict[str, Any] = {}
             if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
@@ -259,6 +260,16 @@ class RoundLoop:
         ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
         return ev
 
+    def _replacements(self, failed: list[str], taken: set[str], fl_task: str, attempt: int) -> list[str]:
+        """As many idle clients as failed, drawn with a seed of their own (the round's stream is untouched);
+        the failed ones again where no client is idle."""
+        free = _unused(self.server.clients, taken)
+        if not free:
+            return failed
+        rng = np.random.default_rng(stable_seed(self.cfg.seed, "retry", self.server.state.round, fl_task, attempt))
+        pick = rng.choice(len(free), size=min(len(failed), len(free)), replace=False)
+        return [free[i] for i in sorted(pick)] + failed[len(pick):]
+
     def _validates(self, fl: FLTaskState) -> bool:
         """Validation losses are needed by HOA's probes and by best-validation model selection."""
         return self.val_data is not None and (
@@ -283,18 +294,24 @@ class RoundLoop:
             fl.last_eval = self._evaluate(fl, best, self.test_data)
             fl.selected_round = fl.best_round
 
-    def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float]) -> int:
+    def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float],
+                       busy: set[str] | None = None) -> int:
+        """One FL task's round. A retry keeps the usable replies it has and asks other clients (idle this
+        round, chosen by a seed of their own) in place of those that failed; the same ones only when no
+        other client is free."""
         st, f = self.server.state, self.cfg.federation
         weights = expected = st.weights[fl.name]
+        good: list[tuple[dict[str, Tensor], float]] = []
+        affs: list[tuple[Tensor, float]] = []
+        tried, ask = set(clients), list(clients)
         for attempt in range(f.max_round_retries + 1):
             jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt).to_dict()))
-                    for c in clients]
+                    for c in ask]
             e0 = self.meter.read()
             replies = self.engine.run(jobs, f.round_deadline_s)
             e1 = self.meter.read()
             measured = (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
-            good: list[tuple[dict[str, Tensor], float]] = []
-            affs: list[tuple[Tensor, float]] = []
+            failed = set(ask)
             for r in replies:
                 try:
                     why = check_reply(r, expected, len(fl.tasks), fl.measuring,
@@ -310,6 +327,7 @@ class RoundLoop:
                     st.costs.add_rejected(fl.name, r.client, r.bytes_down)
                     continue
                 assert r.message is not None
+                failed.discard(r.client)
                 m = r.message.metrics
                 client_time[r.client] += m["compute_s"]
                 st.costs.add_train(fl.name, r.client, m["compute_s"], m["samples"], r.bytes_down, r.bytes_up,
@@ -327,12 +345,19 @@ class RoundLoop:
                     st.affinity.append(st.round, fl.name, fl.tasks, mean.tolist(), len(affs), tot)
                 return len(good)
             if attempt < f.max_round_retries:
-                log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d", st.round,
-                            fl.name, len(good), f.min_replies, attempt + 1, f.max_round_retries)
+                ask = self._replacements(sorted(failed), tried | (busy or set()), fl.name, attempt)
+                tried |= set(ask)
+                log.warning("round %d, FL task %s: %d usable replies < min_replies %d; retry %d/%d with %s",
+                            st.round, fl.name, len(good), f.min_replies, attempt + 1, f.max_round_retries,
+                            ", ".join(ask))
                 st.faults["round_retries"] = st.faults.get("round_retries", 0) + 1
         log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
         st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
         return 0
+
+
+def _unused(clients: list[str], taken: set[str]) -> list[str]:
+    return [c for c in clients if c not in taken]
 
 
 def best_key(fl_task: str) -> str:
