@@ -188,6 +188,9 @@ class FlowerConfig(_Strict):
     root_certificates: str | None = Field(None, description="CA certificate (PEM) for TLS; None = insecure")
     connect_timeout_s: float = Field(120.0, gt=0, le=1e6)
     round_deadline_s: float = Field(300.0, gt=0, le=1e7, description="used when federation.round_deadline_s is unset")
+    liveness_s: float = Field(2.0, gt=0, le=3600, description="how often a round asks the SuperLink which nodes are "
+                                                             "connected: a reply owed by a node that left is a "
+                                                             "dropout at once, whatever the deadline")
     poll_s: float = Field(0.2, gt=0, le=60)
 
 

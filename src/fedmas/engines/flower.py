@@ -109,8 +109,18 @@ class FlowerEngine:
             sent[mid] = i
             out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, f"timeout: no reply within {deadline:g} s",
                            bytes_down=_payload(rd))
+        node_of_msg = {mid: node for (_, _, node), mid in zip(msgs, ids)}
         pending, end = set(sent), time.monotonic() + deadline
+        next_check = time.monotonic() + self.cfg.flower.liveness_s
         while pending and time.monotonic() < end:
+            if time.monotonic() >= next_check:  # death is the node leaving, not the deadline: slow is not dead
+                next_check = time.monotonic() + self.cfg.flower.liveness_s
+                alive = set(self.grid.get_node_ids())
+                for mid in [m for m in pending if node_of_msg[m] not in alive]:
+                    pending.discard(mid)
+                    i = sent[mid]
+                    out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
+                                   "node offline: its Flower SuperNode left during the round", out[i].bytes_down)
             for r in self.grid.pull_messages(list(pending)):
                 mid = r.metadata.reply_to_message_id
                 if mid not in pending:
