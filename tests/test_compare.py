@@ -112,3 +112,7 @@ def test_verdict_of_a_paired_difference():
 
     assert verdict(-0.3, 0.2) == "lower" and verdict(0.3, 0.2) == "higher"
     assert verdict(-0.1, 0.2) == "cannot tell" and verdict(0.1, None) == "one seed: cannot tell"
+    assert verdict(0.0, 0.0) == "identical"
+    from fedmas.stats import fmt_g
+
+    assert fmt_g(1340.0, 6.8e-13) == "1.34e+03 ± 0" and fmt_g(2030.0, 36.0) == "2.03e+03 ± 36"

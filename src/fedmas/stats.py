@@ -36,6 +36,8 @@ def fmt(mean: float, half: float | None, digits: int = 4) -> str:
 
 def fmt_g(mean: float, half: float | None) -> str:
     """Three significant digits (for counts spanning orders of magnitude: FLOPs, joules)."""
+    if half is not None and half <= 1e-9 * abs(mean):  # equal over seeds up to rounding noise
+        half = 0.0
     return f"{mean:.3g}" if half is None else f"{mean:.3g} ± {half:.2g}"
 
 
@@ -43,6 +45,8 @@ def verdict(diff: float | None, half: float | None) -> str:
     """Plain words for a paired difference a − b with its 95% half-width."""
     if diff is None or half is None:
         return "one seed: cannot tell"
+    if diff == 0 and half == 0:
+        return "identical"
     if diff + half < 0:
         return "lower"
     if diff - half > 0:
