@@ -159,22 +159,26 @@ def _fl_label(name: str, rows: list[dict[str, Any]]) -> str:
 
 def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> None:
     """Total test loss against training compute (FLOPs), one marker per method (the paper's figure);
-    error bars are 95% intervals over seeds where there are several. Labels are placed so that
-    they never overlap (a label that would is moved down a line, in the legend's order)."""
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=130)
-    families: dict[str, Any] = {}
+    error bars are 95% intervals over seeds where there are several. Each method has its own colour
+    (its family's marker shape) and is named in a legend beside the plot, so no label can cover another;
+    methods at the same point are named together there."""
+    fig, ax = plt.subplots(figsize=(10, 5.4), dpi=130)
     markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "P"}
-    cmap = plt.get_cmap("tab10")
-    for r in results:
+    cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
+    seen: list[tuple[float, float, str]] = []
+    for i, r in enumerate(results):
         fam = r["method"]
-        color = families.setdefault(fam, cmap(len(families) % 10))
+        color = cmap(i % cmap.N)
         x, y = r["train_tflop"], r["total_loss"]
+        same = next((lab for sx, sy, lab in seen if abs(sx - x) <= 1e-9 * max(1.0, abs(x))
+                     and abs(sy - y) <= 1e-9 * max(1.0, abs(y))), None)
+        seen.append((x, y, r["label"]))
         ax.errorbar(x, y, xerr=r.get("train_tflop_ci"), yerr=r.get("total_loss_ci"), fmt="none", ecolor=color,
-                    elinewidth=1, capsize=3, zorder=2)
+                    elinewidth=1, capsize=3, zorder=2, alpha=0.8)
         ax.scatter(x, y, s=170 if fam == "mas" else 70, marker=markers.get(fam, "o"), color=color, zorder=3,
-                   edgecolor="black", linewidth=0.5, label=r["label"])
-    fig.canvas.draw()
-    _place_labels(ax, [(r["train_tflop"], r["total_loss"], r["label"]) for r in results])
+                   edgecolor="black", linewidth=0.5,
+                   label=r["label"] + (f" (same point as {same})" if same else ""))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0)
     ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic)")
     ax.set_ylabel("total test loss (sum over tasks, lower is better)")
     ax.set_title(title, fontsize=10)
@@ -182,21 +186,6 @@ def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
-    """Annotate each point; a label whose box would overlap one already placed moves down until it does not."""
-    renderer = ax.figure.canvas.get_renderer()
-    boxes = []
-    for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):
-        for step in range(40):
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 4 - 11 * step), fontsize=8,
-                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if step else None)
-            bb = ann.get_window_extent(renderer).expanded(1.02, 1.1)
-            if not any(bb.overlaps(o) for o in boxes):
-                boxes.append(bb)
-                break
-            ann.remove()
 
 
 def energy_figure(results: list[dict[str, Any]], path: Path, source: str) -> None:
