@@ -94,17 +94,21 @@ def main(argv: list[str] | None = None) -> int:
                "mas2_total": total, "mas2_total_ci": total_ci, "mas2_normalised": nt, "mas2_normalised_ci": nt_ci,
                "mas2_flop_over_one_by_one": flop[0], "mas2_flop_over_one_by_one_ci": flop[1],
                "groups": {s: mas[s]["groups"] for s in seeds},
+               "vs_reference": _paired(mas, ref["mas:2"], lambda r: r["total_loss"]),
                "vs_all_in_one": _paired(mas, aio, lambda r: r["total_loss"]),
                "vs_one_by_one": _paired(mas, obo, lambda r: r["total_loss"]),
                "vs_all_in_one_normalised": _paired({s: {"v": norm(mas[s], s)} for s in seeds},
                                                    {s: {"v": norm(aio[s], s)} for s in seeds}, lambda r: r["v"])}
         rows.append(row)
-        p, q = row["vs_all_in_one"], row["vs_one_by_one"]
-        md.append(f"| {name} | {what} | {fmt(total, total_ci)} | {fmt(nt, nt_ci, 3)} | "
+        p, q, o = row["vs_all_in_one"], row["vs_one_by_one"], row["vs_reference"]
+        against = "—" if name == "reference" else \
+            f"{fmt(o['diff'], o['ci'])} ({o['verdict']}, lower in {o['lower_in']})"
+        md.append(f"| {name} | {what} | {fmt(total, total_ci)} | {against} | {fmt(nt, nt_ci, 3)} | "
                   f"{fmt(p['diff'], p['ci'])} ({p['verdict']}) | {fmt(q['diff'], q['ci'])} ({q['verdict']}) | "
                   f"{fmt(flop[0], flop[1], 2)} |")
-    header = ("| variant | switched back | MAS-2 total test loss | MAS-2 normalised total | MAS-2 − all-in-one "
-              "| MAS-2 − one-by-one | MAS-2 FLOP / one-by-one |\n|---|---|---|---|---|---|---|")
+    header = ("| variant | switched back | MAS-2 total test loss | − reference MAS-2 | MAS-2 normalised total "
+              "| MAS-2 − all-in-one | MAS-2 − one-by-one | MAS-2 FLOP / one-by-one |\n"
+              "|---|---|---|---|---|---|---|---|")
     text = header + "\n" + "\n".join(md) + (
         f"\n\n{len(seeds)} seeds; mean ± 95% Student-t half-width; differences are paired by seed "
         "(\"cannot tell\": the interval contains 0). Normalised total: Σ_t L_t / L_t(one-by-one of that "
