@@ -179,7 +179,11 @@ def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> 
                    edgecolor="black", linewidth=0.5,
                    label=r["label"] + (f" (same point as {same})" if same else ""))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0)
-    ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic)")
+    xs = [r["train_tflop"] for r in results if r["train_tflop"] > 0]
+    log = bool(xs) and max(xs) > 8 * min(xs)  # costs an order of magnitude apart (HOA): a log axis
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic" + (", log scale)" if log else ")"))
     ax.set_ylabel("total test loss (sum over tasks, lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
