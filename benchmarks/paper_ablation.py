@@ -45,12 +45,10 @@ def _runs(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def _paired(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], key) -> dict[str, Any]:
-    from fedmas.stats import mean_ci, verdict
+    from fedmas.stats import paired
 
     seeds = sorted(set(a) & set(b))
-    d, half = mean_ci([key(a[s]) - key(b[s]) for s in seeds])
-    return {"diff": d, "ci": half, "verdict": verdict(d, half), "seeds": seeds,
-            "lower_in": sum(key(a[s]) < key(b[s]) for s in seeds)}
+    return {**paired([(key(a[s]), key(b[s])) for s in seeds]), "seeds": seeds}
 
 
 def _normaliser(obo: dict[int, dict[str, Any]]):

@@ -77,7 +77,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_split(a: argparse.Namespace) -> int:
-    from fedmas.grouping import EXACT_LIMIT, best_partition, smallest_within
+    from fedmas.grouping import EXACT_LIMIT, best_partition, partitions_up_to, smallest_within
     from fedmas.report import read_affinity
 
     tasks, z = read_affinity(Path(a.affinity))
@@ -90,10 +90,7 @@ def cmd_split(a: argparse.Namespace) -> int:
               f"this can take a few seconds", file=sys.stderr)
     rule = ""
     if auto:  # as the config's mas.splits: auto — the fewest groups within ε of the best objective
-        cands = []
-        for k in range(1, min(len(tasks), a.max_splits) + 1):
-            g = best_partition(z, k, exactly=True)
-            cands.append({"k": k, "score": g.score, "part": g})
+        cands = [{"k": k, "score": g.score, "part": g} for k, g in enumerate(partitions_up_to(z, a.max_splits), 1)]
         g = smallest_within(cands, a.epsilon)["part"]
         rule = f"auto: the fewest groups within ε={a.epsilon} × |best| of the best objective"
     else:

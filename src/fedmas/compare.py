@@ -19,7 +19,7 @@ from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
 from fedmas.run import execute
 from fedmas.runfolder import holds_run
-from fedmas.stats import fmt, fmt_g, mean_ci, verdict
+from fedmas.stats import fmt, fmt_g, mean_ci, paired
 
 
 def _names() -> tuple[dict[str, tuple[str, dict[str, Any]]], list[str]]:
@@ -100,7 +100,7 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
         if changed:
             raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
                               f"choose another --out for this comparison")
-    if holds_run(run_dir) and (run_dir / "summary.json").exists():  # finished: its summary comes back at once
+    if (run_dir / "summary.json").exists():  # finished: its summary comes back at once
         return execute(None, run_dir, resume=True, progress=False)  # type: ignore[return-value]
     loaded = _data_for(run_cfg, data if data is not None else {})
     if holds_run(run_dir):  # interrupted
@@ -195,11 +195,10 @@ def _wins(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for b, rb in runs.items():
             if b == a:
                 continue
-            pairs = [(x["total_loss"], y["total_loss"]) for x in ra for y in rb if x["seed"] == y["seed"]]
-            diff, half = mean_ci([x - y for x, y in pairs]) if pairs else (None, None)
-            out.append({"mas": a, "other": b, "lower_loss_in": sum(x < y for x, y in pairs),
-                        "tied_in": sum(x == y for x, y in pairs), "seeds": len(pairs),
-                        "paired_diff": diff, "paired_diff_ci": half, "verdict": verdict(diff, half)})
+            p = paired([(x["total_loss"], y["total_loss"]) for x in ra for y in rb if x["seed"] == y["seed"]])
+            out.append({"mas": a, "other": b, "lower_loss_in": p["lower_in"], "tied_in": p["tied_in"],
+                        "seeds": p["seeds"], "paired_diff": p["diff"], "paired_diff_ci": p["ci"],
+                        "verdict": p["verdict"]})
     return out
 
 

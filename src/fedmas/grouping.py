@@ -326,6 +326,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def partitions_up_to(z: np.ndarray, k_max: int, seed: int = 0) -> list[Grouping]:
+    """The best partition into exactly k groups, for k = 1 … min(k_max, tasks): the candidates of
+    ``splits: auto`` and of "at most k"."""
+    return [best_partition(z, k, exactly=True, seed=seed) for k in range(1, min(len(z), k_max) + 1)]
+
+
 def smallest_within(cands: list[dict], epsilon: float) -> dict:
     """``splits: auto``: of candidates ``{"k", "score", ...}``, the one with the fewest groups whose
     objective lies within ``epsilon`` × |best| of the best."""

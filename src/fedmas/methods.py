@@ -216,15 +216,11 @@ class MAS(_MergeThenSplit):
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
         tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server)) or (list(server.tasks), None)
-        n = len(tasks)
         if z is None:  # a single task: nothing to split
             return [list(tasks)]
-        ks = range(1, min(n, m.max_splits if m.splits == "auto" else int(m.splits)) + 1)
-        cands = []
-        for k in ks:
-            g = grouping.best_partition(z, k, exactly=True, seed=server.cfg.seed)
-            cands.append({"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score,
-                          "exact": g.exact})
+        k_max = m.max_splits if m.splits == "auto" else int(m.splits)
+        cands = [{"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score, "exact": g.exact}
+                 for k, g in enumerate(grouping.partitions_up_to(z, k_max, server.cfg.seed), start=1)]
         if m.splits == "auto":
             chosen, rule = _auto_k(server, cands)
         else:  # at most k groups: the best of the exactly-j optima, j ≤ k (fewest groups on ties)

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedmas.config import read_small_text  # noqa: E402
+
 SHORT = {"segment_semantic": "seg", "depth_zbuffer": "depth", "normal": "normal", "keypoints2d": "kpt2d",
          "edge_texture": "edge2d", "edge_occlusion": "edge3d", "principal_curvature": "curv",
          "reshading": "reshade", "rgb": "rgb"}
@@ -30,15 +32,10 @@ def read_affinity(path: Path) -> tuple[list[str], np.ndarray]:
     """Parse an affinity file (``{"tasks": [...], "affinity": {source: {target: Z}}}``, extra top-level
     fields allowed); raises ValueError naming the file and what is wrong."""
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"affinity file not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"affinity file {path} is not a regular file")
-    if path.stat().st_size > MAX_AFFINITY_FILE_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_AFFINITY_FILE_BYTES >> 20} MiB; not an affinity file")
+    text = read_small_text(path, "affinity file", MAX_AFFINITY_FILE_BYTES, ValueError)
     try:
-        doc = json.loads(path.read_text(), parse_int=_bounded_int)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        doc = json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to be an affinity file") from None

@@ -41,6 +41,14 @@ def fmt_g(mean: float, half: float | None) -> str:
     return f"{mean:.3g}" if half is None else f"{mean:.3g} ± {half:.2g}"
 
 
+def paired(pairs: Sequence[tuple[float, float]]) -> dict[str, float | int | str | None]:
+    """Two methods run under the same seeds, as (a, b) pairs: the mean of a − b with its 95% half-width,
+    the verdict, and in how many seeds a was lower (and equal)."""
+    diff, half = mean_ci([a - b for a, b in pairs]) if pairs else (None, None)
+    return {"diff": diff, "ci": half, "verdict": verdict(diff, half), "seeds": len(pairs),
+            "lower_in": sum(a < b for a, b in pairs), "tied_in": sum(a == b for a, b in pairs)}
+
+
 def verdict(diff: float | None, half: float | None) -> str:
     """Plain words for a paired difference a − b with its 95% half-width."""
     if diff is None or half is None:

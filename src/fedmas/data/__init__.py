@@ -115,28 +115,29 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
     constant); raises :class:`DataError` naming the client, the task, what was found and what is expected."""
     parts = [(f"client {c!r}", ds) for c, ds in data.clients.items()] + [("the test set", data.test)]
     for where, ds in parts:
+        at = f"data.dataset {source!r}, {where}"
         try:
             x, targets, masks = next(batches(ds, SAMPLES_CHECKED, shuffle=False))
         except Exception as e:  # noqa: BLE001 - the user's Dataset failed: say where, no traceback
-            raise DataError(f"data.dataset {source!r}, {where}: reading its first samples raised "
+            raise DataError(f"{at}: reading its first samples raised "
                             f"{type(e).__name__}: {e}") from None
         why = _check_input(x)
         if why:
-            raise DataError(f"data.dataset {source!r}, {where}: model input {why}")
+            raise DataError(f"{at}: model input {why}")
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         for t in tasks:
             if t not in targets:
-                raise DataError(f"data.dataset {source!r}, {where}: no target for task {t!r} "
+                raise DataError(f"{at}: no target for task {t!r} "
                                 f"(targets hold {sorted(targets)})")
             task = get_task(t)
             target, mask = targets[t], masks.get(t)
             if not isinstance(target, torch.Tensor):
-                raise DataError(f"data.dataset {source!r}, {where}, task {t!r}: target is a "
+                raise DataError(f"{at}, task {t!r}: target is a "
                                 f"{type(target).__name__}, expected a tensor")
             why = next((w for w in (task.check_target(target[i], hw) for i in range(len(target))) if w), None) \
                 or (_check_mask(mask, task.target_shape(hw), task.dense) if mask is not None else None)
             if why:
-                raise DataError(f"data.dataset {source!r}, {where}, task {t!r}: {why}")
+                raise DataError(f"{at}, task {t!r}: {why}")
     return data
 
 

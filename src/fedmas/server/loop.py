@@ -225,11 +225,11 @@ class RoundLoop:
         st, cfg, f = self.server.state, self.cfg, self.cfg.federation
         t_round = time.perf_counter()
         assign = schedule(rng, self.server.clients, st.active, f.clients_per_round, f.max_tasks_per_client, st.round)
+        busy = {c for cs in assign.values() for c in cs}  # a retry asks only clients idle this round
         client_time: dict[str, float] = defaultdict(float)
         lines = []
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
-            busy = {c for cs in assign.values() for c in cs}
             valid = self._train_fl_task(fl, assign[fl.name], client_time, busy)
             fl.done_rounds += 1
             ev: dict[str, Any] = {}
