@@ -96,6 +96,29 @@ def test_tls_deployment(tiny_raw, tmp_path):
     assert (tmp_path / "fl" / "summary.json").exists()
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
+def test_supernode_auth_over_tls(tiny_raw, tmp_path):
+    """--enable-supernode-auth over TLS: registered nodes join and train; a node whose key was never
+    registered is refused by the SuperLink (its process exits) and never gets work."""
+    from fedmas.engines.flower_deploy import make_certificates, make_node_key
+
+    cfg = _cfg(tiny_raw, rounds=2, clients_per_round=4)
+    cfg.method = "all-in-one"
+    with Loopback(tmp_path / "flower", nodes=2, tls=True, auth=True) as lb:
+        lb.start_node(0, key=make_node_key(lb.root / "keys" / "stranger"), name="stranger")
+        refused = lb.procs["stranger"].wait(600)  # Flower ends a refused node; the bound is not a margin
+        cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
+        cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
+        assert submit(cfg, tmp_path / "fl", home=lb.root / "cli", timeout_s=900) == 0
+        assert lb.procs["node0"].poll() is None and lb.procs["node1"].poll() is None
+    assert refused != 0
+    assert "Failed to activate SuperNode" in (lb.root / "stranger.log").read_text()
+    assert "No SuperNode found with the given public key" in (lb.root / "superlink.log").read_text()
+    lines = [json.loads(x) for x in (tmp_path / "fl" / "metrics.jsonl").read_text().splitlines()]
+    assert [sum(ln["accepted"] for ln in lines if ln["round"] == r) for r in range(2)] == [4, 4]
+    assert json.loads((tmp_path / "fl" / "summary.json").read_text())["faults"] == {}
+
+
 def test_cli_run_simulation_engine_matches_inprocess(tiny_raw, tmp_path):
     """engine: flower-sim through the CLI (needs the fedmas[flower-sim] extra: Ray); the run folder is
     prepared once and keeps what the run wrote."""

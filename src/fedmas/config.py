@@ -191,6 +191,12 @@ class FlowerConfig(_Strict):
     liveness_s: float = Field(2.0, gt=0, le=3600, description="how often a round asks the SuperLink which nodes are "
                                                              "connected: a reply owed by a node that left is a "
                                                              "dropout at once, whatever the deadline")
+    straggler_multiple: float | None = Field(
+        5.0, ge=1, le=1e6, description="once half of a round's replies are in, a client that has not replied "
+                                       "within this multiple of the round's median reply time (and at least "
+                                       "straggler_min_s) is a straggler and counts as a dropout; null: only "
+                                       "the round deadline and liveness end a wait")
+    straggler_min_s: float = Field(60.0, ge=0, le=1e7, description="the straggler deadline is never shorter")
     poll_s: float = Field(0.2, gt=0, le=60)
 
 

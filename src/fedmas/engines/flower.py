@@ -7,15 +7,22 @@ The ClientApp (:mod:`fedmas.engines.flower_client`) runs :func:`fedmas.client.ha
 nothing here imports training code. ``engine: flower-sim`` is :func:`launch` (Ray
 simulation in this process); ``engine: flower`` is :mod:`fedmas.engines.flower_deploy`.
 
-Replies are matched by ``metadata.reply_to_message_id``; the engine polls with
-its own deadline and treats error replies, missing replies and nodes that left
-as dropouts, which the round loop rejects like any other failed client.
+Replies are matched by ``metadata.reply_to_message_id``. Three things end a wait for
+a reply, and each makes it a dropout that the round loop rejects like any other
+failed client: the node left the SuperLink (checked every ``flower.liveness_s``;
+death is found within seconds, whatever the deadlines); the client is a straggler
+(half the round's replies are in and it has taken more than
+``flower.straggler_multiple`` × the round's median reply time, and at least
+``flower.straggler_min_s``: a busy machine slows every client alike, so the pace
+rather than a fixed number of seconds sets the limit); or the round's hard
+deadline passed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,6 +59,9 @@ def _payload(rd: RecordDict) -> int:
 class FlowerEngine:
     """Carries jobs over a Flower ``Grid`` (deployment or simulation)."""
 
+    clock = staticmethod(time.monotonic)  # replaceable in tests, with sleep
+    sleep = staticmethod(time.sleep)
+
     def __init__(self, grid: Grid, cfg: Config, clients: list[str]):
         self.grid, self.cfg = grid, cfg
         self.cfg_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
@@ -60,12 +70,12 @@ class FlowerEngine:
         self._wait_for_nodes()
 
     def _wait_for_nodes(self) -> None:
-        want, end = self.cfg.flower.nodes, time.monotonic() + self.cfg.flower.connect_timeout_s
+        want, end = self.cfg.flower.nodes, self.clock() + self.cfg.flower.connect_timeout_s
         while True:
             nodes = list(self.grid.get_node_ids())
-            if len(nodes) >= want or time.monotonic() > end:
+            if len(nodes) >= want or self.clock() > end:
                 break
-            time.sleep(0.5)
+            self.sleep(0.5)
         if not nodes:
             raise RuntimeError("no Flower SuperNode connected to the SuperLink")
         self._map_nodes(nodes)
@@ -110,11 +120,13 @@ class FlowerEngine:
             out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, f"timeout: no reply within {deadline:g} s",
                            bytes_down=_payload(rd))
         node_of_msg = {mid: node for (_, _, node), mid in zip(msgs, ids)}
-        pending, end = set(sent), time.monotonic() + deadline
-        next_check = time.monotonic() + self.cfg.flower.liveness_s
-        while pending and time.monotonic() < end:
-            if time.monotonic() >= next_check:  # death is the node leaving, not the deadline: slow is not dead
-                next_check = time.monotonic() + self.cfg.flower.liveness_s
+        fc = self.cfg.flower
+        pending, start = set(sent), self.clock()
+        end, next_check, took = start + deadline, start + fc.liveness_s, []
+        while pending and self.clock() < end:
+            now = self.clock()
+            if now >= next_check:  # death is the node leaving, not the deadline: slow is not dead
+                next_check = now + fc.liveness_s
                 alive = set(self.grid.get_node_ids())
                 for mid in [m for m in pending if node_of_msg[m] not in alive]:
                     pending.discard(mid)
@@ -126,23 +138,33 @@ class FlowerEngine:
                 if mid not in pending:
                     continue
                 pending.discard(mid)
+                took.append(self.clock() - start)
                 i = sent[mid]
-                down = out[i].bytes_down
-                if r.has_error():
-                    out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
-                                   f"Flower error {r.error.code}: {r.error.reason}", down)
-                else:
-                    try:
-                        c = r.content
-                        msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
-                                      metrics={k: float(v) for k, v in c["metrics"].items()})
-                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, msg, None, down, _payload(c))
-                    except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
+                out[i] = self._reply(jobs[i], r, out[i].bytes_down)
+            if pending and fc.straggler_multiple and len(took) >= (len(sent) + 1) // 2:
+                limit = max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took))
+                if self.clock() - start > limit:
+                    for mid in pending:
+                        i = sent[mid]
                         out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
-                                       f"malformed Flower reply: {type(e).__name__}", down)
+                                       f"straggler: no reply within {limit:.0f} s ({fc.straggler_multiple:g}x the "
+                                       "round's median reply time)", out[i].bytes_down)
+                    pending.clear()
             if pending:
-                time.sleep(self.cfg.flower.poll_s)
+                self.sleep(fc.poll_s)
         return [out[i] for i in range(len(jobs))]
+
+    @staticmethod
+    def _reply(job: Job, r: FlMessage, down: int) -> Reply:
+        if r.has_error():
+            return Reply(job.client, job.fl_task, None, f"Flower error {r.error.code}: {r.error.reason}", down)
+        try:
+            c = r.content
+            msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
+                          metrics={k: float(v) for k, v in c["metrics"].items()})
+        except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
+            return Reply(job.client, job.fl_task, None, f"malformed Flower reply: {type(e).__name__}", down)
+        return Reply(job.client, job.fl_task, msg, None, down, _payload(c))
 
 
 # ---------------------------------------------------------------- server side

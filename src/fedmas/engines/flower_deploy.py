@@ -2,8 +2,9 @@
 
 ``python -m fedmas.engines.flower_deploy CONFIG --out RUN_DIR [--nodes 2] [--tls]`` runs a
 whole loopback deployment for a demo: it starts ``flower-superlink`` and ``nodes``
-``flower-supernode`` processes on 127.0.0.1 (optionally with TLS and SuperNode
-authentication from a self-signed CA), submits the run with ``flwr run``, waits,
+``flower-supernode`` processes on 127.0.0.1 (optionally with TLS from a self-signed
+CA, and SuperNode authentication: each node's key registered with
+``flwr supernode register`` before it starts), submits the run with ``flwr run``, waits,
 and stops every process it started by its PID. :func:`launch` is ``engine: flower``.
 """
 
@@ -89,6 +90,7 @@ class Loopback:
     root: Path
     nodes: int = 2
     tls: bool = False
+    auth: bool = False  # SuperNode authentication (needs TLS): only registered node keys may join
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -102,17 +104,40 @@ class Loopback:
         link = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
                 "--database", str(self.root / "superlink.db"), "--disable-runtime-dependency-installation"]
         certs = make_certificates(self.root / "certs") if self.tls else None
+        if self.auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS: use Loopback(..., tls=True, auth=True)")
         if certs:
             link += ["--ssl-ca-certfile", certs["ca"], "--ssl-certfile", certs["cert"], "--ssl-keyfile", certs["key"]]
         else:
             link += ["--insecure"]
+        if self.auth:
+            link += ["--enable-supernode-auth"]
         self._spawn("superlink", link, env)
         self._wait_port(self.port)
         for i in range(self.nodes):
+            if self.auth:
+                self.register_node(self.node_key(i))
             self.start_node(i, env, certs)
         return self
 
-    def start_node(self, i: int, env: dict[str, str] | None = None, certs: dict[str, str] | None = None) -> None:
+    def node_key(self, i: int) -> Path:
+        """Node ``i``'s private key (made on first use); its public key is beside it as ``.pub``."""
+        return make_node_key(self.root / "keys" / f"node{i}")
+
+    def register_node(self, key: Path) -> None:
+        """``flwr supernode register KEY.pub``: the SuperLink will accept the node holding ``key``."""
+        home = self.root / "cli-register"
+        env = flower_env(home)
+        write_connection(home, self.address, make_certificates(self.root / "certs")["ca"] if self.tls else None)
+        proc = subprocess.run([_bin("flwr"), "supernode", "register", f"{key}.pub", "fedmas"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+
+    def start_node(self, i: int, env: dict[str, str] | None = None, certs: dict[str, str] | None = None,
+                   key: Path | None = None, name: str | None = None) -> None:
+        """Start SuperNode ``i`` (process ``name``, default ``node<i>``); with ``auth`` it signs in with
+        ``key`` (default: its own registered key)."""
         env = env or flower_env(self.root / "flwr-home")
         node = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
                 "--node-config", f"partition-id={i} num-partitions={self.nodes}"]
@@ -121,7 +146,9 @@ class Loopback:
             node += ["--root-certificates", certs["ca"]]
         else:
             node += ["--insecure"]
-        self._spawn(f"node{i}", node, env)
+        if self.auth:
+            node += ["--auth-supernode-private-key", str(key or self.node_key(i))]
+        self._spawn(name or f"node{i}", node, env)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
@@ -177,12 +204,31 @@ def make_certificates(folder: Path) -> dict[str, str]:
     return {"ca": str(ca), "key": str(key), "cert": str(cert)}
 
 
+def make_node_key(stem: Path) -> Path:
+    """A SuperNode key pair on the NIST P-384 curve, in the OpenSSH formats Flower reads:
+    ``stem`` (private) and ``stem.pub`` (public, what ``flwr supernode register`` takes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not stem.exists():
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP384R1())
+        stem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
+        stem.chmod(0o600)
+        Path(f"{stem}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                       serialization.PublicFormat.OpenSSH))
+    return stem
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="fedmas on a loopback Flower deployment (demo)")
     ap.add_argument("config")
     ap.add_argument("--out", required=True)
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls): each node's "
+                                                        "key is registered before it starts")
     ap.add_argument("--set", action="append", default=[])
     a = ap.parse_args(argv)
     try:
@@ -191,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedmas: error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out).resolve()
-    with Loopback(out.parent / f".{out.name}-flower", nodes=a.nodes, tls=a.tls) as lb:
+    tls = a.tls or a.auth
+    with Loopback(out.parent / f".{out.name}-flower", nodes=a.nodes, tls=tls, auth=a.auth) as lb:
         cfg.flower.superlink = lb.address
         cfg.flower.nodes = a.nodes
-        if a.tls:
+        if tls:
             cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
         return submit(cfg, out, home=lb.root / "cli-home")
 

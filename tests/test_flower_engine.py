@@ -1,0 +1,152 @@
+"""The Flower engine's waiting rules against a scripted Grid and a fake clock: no timing margins.
+
+A reply arrives at a scripted (fake) time; the engine's clock and sleep are replaced, so the
+rules are checked exactly: a slow client inside the straggler limit is kept, one beyond it is
+dropped, a node that leaves is a dropout at once, and the hard deadline still holds.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import ConfigRecord, MetricRecord, RecordDict  # noqa: E402
+
+from fedmas.config import Config  # noqa: E402
+from fedmas.engines.flower import FlowerEngine  # noqa: E402
+from fedmas.messages import Job, Message  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _flower_identity(monkeypatch):
+    """Flower's Message needs the run's identity, which a ServerApp process has set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+class ScriptedGrid:
+    """Two nodes; ``arrive[client] = t`` gives the fake time its reply appears (None: never);
+    ``leave[node] = t`` the time the node drops off the SuperLink's node list."""
+
+    def __init__(self, clock: FakeClock, arrive: dict[str, float | None], leave: dict[int, float] | None = None):
+        self.clock, self.arrive, self.leave = clock, arrive, leave or {}
+        self.sent: dict[str, tuple[str, RecordDict]] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in (1, 2) if self.clock() < self.leave.get(n, float("inf"))]
+
+    def send_and_receive(self, msgs, timeout):
+        return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
+                                content={"info": {"partition_id": m.metadata.dst_node_id - 1, "num_partitions": 2}})
+                for m in msgs]
+
+    def push_messages(self, msgs):
+        ids = []
+        for k, m in enumerate(msgs):
+            mid = f"m{len(self.sent) + k}"
+            self.sent[mid] = (str(m.content["config"]["client"]), m.content)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = []
+        for mid in ids:
+            client, rd = self.sent[mid]
+            t = self.arrive[client]
+            if t is not None and self.clock() >= t:
+                content = RecordDict({"arrays": rd["arrays"], "config": ConfigRecord({"n": 1}),
+                                      "metrics": MetricRecord({"loss": 0.5})})
+                out.append(SimpleNamespace(has_error=lambda: False, content=content,
+                                           metadata=SimpleNamespace(reply_to_message_id=mid)))
+        return out
+
+
+def _engine(tiny_raw, arrive, leave=None, **flower) -> tuple[FlowerEngine, list[Job]]:
+    raw = dict(tiny_raw)
+    raw["flower"] = {"nodes": 2, "liveness_s": 1.0, "poll_s": 0.5, **flower}
+    cfg = Config.model_validate(raw)
+    clock = FakeClock()
+    eng = FlowerEngine.__new__(FlowerEngine)
+    eng.clock, eng.sleep = clock, clock.sleep
+    FlowerEngine.__init__(eng, ScriptedGrid(clock, arrive, leave), cfg, list(arrive))
+    arrays = {"w": torch.zeros(3)}
+    jobs = [Job(c, "g0", Message(arrays=arrays, config={"round": 0})) for c in arrive]
+    return eng, jobs
+
+
+def _errors(replies) -> dict[str, str | None]:
+    return {r.client: r.error for r in replies}
+
+
+def test_slow_client_within_the_pace_multiple_is_kept(tiny_raw):
+    # median reply time 11 s; 5 x 11 = 55 s is below the 60 s floor, so the limit is 60 s
+    eng, jobs = _engine(tiny_raw, {"a": 10.0, "b": 11.0, "c": 12.0, "d": 58.0}, straggler_multiple=5.0,
+                        straggler_min_s=60.0)
+    got = _errors(eng.run(jobs, 10_000))
+    assert got == {"a": None, "b": None, "c": None, "d": None}
+
+
+def test_straggler_beyond_the_pace_multiple_is_dropped(tiny_raw):
+    eng, jobs = _engine(tiny_raw, {"a": 10.0, "b": 11.0, "c": 12.0, "d": 70.0}, straggler_multiple=5.0,
+                        straggler_min_s=0.0)
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["a"] is got["b"] is got["c"] is None
+    assert got["d"].startswith("straggler: no reply within 55 s (5x the round's median reply time)")
+    assert eng.clock() < 70.0  # it did not wait for d
+
+
+def test_pace_scales_with_a_slow_machine(tiny_raw):
+    # a round ten times slower (a busy machine) whose last client takes 4.5x the median: kept, though
+    # it is 450 s later than the others were in the fast round
+    eng, jobs = _engine(tiny_raw, {"a": 100.0, "b": 110.0, "c": 120.0, "d": 500.0}, straggler_min_s=0.0)
+    assert all(e is None for e in _errors(eng.run(jobs, 10_000)).values())
+
+
+def test_no_straggler_rule_before_half_the_replies(tiny_raw):
+    # one reply in, three slow: the straggler rule waits for half the round; only the deadline ends it
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 300.0, "c": 301.0, "d": None}, straggler_min_s=0.0)
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["b"] is None and got["c"] is None  # 5 x median(1, 300) > 301 - they were not cut at 5 s
+    assert got["d"].startswith("straggler")
+
+
+def test_node_that_leaves_is_a_dropout_at_once(tiny_raw):
+    # clients in sorted order: a, c on node 1 (partition 0); b, d on node 2 (partition 1)
+    eng, jobs = _engine(tiny_raw, {"a": 5.0, "b": None, "c": 6.0, "d": None}, leave={2: 3.0},
+                        straggler_multiple=None)
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["a"] is None and got["c"] is None
+    assert got["b"].startswith("node offline") and got["d"].startswith("node offline")
+    assert eng.clock() < 10.0
+
+
+def test_hard_deadline_still_holds(tiny_raw):
+    eng, jobs = _engine(tiny_raw, {"a": None, "b": None, "c": None, "d": None}, straggler_multiple=None)
+    got = _errors(eng.run(jobs, 30.0))
+    assert all(e.startswith("timeout: no reply within 30 s") for e in got.values())
+    assert 30.0 <= eng.clock() < 31.0
+
+
+def test_straggler_settings_are_checked(tiny_raw):
+    raw = dict(tiny_raw)
+    raw["flower"] = {"straggler_multiple": 0.5}
+    with pytest.raises(ValueError, match="straggler_multiple"):
+        Config.model_validate(raw)
