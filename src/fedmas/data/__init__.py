@@ -36,7 +36,20 @@ def load_client(cfg, tasks: Sequence[str], client: str):
         raw = load_or_render(spec, Path(cfg.cache_dir) if cfg.cache_dir else None, only=[b])
         return hold_out(MultiTaskArrays.from_raw(raw[b]["train"], tasks), cfg.validation_fraction,
                         _holdout_seed(cfg, client))[0]
-    return load_federated(cfg, tasks).clients[client]
+    return _federated_in_this_process(cfg, tasks).clients[client]
+
+
+_LOADED: dict[str, FederatedData] = {}  # the last federation another source loaded, by its data config
+
+
+def _federated_in_this_process(cfg, tasks: Sequence[str]) -> FederatedData:
+    """A source that cannot load one client alone is loaded once per process (a Flower node serves
+    many of its clients from it), not once per client asked for."""
+    key = cfg.model_dump_json() + "|" + ",".join(tasks)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_federated(cfg, tasks)
+    return _LOADED[key]
 
 
 def _holdout_seed(cfg, client: str) -> int:

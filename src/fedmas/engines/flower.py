@@ -67,6 +67,7 @@ class FlowerEngine:
         self.cfg_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
         self.clients = sorted(clients)
         self.node_of: dict[str, int] = {}
+        self.known_nodes: set[int] = set()
         self._wait_for_nodes()
 
     def _wait_for_nodes(self) -> None:
@@ -89,7 +90,7 @@ class FlowerEngine:
                 continue
             info = r.content["info"]
             parts[r.metadata.src_node_id] = (int(info["partition_id"]), int(info["num_partitions"]))
-        self.node_of = {}
+        self.node_of, self.known_nodes = {}, set(parts)
         for node, (pid, npart) in parts.items():
             for k, c in enumerate(self.clients):
                 if k % npart == pid:
@@ -99,7 +100,7 @@ class FlowerEngine:
     def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
         deadline = deadline_s or self.cfg.flower.round_deadline_s
         alive = set(self.grid.get_node_ids())
-        if any(n not in set(self.node_of.values()) for n in alive):
+        if not alive <= self.known_nodes:
             self._map_nodes(list(alive))  # a node joined or came back
         out: dict[int, Reply] = {}
         sent: dict[str, int] = {}
