@@ -198,6 +198,11 @@ class FlowerConfig(_Strict):
                                        "the round deadline and liveness end a wait")
     straggler_min_s: float = Field(60.0, ge=0, le=1e7, description="the straggler deadline is never shorter")
     poll_s: float = Field(0.2, gt=0, le=60)
+    client_work: Literal["train", "train-here", "none"] = Field(
+        "train", description="engine: flower. train: a warm fedmas worker beside each SuperNode trains (started "
+                             "by the node's first message); train-here: the ClientApp process trains (torch, data "
+                             "and model set up for every message); none: reply at once with the weights received, "
+                             "without training (measures Flower's own cost; the run learns nothing)")
 
 
 class Config(_Strict):

@@ -110,7 +110,8 @@ class FlowerEngine:
             if node is None or node not in alive:
                 out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
                 continue
-            cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml}
+            cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
+                   "fedmas_client_work": self.cfg.flower.client_work}
             rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=job.message.arrays), "config": config_record(cfg)})
             msgs.append((i, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"

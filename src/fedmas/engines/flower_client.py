@@ -1,8 +1,14 @@
-"""Flower engine, client side: the ClientApp that runs :func:`fedmas.client.handle_train` on a node."""
+"""Flower engine, client side: fedmas local training for one Flower message.
+
+:func:`train_here` is the work itself, run by the warm node worker
+(:mod:`fedmas.engines.flower_worker`) in a deployment and directly by the simulation's ClientApp
+(:func:`make_client_app`; Ray's actors stay warm by themselves).
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -17,14 +23,28 @@ from fedmas.models import ModelCache, ModelSpec
 from fedmas.runtime import configure_cpu
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=64)
 def _client_data(cfg_yaml: str, client: str):
     """A client's config, data and models (with their FLOP counts), kept while this process lives."""
     from fedmas.data import load_client
 
     cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
     configure_cpu(cfg.threads)
-    return cfg, load_client(cfg.data, cfg.task_list, client), ModelCache(ModelSpec(cfg.model.encoder, cfg.model.width))
+    return cfg, load_client(cfg.data, cfg.task_list, client), _models(cfg.model.encoder, cfg.model.width)
+
+
+@functools.lru_cache(maxsize=4)
+def _models(encoder: str, width: int) -> ModelCache:
+    """One model cache per architecture, shared by the clients this process serves."""
+    return ModelCache(ModelSpec(encoder, width))
+
+
+def train_here(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:
+    """Train the message's client on the message's weights; the reply's arrays, config and metrics."""
+    _cfg, data, models = _client_data(str(config["fedmas_config"]), str(config["client"]))
+    local = {k: v for k, v in config.items() if k not in ("fedmas_config", "client")}
+    out = handle_train(Message(arrays=arrays.to_torch_state_dict(), config=local), data, models)
+    return ArrayRecord(torch_state_dict=out.arrays), dict(config_record(out.config)), dict(out.metrics)
 
 
 def make_client_app() -> ClientApp:
@@ -32,13 +52,10 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
-        c = msg.content["config"]
-        _cfg, data, models = _client_data(str(c["fedmas_config"]), str(c["client"]))
-        config = {k: v for k, v in dict(c).items() if k not in ("fedmas_config", "client")}
-        fm = Message(arrays=msg.content["arrays"].to_torch_state_dict(), config=config)
-        out = handle_train(fm, data, models)
-        rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=out.arrays), "config": config_record(out.config),
-                         "metrics": MetricRecord(out.metrics)})
+        config = dict(msg.content["config"])
+        config.pop("fedmas_client_work", None)
+        arrays, reply_config, metrics = train_here(msg.content["arrays"], config)
+        rd = RecordDict({"arrays": arrays, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
         return FlMessage(content=rd, reply_to=msg)
 
     @app.query()

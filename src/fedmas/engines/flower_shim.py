@@ -1,0 +1,182 @@
+"""The ClientApp a Flower deployment starts for every message: a thin shim in front of a warm worker.
+
+Flower 1.41 starts a fresh ``flwr-clientapp`` process for each message. Importing torch and fedmas,
+reading the client's data and building its model in that process cost several seconds a message,
+far more than the training itself on small clients. So this module imports only the standard
+library and ``flwr.app``: it hands the message's arrays, as the raw bytes Flower already holds, to
+a long-lived fedmas worker beside the SuperNode (:mod:`fedmas.engines.flower_worker`) over a local
+Unix socket, and returns the worker's answer. The first message on a node starts the worker; it
+keeps torch, the node's clients' data and their models warm, and stops when its SuperNode stops or
+after ``--idle-s`` seconds without work.
+
+The server chooses per run (``flower.client_work``) what a message does: ``train`` (the worker
+trains), ``train-here`` (train in this process, no worker: the old way, kept to measure the
+difference) or ``none`` (reply at once with the weights received: Flower's own cost, the floor).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import Message as FlMessage
+from flwr.clientapp import ClientApp
+
+WORKER_START_S = 300.0  # how long a first message waits for a new worker to listen (it imports torch)
+
+
+# ------------------------------------------------------------------ wire format (shared with the worker)
+
+
+def send_frame(sock: socket.socket, header: dict[str, Any], blobs: list[bytes]) -> None:
+    """One frame: 8-byte header length, the JSON header, then the blobs' bytes back to back
+    (their lengths are in the header's ``arrays`` entries)."""
+    head = json.dumps(header).encode()
+    sock.sendall(struct.pack("!Q", len(head)) + head)
+    for b in blobs:
+        sock.sendall(b)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("the other side closed the connection mid-frame")
+        got += k
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket, max_header: int = 1 << 26) -> tuple[dict[str, Any], list[bytes]]:
+    (n,) = struct.unpack("!Q", _recv_exact(sock, 8))
+    if n > max_header:
+        raise ValueError(f"frame header of {n} bytes is over the limit of {max_header}")
+    header = json.loads(_recv_exact(sock, n))
+    return header, [_recv_exact(sock, int(a[4])) for a in header.get("arrays", [])]
+
+
+def record_to_wire(rec: ArrayRecord) -> tuple[list[list[Any]], list[bytes]]:
+    """An ArrayRecord as ``[name, dtype, shape, stype, nbytes]`` entries and the arrays' bytes."""
+    meta, blobs = [], []
+    for name, arr in rec.items():
+        meta.append([name, arr.dtype, list(arr.shape), arr.stype, len(arr.data)])
+        blobs.append(arr.data)
+    return meta, blobs
+
+
+def record_from_wire(meta: list[list[Any]], blobs: list[bytes]) -> ArrayRecord:
+    return ArrayRecord(array_dict={m[0]: Array(dtype=m[1], shape=tuple(m[2]), stype=m[3], data=b)
+                                   for m, b in zip(meta, blobs)})
+
+
+# ------------------------------------------------------------------ the worker's address and start
+
+
+def socket_path(node_id: int) -> Path:
+    """This node's worker socket: one worker per SuperNode and Python installation, in a folder only
+    this user can enter (Unix-socket paths must stay short, so under the system's temp folder)."""
+    import hashlib
+
+    tag = hashlib.sha1(f"{sys.executable}|{Path(__file__).resolve()}".encode()).hexdigest()[:10]
+    folder = Path(tempfile.gettempdir()) / f"fedmas-workers-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{tag}-{node_id}.sock"
+
+
+def _connect(path: Path) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def connect_worker(path: Path, watch_pid: int) -> socket.socket:
+    """Connect to the node's worker, starting it first if none listens (one start at a time)."""
+    s = _connect(path)
+    if s is not None:
+        return s
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        s = _connect(path)
+        if s is not None:
+            return s
+        log = open(f"{path}.log", "ab")  # noqa: SIM115 - handed to the worker process
+        proc = subprocess.Popen([sys.executable, "-m", "fedmas.engines.flower_worker", "--socket", str(path),
+                                 "--watch-pid", str(watch_pid)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        end = time.monotonic() + WORKER_START_S
+        while time.monotonic() < end:
+            s = _connect(path)
+            if s is not None:
+                return s
+            if proc.poll() is not None:
+                tail = Path(f"{path}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the fedmas worker exited with status {proc.returncode}:\n{tail}")
+            time.sleep(0.05)
+        raise TimeoutError(f"the fedmas worker did not listen on {path} within {WORKER_START_S:g} s")
+
+
+# ------------------------------------------------------------------ the ClientApp
+
+
+def _floor_reply(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict, dict]:
+    """What ``client_work: none`` sends back: the weights as received, one sample, no compute, and a zero
+    affinity matrix when one is due, so the server accepts the reply and the round goes on."""
+    out = ArrayRecord(array_dict=dict(arrays.items()))
+    if int(config.get("lookahead_step", 0)) > 0:
+        import numpy as np
+
+        n = len(str(config["tasks"]).split(","))
+        out["affinity"] = Array(np.zeros((n, n), dtype=np.float32))
+    return out, {"tasks": config["tasks"]}, {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
+
+
+def make_shim_app() -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: FlMessage, context: Context) -> FlMessage:
+        config = dict(msg.content["config"])
+        work = str(config.pop("fedmas_client_work", "train"))
+        arrays = msg.content["arrays"]
+        if work == "none":
+            out, reply_config, metrics = _floor_reply(arrays, config)
+        elif work == "train-here":
+            from fedmas.engines.flower_client import train_here
+
+            out, reply_config, metrics = train_here(arrays, config)
+        else:
+            meta, blobs = record_to_wire(arrays)
+            sock = connect_worker(socket_path(context.node_id), os.getppid())
+            with sock:
+                send_frame(sock, {"config": config, "arrays": meta}, blobs)
+                header, blobs = recv_frame(sock)
+            if "error" in header:
+                raise RuntimeError(f"fedmas worker: {header['error']}")
+            out, reply_config, metrics = record_from_wire(header["arrays"], blobs), header["config"], header["metrics"]
+        rd = RecordDict({"arrays": out, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
+        return FlMessage(content=rd, reply_to=msg)
+
+    @app.query()
+    def query(msg: FlMessage, context: Context) -> FlMessage:
+        nc = context.node_config
+        info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
+                             "num_partitions": int(nc.get("num-partitions", 1))})
+        return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
+
+    return app
