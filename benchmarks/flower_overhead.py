@@ -1,13 +1,29 @@
-"""Per-round time on a Flower loopback deployment ÷ in-process, same config, measured in one run.
+"""Flower's own cost and fedmas's cost above it: round times side by side, measured in one run.
 
-Usage: python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--rounds 4] [--nodes 2]
-The config's method and data are kept; rounds are cut to --rounds (merge rounds to half).
+Usage: python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--method all-in-one]
+                                             [--rounds 5] [--nodes 2]
+
+One config (its data; rounds cut to --rounds, merge rounds to half) runs four times. The method is
+one whose jobs per round do not depend on what was learned (all-in-one or one-by-one): the floor
+learns nothing, so under MAS it would split differently and send a different number of messages.
+
+- in-process: the round's compute, with no transport;
+- Flower floor: the same loopback deployment (same SuperLink, SuperNodes, rounds and message sizes)
+  with ``flower.client_work: none``: each ClientApp replies at once with the weights it received;
+- fedmas on Flower: ``client_work: train``, the thin ClientApp shim and the warm worker per node;
+- fedmas on Flower, train-here: the ClientApp process trains itself (torch, data and model set up
+  for every message), the way before the worker, for the breakdown.
+
+It prints each one's mean round time (the first round apart: it pays one-off set-up, such as the
+worker's start) and the ratio (fedmas on Flower − floor) ÷ in-process round time, whose goal is ≤ 1.5.
+Writes ``benchmarks/results/flower_overhead.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -29,29 +45,46 @@ def round_times(run: Path) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--method", default="all-in-one", choices=["all-in-one", "one-by-one"])
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--node-threads", type=int, default=None,
+                    help="flower.node_threads (default: the config's threads); the in-process run keeps threads")
     a = ap.parse_args()
-    cfg = load_config(a.config, [f"federation.rounds={a.rounds}", f"mas.merge_rounds={max(1, a.rounds // 2)}"])
+    cfg = load_config(a.config, [f"method={a.method}", f"federation.rounds={a.rounds}",
+                                 f"mas.merge_rounds={max(1, a.rounds // 2)}"])
     tmp = Path(tempfile.mkdtemp())
     ref = execute(cfg, tmp / "inprocess", progress=False)
+    times = {"in-process": round_times(tmp / "inprocess")}
+    summaries = {}
     with Loopback(tmp / "flower", nodes=a.nodes) as lb:
         cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, a.nodes
-        assert submit(cfg, tmp / "fl", home=lb.root / "cli") == 0
-    got = json.loads((tmp / "fl" / "summary.json").read_text())
-    t_in, t_fl = round_times(tmp / "inprocess"), round_times(tmp / "fl")
-    mean_in, mean_fl = sum(t_in) / len(t_in), sum(t_fl) / len(t_fl)
-    ratio = mean_fl / mean_in
-    print(f"{a.config}, {a.rounds} rounds, {a.nodes} SuperNodes on 127.0.0.1")
-    print(f"  in-process  {mean_in:6.2f} s/round   (rounds: {', '.join(f'{t:.1f}' for t in t_in)})")
-    print(f"  Flower      {mean_fl:6.2f} s/round   (rounds: {', '.join(f'{t:.1f}' for t in t_fl)})")
-    print(f"  ratio Flower ÷ in-process: {ratio:.2f}")
-    print(f"  same split: {got['groups'] == ref['groups']}; total test loss {got['total_test_loss']:.6f} vs "
-          f"{ref['total_test_loss']:.6f}")
-    save("flower_overhead", {"inprocess_round_s": t_in, "flower_round_s": t_fl, "ratio": ratio,
-                             "same_groups": got["groups"] == ref["groups"],
+        cfg.flower.node_threads = a.node_threads
+        for name, work in [("Flower floor", "none"), ("fedmas on Flower", "train"),
+                           ("fedmas on Flower, train-here", "train-here")]:
+            cfg.flower.client_work = work
+            out = tmp / work
+            assert submit(cfg, out, home=lb.root / "cli") == 0, f"{name}: flwr run failed"
+            times[name] = round_times(out)
+            summaries[name] = json.loads((out / "summary.json").read_text())
+    later = {k: statistics.mean(v[1:] or v) for k, v in times.items()}
+    ratio = (later["fedmas on Flower"] - later["Flower floor"]) / later["in-process"]
+    ratio_here = (later["fedmas on Flower, train-here"] - later["Flower floor"]) / later["in-process"]
+    print(f"{a.config}, {a.method}, {a.rounds} rounds, {a.nodes} SuperNodes ({a.node_threads or cfg.threads} "
+          f"threads each; in-process {cfg.threads}) on 127.0.0.1; mean s/round after the first "
+          "(first round in brackets)")
+    for k, v in times.items():
+        print(f"  {k:<30} {later[k]:6.2f}   ({v[0]:.1f}; rounds: {', '.join(f'{t:.1f}' for t in v)})")
+    print(f"  (fedmas on Flower − floor) ÷ in-process: {ratio:.2f}   (goal ≤ 1.5)")
+    print(f"  the same with train-here:                {ratio_here:.2f}")
+    got = summaries["fedmas on Flower"]
+    print(f"  fedmas on Flower: same split as in-process: {got['groups'] == ref['groups']}; total test loss "
+          f"{got['total_test_loss']:.6f} vs {ref['total_test_loss']:.6f}")
+    save("flower_overhead", {"round_s": times, "mean_after_first_s": later, "ratio": ratio,
+                             "ratio_train_here": ratio_here, "same_groups": got["groups"] == ref["groups"],
                              "loss": [got["total_test_loss"], ref["total_test_loss"]], "nodes": a.nodes,
-                             "config": a.config, "rounds": a.rounds})
+                             "node_threads": a.node_threads, "config": a.config, "method": a.method,
+                             "rounds": a.rounds})
 
 
 if __name__ == "__main__":

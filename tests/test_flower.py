@@ -83,6 +83,46 @@ def test_supernode_killed_mid_run(tiny_raw, tmp_path):
     assert per_round[1] == per_round[2] == 2  # after it, the surviving node's two clients still did
 
 
+def test_server_restart_resumes_from_the_last_checkpoint(tiny_raw, tmp_path):
+    """The server machine goes down mid-run (SuperLink and ServerApp killed with SIGKILL after a
+    checkpoint); the SuperLink comes back on the same port and database, the SuperNodes reconnect by
+    themselves, and ``fedmas run --resume RUN_DIR`` continues from the checkpoint to the numbers of an
+    uninterrupted run."""
+    cfg = _cfg(tiny_raw, rounds=4)
+    ref = execute(cfg, tmp_path / "inprocess", progress=False)
+    out = tmp_path / "fl"
+    with Loopback(tmp_path / "flower", nodes=2) as lb:
+        cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
+        (tmp_path / "fl.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+        first = subprocess.Popen([sys.executable, "-m", "fedmas.cli", "run", str(tmp_path / "fl.yaml"), "--out",
+                                  str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        st, end = out / "checkpoint" / "state.json", time.time() + 900
+        while time.time() < end and first.poll() is None:
+            try:
+                if st.exists() and json.loads(st.read_text())["round"] >= 1:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.1)
+        assert first.poll() is None, "the run ended before the server could be killed"
+        lb.kill("superlink")  # the server machine is gone: SuperLink, its SuperExec and the ServerApp
+        first.kill()  # the submitting terminal went with it
+        first.wait(60)
+        done = json.loads(st.read_text())["round"]
+        assert 1 <= done < 4
+        lb.start_superlink()
+        proc = subprocess.run([sys.executable, "-m", "fedmas.cli", "run", "--resume", str(out)], capture_output=True,
+                              text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = json.loads((out / "summary.json").read_text())
+    assert got["rounds"] == 4 and got["groups"] == ref["groups"]
+    assert got["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-5)
+    rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(rounds)) == [0, 1, 2, 3]
+    assert len(rounds) == len([json.loads(x) for x in (tmp_path / "inprocess" / "metrics.jsonl").read_text()
+                               .splitlines()])  # no round written twice
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 def test_tls_deployment(tiny_raw, tmp_path):
     cfg = _cfg(tiny_raw, rounds=2)

@@ -40,9 +40,21 @@ class DataConfig(_Strict):
         0.1, ge=0, lt=1, description="share of every client's training data held out as validation data: the "
                                      "only data that decisions (HOA's groups, best_val selection) read")
     cache_dir: str | None = None
+    label_coverage: float | dict[str, float] = Field(
+        1.0, description="partial labels: each client holds each task's labels with this probability (one "
+                         "number, or one per task), drawn once per client from data.seed; a client left with "
+                         "none holds one task drawn at random. 1.0: every client holds every task")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="a plugin dataset's own settings, passed to it unchecked "
                                                 "as data_config.options")
+
+    @field_validator("label_coverage")
+    @classmethod
+    def _coverage(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        for p in (v.values() if isinstance(v, dict) else [v]):
+            if not 0 <= p <= 1:
+                raise ValueError(f"a coverage is a probability in [0, 1], got {p}")
+        return v
 
     @field_validator("dataset")
     @classmethod
@@ -198,6 +210,9 @@ class FlowerConfig(_Strict):
                                        "the round deadline and liveness end a wait")
     straggler_min_s: float = Field(60.0, ge=0, le=1e7, description="the straggler deadline is never shorter")
     poll_s: float = Field(0.2, gt=0, le=60)
+    node_threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the training on each "
+                                                                       "node (null: threads); 1 when several "
+                                                                       "SuperNodes share one machine's cores")
     client_work: Literal["train", "train-here", "none"] = Field(
         "train", description="engine: flower. train: a warm fedmas worker beside each SuperNode trains (started "
                              "by the node's first message); train-here: the ClientApp process trains (torch, data "

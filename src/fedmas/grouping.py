@@ -33,6 +33,22 @@ class Grouping:
     exact: bool
 
 
+def fill_missing(z: np.ndarray) -> np.ndarray:
+    """The rule for pairs that no client measured (partial labels: no client held both tasks' labels),
+    before any split search: a missing Z(i→j) takes the smallest off-diagonal value that was measured,
+    so grouping two tasks is never justified by a pair nobody could observe (and 0 if nothing was
+    measured). A missing diagonal entry is 0 (the objectives ignore the diagonal)."""
+    z = np.array(z, dtype=np.float64)
+    miss = np.isnan(z)
+    if not miss.any():
+        return z
+    off = ~np.eye(len(z), dtype=bool)
+    seen = z[off & ~miss]
+    z[miss & off] = float(seen.min()) if seen.size else 0.0
+    z[miss & ~off] = 0.0
+    return z
+
+
 def validate_affinity(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or z.shape[0] != z.shape[1] or z.shape[0] == 0:

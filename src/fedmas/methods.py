@@ -24,7 +24,7 @@ import numpy as np
 from fedmas import grouping
 from fedmas.models import build_model
 from fedmas.server.loop import Server, stable_seed
-from fedmas.server.state import atomic_write_text
+from fedmas.server.state import atomic_write_text, mean_matrix
 
 MERGED = "merged"
 
@@ -191,8 +191,9 @@ class _MergeThenSplit(Plan):
 
     def _maybe_stop_merge(self, server: Server, merged) -> None:
         m = server.cfg.mas
-        rows = [np.asarray(a["matrix"]) for a in server.state.affinity.of(MERGED)]
-        rhos = [grouping.spearman(np.mean(rows[:i + 1], 0), np.mean(rows[:i], 0)) for i in range(1, len(rows))]
+        rows = [a["matrix"] for a in server.state.affinity.of(MERGED)]
+        rhos = [grouping.spearman(grouping.fill_missing(mean_matrix(rows[:i + 1])),
+                                  grouping.fill_missing(mean_matrix(rows[:i]))) for i in range(1, len(rows))]
         server.state.plan["settle_rho"] = rhos
         settled = len(rhos) >= m.settle_patience and all(r >= m.settle_threshold for r in rhos[-m.settle_patience:])
         if settled and merged.done_rounds >= m.min_merge_rounds:
@@ -218,6 +219,7 @@ class MAS(_MergeThenSplit):
         tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server)) or (list(server.tasks), None)
         if z is None:  # a single task: nothing to split
             return [list(tasks)]
+        z = grouping.fill_missing(z)  # pairs no client measured (partial labels): see fill_missing's rule
         k_max = m.max_splits if m.splits == "auto" else int(m.splits)
         cands = [{"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score, "exact": g.exact}
                  for k, g in enumerate(grouping.partitions_up_to(z, k_max, server.cfg.seed), start=1)]
@@ -316,6 +318,7 @@ class TAG(Plan):
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:
             tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server))
+            z = grouping.fill_missing(z)
             k = split_count(server.cfg)
             sel = grouping.tag_selection(z, k)
             assign = grouping.tag_assignment(z, sel.groups)

@@ -82,7 +82,7 @@ def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-tas
     z = np.asarray(z, float)[np.ix_(idx, idx)]
     n = len(order)
     off = np.where(np.eye(n, dtype=bool), np.nan, z)
-    lim = max(float(np.nanmax(np.abs(off))) if n > 1 else 0.0, 1e-12)
+    lim = max(float(np.nanmax(np.abs(off))) if n > 1 and not np.isnan(off).all() else 0.0, 1e-12)
     fig, ax = plt.subplots(figsize=(1.1 * n + 2.8, 1.0 * n + 2.2), dpi=120)
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#e6e6e6")
     im = ax.imshow(np.ma.masked_invalid(off), cmap=cmap, vmin=-lim, vmax=lim)
@@ -93,6 +93,9 @@ def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-tas
     for i in range(n):
         for j in range(n):
             v = z[i, j]
+            if np.isnan(v):  # partial labels: no client held both tasks
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=7, color="#777777")
+                continue
             colour = "#777777" if i == j else ("white" if abs(v) > 0.6 * lim else "black")
             ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color=colour,
                     style="italic" if i == j else "normal")

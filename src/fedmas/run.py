@@ -161,7 +161,11 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
     truncate_metrics(run_dir, state.round)
-    server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()})
+    if data.holds is not None and cfg.federation.task_weighting == "gradnorm":
+        raise ConfigError("federation.task_weighting: gradnorm is not supported with partial labels "
+                          "(data.label_coverage < 1 or a dataset that declares holds); use 'equal'")
+    server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()},
+                    {c: data.held(c) for c in data.clients} if data.holds is not None else None)
     server.check_weights()
     _write_derived(server)
     engine = engine_factory(cfg, data, server.spec)

@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
@@ -88,7 +89,31 @@ def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.c
         data = read_taskonomy(Path(cfg.root), tasks, buildings, cfg.test_fraction)
     else:
         data = _plugin_data(cfg, tasks)
-    return with_validation(check_samples(check_federated(data, cfg.dataset), cfg.dataset, tasks), cfg)
+    data = with_validation(check_samples(check_federated(data, cfg.dataset), cfg.dataset, tasks), cfg)
+    return with_label_coverage(data, cfg)
+
+
+def with_label_coverage(data: FederatedData, cfg) -> FederatedData:
+    """Apply ``data.label_coverage``: each client keeps each task's labels with that task's probability
+    (seeded by ``data.seed`` and the client's name, so every process draws the same), intersected with
+    what the dataset itself declared; a client left with none keeps one task drawn at random."""
+    cov = cfg.label_coverage
+    if not isinstance(cov, dict) and cov >= 1:
+        return data
+    unknown = sorted(set(cov) - set(data.tasks)) if isinstance(cov, dict) else []
+    if unknown:
+        raise DataError(f"data.label_coverage names {unknown}, which are not among the run's tasks "
+                        f"{list(data.tasks)}")
+    holds = {}
+    for c in data.clients:
+        rng = np.random.default_rng(zlib.crc32(f"{cfg.seed}/labels/{c}".encode()))
+        draws = rng.random(len(data.tasks))
+        declared = data.held(c)
+        keep = tuple(t for t, u in zip(data.tasks, draws)
+                     if t in declared and u < (cov.get(t, 1.0) if isinstance(cov, dict) else cov))
+        holds[c] = keep or (declared[int(rng.integers(len(declared)))],)
+    data.holds = holds
+    return data
 
 
 def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:

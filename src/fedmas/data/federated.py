@@ -118,6 +118,8 @@ class FederatedData:
     test: Dataset
     tasks: tuple[str, ...]
     validation: Dataset | None = None
+    # which tasks' labels each client holds (a client not named holds all); None: every client holds all
+    holds: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not self.clients:
@@ -125,6 +127,18 @@ class FederatedData:
         for name, ds in self.clients.items():
             if len(ds) == 0:  # type: ignore[arg-type]
                 raise ValueError(f"client {name!r} has no training samples")
+        for name, held in (self.holds or {}).items():
+            if name not in self.clients:
+                raise ValueError(f"holds names client {name!r}, which is not in the dataset")
+            bad = [t for t in held if t not in self.tasks]
+            if bad or not held:
+                raise ValueError(f"client {name!r} holds {list(held)}: each must be one of the run's tasks "
+                                 f"{list(self.tasks)}, and at least one")
+
+    def held(self, client: str) -> tuple[str, ...]:
+        """The tasks whose labels ``client`` holds, in the run's task order."""
+        h = (self.holds or {}).get(client)
+        return self.tasks if h is None else tuple(t for t in self.tasks if t in h)
 
     @property
     def client_ids(self) -> list[str]:

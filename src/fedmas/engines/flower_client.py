@@ -29,7 +29,7 @@ def _client_data(cfg_yaml: str, client: str):
     from fedmas.data import load_client
 
     cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
-    configure_cpu(cfg.threads)
+    configure_cpu(cfg.flower.node_threads or cfg.threads)
     return cfg, load_client(cfg.data, cfg.task_list, client), _models(cfg.model.encoder, cfg.model.width)
 
 

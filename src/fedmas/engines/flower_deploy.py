@@ -100,25 +100,31 @@ class Loopback:
 
     def start(self) -> Loopback:
         self.root.mkdir(parents=True, exist_ok=True)
-        env = flower_env(self.root / "flwr-home")
-        link = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
-                "--database", str(self.root / "superlink.db"), "--disable-runtime-dependency-installation"]
-        certs = make_certificates(self.root / "certs") if self.tls else None
         if self.auth and not self.tls:
             raise ValueError("SuperNode authentication needs TLS: use Loopback(..., tls=True, auth=True)")
-        if certs:
-            link += ["--ssl-ca-certfile", certs["ca"], "--ssl-certfile", certs["cert"], "--ssl-keyfile", certs["key"]]
-        else:
-            link += ["--insecure"]
-        if self.auth:
-            link += ["--enable-supernode-auth"]
-        self._spawn("superlink", link, env)
-        self._wait_port(self.port)
+        env = flower_env(self.root / "flwr-home")
+        certs = make_certificates(self.root / "certs") if self.tls else None
+        self.start_superlink()
         for i in range(self.nodes):
             if self.auth:
                 self.register_node(self.node_key(i))
             self.start_node(i, env, certs)
         return self
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink (again, after :meth:`kill`: same port and database, so the nodes reconnect
+        and the registered keys still hold)."""
+        link = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--database", str(self.root / "superlink.db"), "--disable-runtime-dependency-installation"]
+        if self.tls:
+            certs = make_certificates(self.root / "certs")
+            link += ["--ssl-ca-certfile", certs["ca"], "--ssl-certfile", certs["cert"], "--ssl-keyfile", certs["key"]]
+        else:
+            link += ["--insecure"]
+        if self.auth:
+            link += ["--enable-supernode-auth"]
+        self._spawn("superlink", link, flower_env(self.root / "flwr-home"))
+        self._wait_port(self.port)
 
     def node_key(self, i: int) -> Path:
         """Node ``i``'s private key (made on first use); its public key is beside it as ``.pub``."""
@@ -151,7 +157,7 @@ class Loopback:
         self._spawn(name or f"node{i}", node, env)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 

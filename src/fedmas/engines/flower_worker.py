@@ -74,10 +74,14 @@ def handle(conn: socket.socket) -> None:
     except (ConnectionError, ValueError, OSError) as e:
         print(f"unreadable request: {type(e).__name__}: {e}", flush=True)
         return
+    t0 = time.perf_counter()
     try:
         arrays, config, metrics = train_here(record_from_wire(header["arrays"], blobs), header["config"])
         meta, out = record_to_wire(arrays)
         send_frame(conn, {"arrays": meta, "config": config, "metrics": metrics}, out)
+        print(f"{time.strftime('%H:%M:%S')} client {header['config'].get('client')} round "
+              f"{header['config'].get('round')}: {time.perf_counter() - t0:.2f} s (training "
+              f"{metrics.get('compute_s', 0):.2f} s)", flush=True)
     except Exception as e:  # noqa: BLE001 - the error goes back to the shim, which fails the message
         print(f"training failed: {type(e).__name__}: {e}", flush=True)
         try:

@@ -32,6 +32,32 @@ def fedavg(updates: Sequence[tuple[Mapping[str, Tensor], float]]) -> dict[str, T
     return out
 
 
+def fedavg_partial(updates: Sequence[tuple[Mapping[str, Tensor], float]],
+                   previous: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """FedAvg where clients sent different parts of the model (partial labels): each tensor is the
+    sample-weighted mean over the clients that sent it (the encoder over all, a head over the clients
+    that hold its task's labels); a tensor no client sent keeps its ``previous`` value."""
+    if not updates:
+        raise ValueError("nothing to aggregate")
+    out: dict[str, Tensor] = {}
+    for k, v in previous.items():
+        have = [(u[k], n) for u, n in updates if k in u]
+        if not have:
+            out[k] = v.clone()
+            continue
+        total = float(sum(n for _, n in have))
+        if not total > 0:
+            raise ValueError("sample counts must sum to a positive number")
+        if v.is_floating_point():
+            acc = torch.zeros_like(v, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
+            for t, n in have:
+                acc.add_(t, alpha=n / total)
+            out[k] = acc.to(v.dtype)
+        else:
+            out[k] = torch.stack([t for t, _ in have]).amax(0)
+    return out
+
+
 MAX_AFFINITY_MAGNITUDE = 1e3  # Z(i→j) = 1 − L_after/L_before ≤ 1 for non-negative losses; far below −1e3 is absurd
 MAX_COMPUTE_S = 1e7
 MAX_FLOP = 1e21

@@ -17,7 +17,7 @@ import sys
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +29,7 @@ from fedmas.accounting import EnergyMeter
 from fedmas.evaluate import evaluate
 from fedmas.messages import Job, LocalConfig, Message, Reply
 from fedmas.models import ModelCache, ModelSpec, build_model
-from fedmas.server.aggregate import check_reply, fedavg
+from fedmas.server.aggregate import check_reply, fedavg, fedavg_partial
 from fedmas.server.state import CheckpointError, FLTaskState, ServerState, atomic_write_text, save_checkpoint
 from fedmas.tasks import TASKS
 
@@ -60,10 +60,18 @@ class Server:
     """The state plus the operations plans may use."""
 
     def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
-                 sizes: dict[str, int] | None = None):
+                 sizes: dict[str, int] | None = None, holds: dict[str, tuple[str, ...]] | None = None):
         self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
         self.spec = ModelSpec(cfg.model.encoder, cfg.model.width)
         self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
+        self.holds = holds  # client → the tasks whose labels it holds; None: every client holds every task
+
+    def held(self, client: str, tasks: Sequence[str]) -> list[str]:
+        """Those of ``tasks`` whose labels ``client`` holds (in ``tasks``' order)."""
+        if self.holds is None:
+            return list(tasks)
+        h = self.holds.get(client, ())
+        return [t for t in tasks if t in h]
 
     def max_samples(self, client: str) -> float:
         """The most samples a reply of ``client`` can honestly report for one round."""
@@ -132,10 +140,13 @@ class Server:
 
 
 def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
-             max_per_client: int, round_index: int) -> dict[str, list[str]]:
+             max_per_client: int, round_index: int,
+             holds: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
     """Seeded random selection: each FL task gets up to ``per_round`` distinct clients and no client
     trains more than ``max_per_client`` FL tasks. When the pool cannot give every FL task its full
-    quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness."""
+    quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness.
+    With partial labels (``holds``), an FL task only gets clients that hold the labels of at least one
+    of its tasks (it may get fewer than its quota, or none)."""
     n = len(fl_tasks)
     out: dict[str, list[str]] = {}
     if n == 0:
@@ -151,9 +162,12 @@ def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTask
     perm = [clients[i] for i in rng.permutation(len(clients))]
     for rank, i in enumerate(order):
         chosen: list[str] = []
+        mine = set(fl_tasks[i].tasks)
         for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
             if len(chosen) == quota[rank]:
                 break
+            if holds is not None and mine.isdisjoint(holds.get(c, ())):
+                continue
             if load[c] < max_per_client:
                 chosen.append(c)
                 load[c] += 1
@@ -174,15 +188,18 @@ def encoder_grad_scale(cfg: Config, n_tasks: int) -> float:
     return 1.0 / math.sqrt(n_tasks) if cfg.model.encoder_grad_scale == "inv_sqrt_n" and n_tasks > 1 else 1.0
 
 
-def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int) -> LocalConfig:
+def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int,
+                 tasks: Sequence[str] | None = None) -> LocalConfig:
+    """A client's instructions for ``fl``; ``tasks`` narrows the model to the tasks it holds labels for."""
     f = cfg.federation
+    tasks = list(fl.tasks) if tasks is None else list(tasks)
     return LocalConfig(
-        tasks=",".join(fl.tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
+        tasks=",".join(tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
         local_epochs=f.local_epochs, batch_size=f.batch_size,
         prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
         gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
-        lookahead_step=cfg.mas.lookahead_step if fl.measuring else 0,
-        encoder_grad_scale=encoder_grad_scale(cfg, len(fl.tasks)),
+        lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
+        encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
     )
 
@@ -224,13 +241,21 @@ class RoundLoop:
     def _round(self, rng: np.random.Generator) -> None:
         st, cfg, f = self.server.state, self.cfg, self.cfg.federation
         t_round = time.perf_counter()
-        assign = schedule(rng, self.server.clients, st.active, f.clients_per_round, f.max_tasks_per_client, st.round)
+        assign = schedule(rng, self.server.clients, st.active, f.clients_per_round, f.max_tasks_per_client, st.round,
+                          self.server.holds)
         busy = {c for cs in assign.values() for c in cs}  # a retry asks only clients idle this round
         client_time: dict[str, float] = defaultdict(float)
         lines = []
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
-            valid = self._train_fl_task(fl, assign[fl.name], client_time, busy)
+            uncovered = [t for t in fl.tasks if not any(t in self.server.held(c, fl.tasks) for c in assign[fl.name])]
+            if not assign[fl.name]:
+                log.warning("round %d, FL task %s: no client holds labels of its tasks; not trained this round",
+                            st.round, fl.name)
+                st.faults["rounds_without_holders"] = st.faults.get("rounds_without_holders", 0) + 1
+                valid = 0
+            else:
+                valid = self._train_fl_task(fl, assign[fl.name], client_time, busy)
             fl.done_rounds += 1
             ev: dict[str, Any] = {}
             if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
@@ -240,9 +265,10 @@ class RoundLoop:
                     fl.last_val = self._evaluate(fl, st.weights[fl.name], self.val_data)
                     ev["val_total_loss"] = fl.last_val["total_loss"]
                     self._keep_if_best(fl)
+            extra = {"tasks_without_labels": uncovered} if self.server.holds is not None else {}
             lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
                           "fl_round": fl.done_rounds, "lr": lr,
-                          "clients": assign[fl.name], "accepted": valid, **ev})
+                          "clients": assign[fl.name], "accepted": valid, **extra, **ev})
             if fl.done_rounds >= fl.rounds:
                 self._select(fl)
                 st.retire(fl)
@@ -300,12 +326,18 @@ class RoundLoop:
         round, chosen by a seed of their own) in place of those that failed; the same ones only when no
         other client is free."""
         st, f = self.server.state, self.cfg.federation
-        weights = expected = st.weights[fl.name]
+        weights = st.weights[fl.name]
         good: list[tuple[dict[str, Tensor], float]] = []
-        affs: list[tuple[Tensor, float]] = []
+        affs: list[tuple[Tensor, list[int], float]] = []
         tried, ask = set(clients), list(clients)
+        held = {c: self.server.held(c, fl.tasks) for c in self.server.clients} if self.server.holds else None
         for attempt in range(f.max_round_retries + 1):
-            jobs = [Job(c, fl.name, Message(weights, local_config(self.cfg, fl, st.round, c, attempt).to_dict()))
+            if held is not None:  # a retry asks only clients that hold some of this FL task's labels
+                ask = [c for c in ask if held[c]]
+            mine = {c: held[c] if held is not None else list(fl.tasks) for c in ask}
+            sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
+            jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, st.round, c, attempt,
+                                                                  mine[c]).to_dict()))
                     for c in ask]
             e0 = self.meter.read()
             replies = self.engine.run(jobs, f.round_deadline_s)
@@ -314,7 +346,8 @@ class RoundLoop:
             failed = set(ask)
             for r in replies:
                 try:
-                    why = check_reply(r, expected, len(fl.tasks), fl.measuring,
+                    n_mine = len(mine[r.client])
+                    why = check_reply(r, sent[r.client], n_mine, fl.measuring and n_mine > 1,
                                       self.server.max_samples(r.client))
                 except Exception as e:  # noqa: BLE001 - no reply may raise in the server
                     why = f"malformed reply: {type(e).__name__}"
@@ -336,13 +369,16 @@ class RoundLoop:
                 aff = arrays.pop("affinity", None)
                 good.append((arrays, m["samples"]))
                 if aff is not None and fl.measuring:
-                    affs.append((aff, m["samples"]))
+                    affs.append((aff, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
-                st.weights[fl.name] = fedavg(good)
+                st.weights[fl.name] = fedavg(good) if held is None else fedavg_partial(good, weights)
                 if affs:
-                    tot = sum(n for _, n in affs)
-                    mean = sum(a.double() * (n / tot) for a, n in affs)
-                    st.affinity.append(st.round, fl.name, fl.tasks, mean.tolist(), len(affs), tot)
+                    if held is None:
+                        tot = sum(n for *_, n in affs)
+                        matrix = sum(a.double() * (n / tot) for a, _, n in affs).tolist()
+                    else:
+                        matrix = pairwise_mean(affs, len(fl.tasks))
+                    st.affinity.append(st.round, fl.name, fl.tasks, matrix, len(affs), sum(n for *_, n in affs))
                 return len(good)
             if attempt < f.max_round_retries:
                 ask = self._replacements(sorted(failed), tried | (busy or set()), fl.name, attempt)
@@ -354,6 +390,26 @@ class RoundLoop:
         log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
         st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
         return 0
+
+
+def restrict(weights: dict[str, Tensor], tasks: Sequence[str]) -> dict[str, Tensor]:
+    """The encoder and ``tasks``' heads of an FL task's weights (no copy): what a client holding only
+    those tasks' labels receives; it never receives another task's head."""
+    keep = ("encoder.",) + tuple(f"heads.{t}." for t in tasks)
+    return {k: v for k, v in weights.items() if k.startswith(keep)}
+
+
+def pairwise_mean(affs: list[tuple[Tensor, list[int], float]], n: int) -> list[list[float | None]]:
+    """The round's n×n affinity: each pair (i, j) the sample-weighted mean over the clients that measured
+    it (a client measures the pairs among the tasks it holds, ``idx`` in the FL task's order); a pair
+    that no client measured is ``None`` (missing, not 0)."""
+    total = torch.zeros(n, n, dtype=torch.float64)
+    weight = torch.zeros(n, n, dtype=torch.float64)
+    for a, idx, samples in affs:
+        ix = torch.tensor(idx)
+        total[ix[:, None], ix[None, :]] += a.double() * samples
+        weight[ix[:, None], ix[None, :]] += samples
+    return [[float(total[i, j] / weight[i, j]) if weight[i, j] > 0 else None for j in range(n)] for i in range(n)]
 
 
 def _unused(clients: list[str], taken: set[str]) -> list[str]:

@@ -52,6 +52,17 @@ class FLTaskState:
             self.affinity_rounds is None or self.done_rounds < self.affinity_skip + self.affinity_rounds)
 
 
+def mean_matrix(matrices: list[list[list[float | None]]]) -> np.ndarray:
+    """The mean of per-round matrices, each pair over the rounds that measured it; NaN where none did
+    (partial labels: no client held both tasks)."""
+    stack = np.asarray(matrices, dtype=np.float64)  # None -> NaN
+    seen = ~np.isnan(stack)
+    count = seen.sum(0)
+    total = np.where(seen, stack, 0.0).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 @dataclass
 class AffinityLog:
     """The server's per-round affinity matrices (each the sample-weighted mean over that round's clients)."""
@@ -75,7 +86,7 @@ class AffinityLog:
         rows = self.of(fl_task, first)
         if not rows:
             return None
-        return rows[0]["tasks"], np.mean([np.asarray(a["matrix"]) for a in rows], axis=0)
+        return rows[0]["tasks"], mean_matrix([a["matrix"] for a in rows])
 
     def to_doc(self, fl_task: str, first: int | None = None) -> dict[str, Any] | None:
         """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``;
@@ -85,8 +96,11 @@ class AffinityLog:
             return None
         tasks, z = measured
         rows = self.of(fl_task, first)
-        return {"tasks": list(tasks), "affinity": {s: {t: float(z[i, j]) for j, t in enumerate(tasks)}
+        missing = [[s, t] for i, s in enumerate(tasks) for j, t in enumerate(tasks) if np.isnan(z[i, j])]
+        return {"tasks": list(tasks), "affinity": {s: {t: None if np.isnan(z[i, j]) else float(z[i, j])
+                                                       for j, t in enumerate(tasks)}
                                                    for i, s in enumerate(tasks)},
+                **({"missing": missing} if missing else {}),
                 "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
                 "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]}
                             for a in self.of(fl_task)]}
