@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fedmas.client import handle_train
 from fedmas.config import Config
 from fedmas.engines.flower import config_record
+from fedmas.engines.flower_shim import partition_reply
 from fedmas.messages import Message
 from fedmas.models import ModelCache, ModelSpec
 from fedmas.runtime import configure_cpu
@@ -58,11 +59,5 @@ def make_client_app() -> ClientApp:
         rd = RecordDict({"arrays": arrays, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
         return FlMessage(content=rd, reply_to=msg)
 
-    @app.query()
-    def query(msg: FlMessage, context: Context) -> FlMessage:
-        nc = context.node_config
-        info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
-                             "num_partitions": int(nc.get("num-partitions", 1))})
-        return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
-
+    app.query()(partition_reply)
     return app

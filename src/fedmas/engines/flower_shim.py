@@ -172,11 +172,13 @@ def make_shim_app() -> ClientApp:
         rd = RecordDict({"arrays": out, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
         return FlMessage(content=rd, reply_to=msg)
 
-    @app.query()
-    def query(msg: FlMessage, context: Context) -> FlMessage:
-        nc = context.node_config
-        info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
-                             "num_partitions": int(nc.get("num-partitions", 1))})
-        return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
-
+    app.query()(partition_reply)
     return app
+
+
+def partition_reply(msg: FlMessage, context: Context) -> FlMessage:
+    """The engine's question at the start of a run: which partition of the clients this node serves."""
+    nc = context.node_config
+    info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
+                         "num_partitions": int(nc.get("num-partitions", 1))})
+    return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
