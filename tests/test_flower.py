@@ -35,6 +35,20 @@ def _cli_run(cfg: Config, config_path, out, timeout: float = 600) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _wait_for_checkpoint(out, rounds: int, running, bound_s: float = 900):
+    """Wait until the run in ``out`` has checkpointed ``rounds`` rounds, or ``running()`` is false; the bound
+    only ends a hung test. Returns the checkpoint's state file."""
+    st, end = out / "checkpoint" / "state.json", time.time() + bound_s
+    while time.time() < end and running():
+        try:
+            if st.exists() and json.loads(st.read_text())["round"] >= rounds:
+                break
+        except (json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.1)
+    return st
+
+
 def test_cli_run_on_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
     """engine: flower through the CLI against a real SuperLink and SuperNodes on 127.0.0.1."""
     cfg = _cfg(tiny_raw)
@@ -61,15 +75,7 @@ def test_supernode_killed_mid_run(tiny_raw, tmp_path):
         rc: list[int] = []
         t = threading.Thread(target=lambda: rc.append(submit(cfg, out, home=lb.root / "cli", timeout_s=1100)))
         t.start()
-        end = time.time() + 300
-        while time.time() < end:
-            st = out / "checkpoint" / "state.json"
-            try:
-                if st.exists() and json.loads(st.read_text())["round"] >= 1:
-                    break
-            except (json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.1)
+        _wait_for_checkpoint(out, 1, t.is_alive)
         lb.kill("node1")  # a real SIGKILL, while the next round is under way
         t.join(1200)
     assert rc == [0]
@@ -96,14 +102,7 @@ def test_server_restart_resumes_from_the_last_checkpoint(tiny_raw, tmp_path):
         (tmp_path / "fl.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
         first = subprocess.Popen([sys.executable, "-m", "fedmas.cli", "run", str(tmp_path / "fl.yaml"), "--out",
                                   str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        st, end = out / "checkpoint" / "state.json", time.time() + 900
-        while time.time() < end and first.poll() is None:
-            try:
-                if st.exists() and json.loads(st.read_text())["round"] >= 1:
-                    break
-            except (json.JSONDecodeError, KeyError):
-                pass
-            time.sleep(0.1)
+        st = _wait_for_checkpoint(out, 1, lambda: first.poll() is None)
         assert first.poll() is None, "the run ended before the server could be killed"
         lb.kill("superlink")  # the server machine is gone: SuperLink, its SuperExec and the ServerApp
         first.kill()  # the submitting terminal went with it

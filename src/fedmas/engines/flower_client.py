@@ -23,6 +23,8 @@ from fedmas.messages import Message
 from fedmas.models import ModelCache, ModelSpec
 from fedmas.runtime import configure_cpu
 
+ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work")  # what the engine adds to a job's config
+
 
 @functools.lru_cache(maxsize=64)
 def _client_data(cfg_yaml: str, client: str):
@@ -43,7 +45,7 @@ def _models(encoder: str, width: int) -> ModelCache:
 def train_here(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:
     """Train the message's client on the message's weights; the reply's arrays, config and metrics."""
     _cfg, data, models = _client_data(str(config["fedmas_config"]), str(config["client"]))
-    local = {k: v for k, v in config.items() if k not in ("fedmas_config", "client")}
+    local = {k: v for k, v in config.items() if k not in ENGINE_KEYS}
     out = handle_train(Message(arrays=arrays.to_torch_state_dict(), config=local), data, models)
     return ArrayRecord(torch_state_dict=out.arrays), dict(config_record(out.config)), dict(out.metrics)
 
@@ -53,9 +55,7 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
-        config = dict(msg.content["config"])
-        config.pop("fedmas_client_work", None)
-        arrays, reply_config, metrics = train_here(msg.content["arrays"], config)
+        arrays, reply_config, metrics = train_here(msg.content["arrays"], dict(msg.content["config"]))
         rd = RecordDict({"arrays": arrays, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
         return FlMessage(content=rd, reply_to=msg)
 

@@ -16,20 +16,21 @@ def fedavg(updates: Sequence[tuple[Mapping[str, Tensor], float]]) -> dict[str, T
     """Σ_c (n_c / Σ n) · w_c for floating tensors; integer buffers take the maximum."""
     if not updates:
         raise ValueError("nothing to aggregate")
-    total = float(sum(n for _, n in updates))
+    return {k: _weighted_mean([(u[k], n) for u, n in updates], v) for k, v in updates[0][0].items()}
+
+
+def _weighted_mean(have: Sequence[tuple[Tensor, float]], like: Tensor) -> Tensor:
+    """Σ (n / Σ n) · t over ``have`` in ``like``'s dtype (accumulated in float32 or float64); the maximum for
+    integer buffers."""
+    total = float(sum(n for _, n in have))
     if not total > 0:
         raise ValueError("sample counts must sum to a positive number")
-    first = updates[0][0]
-    out: dict[str, Tensor] = {}
-    for k, v in first.items():
-        if v.is_floating_point():
-            acc = torch.zeros_like(v, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
-            for u, n in updates:
-                acc.add_(u[k], alpha=n / total)
-            out[k] = acc.to(v.dtype)
-        else:
-            out[k] = torch.stack([u[k] for u, _ in updates]).amax(0)
-    return out
+    if not like.is_floating_point():
+        return torch.stack([t for t, _ in have]).amax(0)
+    acc = torch.zeros_like(like, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+    for t, n in have:
+        acc.add_(t, alpha=n / total)
+    return acc.to(like.dtype)
 
 
 def fedavg_partial(updates: Sequence[tuple[Mapping[str, Tensor], float]],
@@ -42,19 +43,7 @@ def fedavg_partial(updates: Sequence[tuple[Mapping[str, Tensor], float]],
     out: dict[str, Tensor] = {}
     for k, v in previous.items():
         have = [(u[k], n) for u, n in updates if k in u]
-        if not have:
-            out[k] = v.clone()
-            continue
-        total = float(sum(n for _, n in have))
-        if not total > 0:
-            raise ValueError("sample counts must sum to a positive number")
-        if v.is_floating_point():
-            acc = torch.zeros_like(v, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
-            for t, n in have:
-                acc.add_(t, alpha=n / total)
-            out[k] = acc.to(v.dtype)
-        else:
-            out[k] = torch.stack([t for t, _ in have]).amax(0)
+        out[k] = _weighted_mean(have, v) if have else v.clone()
     return out
 
 

@@ -248,7 +248,6 @@ class RoundLoop:
         lines = []
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
-            uncovered = [t for t in fl.tasks if not any(t in self.server.held(c, fl.tasks) for c in assign[fl.name])]
             if not assign[fl.name]:
                 log.warning("round %d, FL task %s: no client holds labels of its tasks; not trained this round",
                             st.round, fl.name)
@@ -265,7 +264,10 @@ class RoundLoop:
                     fl.last_val = self._evaluate(fl, st.weights[fl.name], self.val_data)
                     ev["val_total_loss"] = fl.last_val["total_loss"]
                     self._keep_if_best(fl)
-            extra = {"tasks_without_labels": uncovered} if self.server.holds is not None else {}
+            extra = {}
+            if self.server.holds is not None:  # partial labels: the tasks none of this round's clients held
+                held = {t for c in assign[fl.name] for t in self.server.held(c, fl.tasks)}
+                extra["tasks_without_labels"] = [t for t in fl.tasks if t not in held]
             lines.append({"round": st.round, "fl_task": fl.name, "tasks": fl.tasks, "role": fl.role,
                           "fl_round": fl.done_rounds, "lr": lr,
                           "clients": assign[fl.name], "accepted": valid, **extra, **ev})
@@ -330,11 +332,10 @@ class RoundLoop:
         good: list[tuple[dict[str, Tensor], float]] = []
         affs: list[tuple[Tensor, list[int], float]] = []
         tried, ask = set(clients), list(clients)
-        held = {c: self.server.held(c, fl.tasks) for c in self.server.clients} if self.server.holds else None
+        partial = self.server.holds is not None
         for attempt in range(f.max_round_retries + 1):
-            if held is not None:  # a retry asks only clients that hold some of this FL task's labels
-                ask = [c for c in ask if held[c]]
-            mine = {c: held[c] if held is not None else list(fl.tasks) for c in ask}
+            mine = {c: self.server.held(c, fl.tasks) for c in ask}  # the tasks each client holds labels for
+            ask = [c for c in ask if mine[c]]  # (a retry may draw one that holds none of them)
             sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
             jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, st.round, c, attempt,
                                                                   mine[c]).to_dict()))
@@ -371,9 +372,9 @@ class RoundLoop:
                 if aff is not None and fl.measuring:
                     affs.append((aff, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
-                st.weights[fl.name] = fedavg(good) if held is None else fedavg_partial(good, weights)
+                st.weights[fl.name] = fedavg_partial(good, weights) if partial else fedavg(good)
                 if affs:
-                    if held is None:
+                    if not partial:  # the full-label formula, kept so results stay bit-identical
                         tot = sum(n for *_, n in affs)
                         matrix = sum(a.double() * (n / tot) for a, _, n in affs).tolist()
                     else:
