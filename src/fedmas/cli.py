@@ -31,12 +31,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     from fedmas.config import load_config
     from fedmas.run import execute
 
+    if a.add_task and not a.resume:
+        return _fail("--add-task adds a task to a run in progress: use it with --resume RUN_DIR "
+                     "(in a config, name arriving tasks under arrival.tasks)")
     if a.resume:
         if a.config or a.set or a.force:
             return _fail("--resume takes the run folder only; its config.yaml is used as saved")
         try:
             summary = execute(None, Path(a.resume), resume=True, progress=not a.quiet,
-                              allow_plugins=tuple(a.allow_plugin))
+                              allow_plugins=tuple(a.allow_plugin), add_tasks=tuple(a.add_task))
         except KeyboardInterrupt:
             print(f"fedmas: interrupted; continue with fedmas run --resume {a.resume}", file=sys.stderr)
             return 130
@@ -183,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
                    help="with --resume: import this plugin module named in the run's config.yaml although it is "
                         "neither installed nor inside the run folder")
+    r.add_argument("--add-task", action="append", default=[], metavar="TASK",
+                   help="with --resume (method mas): this task arrives now, at the next round, and is placed "
+                        "by arrival.policy (probe: joins the group it helps most, or a group of its own)")
     r.add_argument("--force", action="store_true",
                    help="start over in a --out folder that is not empty: replaces fedmas's own files there "
                         "(config.yaml, checkpoint/, metrics.jsonl, ...), keeps every other file")

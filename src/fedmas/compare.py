@@ -82,7 +82,7 @@ def _data_for(run_cfg: Config, cache: dict[str, FederatedData]) -> FederatedData
     """The comparison's data, loaded once per distinct data config and task list."""
     key = json.dumps([run_cfg.data.model_dump(), list(run_cfg.task_list), run_cfg.plugins], sort_keys=True)
     if key not in cache:
-        cache[key] = load_federated(run_cfg.data, run_cfg.task_list)
+        cache[key] = load_federated(run_cfg.data, run_cfg.task_list, run_cfg.arrival_tasks)
     return cache[key]
 
 

@@ -175,6 +175,39 @@ class HOAConfig(_Strict):
         return v
 
 
+class ArrivalConfig(_Strict):
+    """FL tasks that arrive while the others train (method mas): each named task joins at its round."""
+
+    tasks: dict[str, int | float] = Field(
+        default_factory=dict, max_length=64,
+        description="task → the round it arrives: a round index (from 0, as in the files) or a fraction of "
+                    "federation.rounds; its data is loaded from the start, it trains from that round on")
+    policy: Literal["probe", "alone"] = Field(
+        "probe", description="probe: measure its affinity with each current group on a copy of that group's "
+                             "model for probe_rounds rounds, then join the group whose split objective it raises "
+                             "most, or open a group of its own when none gains; alone: train it as a single-task "
+                             "FL task from scratch for federation.rounds rounds")
+    probe_rounds: int = Field(2, ge=1, le=10_000, description="rounds of the probe (policy probe)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _rounds(cls, v: dict[str, int | float]) -> dict[str, int | float]:
+        unknown = [t for t in v if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; accepted: {', '.join(sorted(TASKS))}")
+        for t, r in v.items():
+            if isinstance(r, bool) or (isinstance(r, float) and not (0 < r < 1 or (r.is_integer() and r >= 1))) \
+                    or (isinstance(r, int) and not 1 <= r <= 1_000_000):
+                raise ValueError(f"{t}: the arrival round must be a round index ≥ 1 or a fraction in (0, 1), "
+                                 f"got {r!r}")
+        return {t: int(r) if isinstance(r, float) and r.is_integer() else r for t, r in v.items()}
+
+    def round_of(self, task: str, total: int) -> int:
+        """The round index at which ``task`` arrives (a fraction of ``total`` rounded, at least 1)."""
+        r = self.tasks[task]
+        return int(r) if isinstance(r, int) else max(1, int(round(r * total)))
+
+
 class CostConfig(_Strict):
     device_power_w: float = Field(15.0, gt=0, le=1e6, description="modelled device power while training")
     server_power_w: float = Field(50.0, gt=0, le=1e7)
@@ -233,6 +266,7 @@ class Config(_Strict):
     federation: FederationConfig = FederationConfig()
     mas: MASConfig = MASConfig()
     hoa: HOAConfig = HOAConfig()
+    arrival: ArrivalConfig = ArrivalConfig()
     cost: CostConfig = CostConfig()
     engine: str = Field("inprocess", description="how messages travel: inprocess, flower-sim or flower")
     flower: FlowerConfig = FlowerConfig()
@@ -296,11 +330,41 @@ class Config(_Strict):
                              "read validation data (never test data); hold out a fraction, e.g. 0.1")
         if self.federation.min_replies > self.federation.clients_per_round:
             raise ValueError("federation.min_replies cannot exceed federation.clients_per_round")
+        self._check_arrivals()
         return self
+
+    def _check_arrivals(self) -> None:
+        a, R = self.arrival, self.federation.rounds
+        if not a.tasks:
+            return
+        if self.method != "mas":
+            raise ValueError(f"arrival.tasks: tasks that arrive mid-training are supported by method mas, "
+                             f"not {self.method!r}")
+        twice = [t for t in a.tasks if t in self.tasks]  # type: ignore[operator]
+        if twice:
+            raise ValueError(f"arrival.tasks names {twice}, which are among the starting tasks already")
+        if self.federation.task_weighting == "gradnorm":
+            raise ValueError("arrival.tasks is not supported with federation.task_weighting: gradnorm")
+        late = {t: a.round_of(t, R) for t in a.tasks}
+        bad = {t: r for t, r in late.items() if r >= R}
+        if bad:
+            raise ValueError(f"arrival.tasks: {bad} arrive at or after the last round of federation.rounds={R}")
+
+    @property
+    def start_tasks(self) -> tuple[str, ...]:
+        """The tasks trained from round 0 (the ``tasks`` key)."""
+        return tuple(self.tasks)  # type: ignore[arg-type]
+
+    @property
+    def arrival_tasks(self) -> tuple[str, ...]:
+        """The tasks that arrive later (``arrival.tasks``), in arrival order (ties by name)."""
+        R = self.federation.rounds
+        return tuple(sorted(self.arrival.tasks, key=lambda t: (self.arrival.round_of(t, R), t)))
 
     @property
     def task_list(self) -> tuple[str, ...]:
-        return tuple(self.tasks)  # type: ignore[arg-type]
+        """Every task of the run: the starting tasks, then those that arrive (their data is loaded at the start)."""
+        return self.start_tasks + self.arrival_tasks
 
 
 MAX_YAML_BYTES = 1 << 20

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedmas import grouping
+from fedmas import arrivals, grouping
 from fedmas.models import build_model
 from fedmas.server.loop import Server, stable_seed
 from fedmas.server.state import atomic_write_text, mean_matrix
@@ -63,6 +63,10 @@ class Plan:
     def final_assignment(self, server: Server) -> dict[str, str]:
         groups = server.state.plan["groups"]
         return {t: _group_name(i) for i, g in enumerate(groups) for t in g}
+
+    def groups(self, server: Server) -> list[list[str]] | None:
+        """The task groups the run ended with (for the summary and figures), or None."""
+        return server.state.plan.get("groups")
 
 
 PLANS: dict[str, type[Plan]] = {}
@@ -214,9 +218,49 @@ class MAS(_MergeThenSplit):
     name, label = "mas", "MAS"
     auto_splits = True
 
+    def expected_rounds(self, server: Server) -> int | None:
+        base = super().expected_rounds(server)
+        cfg = server.cfg
+        if base is None or cfg.arrival.policy != "alone":
+            return base
+        R = cfg.federation.rounds
+        return max([base] + [cfg.arrival.round_of(t, R) + R for t in cfg.arrival_tasks])
+
+    def update(self, server: Server) -> None:
+        super().update(server)
+        if server.cfg.arrival_tasks:
+            st = server.state
+            merged = next((t for t in st.active if t.name == MERGED), None)
+            split = st.plan.get("split")
+            base = (split["tasks"], np.asarray(split["affinity"])) if split else \
+                st.affinity.mean(MERGED, affinity_rounds(server))
+            if merged is not None:
+                r0 = merge_rounds(server)
+                arrivals.update(server, [merged], r0 + split_rounds(server, r0), base,
+                                wait=server.cfg.mas.merge_rounds == "auto")
+            else:
+                groups = [t for t in st.active if t.role == "final" and not t.name.startswith("single-")]
+                arrivals.update(server, groups, max((t.started_round + t.rounds for t in groups), default=st.round),
+                                base)
+
+    def final_assignment(self, server: Server) -> dict[str, str]:
+        if not server.state.plan.get("arrivals"):
+            return super().final_assignment(server)
+        return {t: fl.name for fl in server.state.finished if fl.role == "final" for t in fl.tasks}
+
+    def groups(self, server: Server) -> list[list[str]] | None:
+        if not server.state.plan.get("arrivals"):
+            return super().groups(server)
+        return [list(fl.tasks) for fl in server.state.finished + server.state.active if fl.role == "final"]
+
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
-        tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server)) or (list(server.tasks), None)
+        got = server.state.affinity.mean(MERGED, affinity_rounds(server))
+        tasks, z = got if got is not None else (list(server.tasks), None)
+        merged = server.finished(MERGED)
+        order = list(merged.tasks) if merged is not None else list(tasks)
+        z = arrivals.extend_affinity(server, order, tasks, z)  # newcomers that joined the merged model
+        tasks = order
         if z is None:  # a single task: nothing to split
             return [list(tasks)]
         z = grouping.fill_missing(z)  # pairs no client measured (partial labels): see fill_missing's rule

@@ -207,14 +207,20 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(tasks: Sequence[str], spec: ModelSpec = ModelSpec(),
-                init_from: Mapping[str, Tensor] | None = None, seed: int | None = None) -> MultiTaskModel:
+                init_from: Mapping[str, Tensor] | None = None, seed: int | None = None,
+                fresh: Sequence[str] = ()) -> MultiTaskModel:
     """A model for ``tasks``; with ``init_from`` (the state dict of a model whose tasks
-    include these), the encoder and these tasks' heads are copied from it."""
+    include these), the encoder and these tasks' heads are copied from it, except the heads of
+    ``fresh`` (tasks new to that model), which keep their seeded initialisation."""
     if seed is not None:
         torch.manual_seed(seed)
     model = MultiTaskModel(tasks, spec)
     if init_from is not None:
-        model.load_state_dict(subset_state(init_from, tasks))
+        copied = subset_state(init_from, [t for t in tasks if t not in fresh])
+        missing, unexpected = model.load_state_dict(copied, strict=False)
+        left = [k for k in missing if not k.startswith(tuple(f"heads.{t}." for t in fresh))]
+        if left or unexpected:
+            raise KeyError(f"the source model does not fit: missing {left[:3]}, unexpected {unexpected[:3]}")
     return model
 
 

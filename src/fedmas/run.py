@@ -3,6 +3,7 @@
 Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
 ``affinity.json`` / ``affinity.png`` (methods that measure affinity),
 ``split.json`` (the split decision and each candidate's objective),
+``arrivals.json`` (tasks that arrived mid-training: probes, gains, placement),
 ``costs.json``, ``losses.png`` and, only once the run is complete, ``summary.json``.
 """
 
@@ -14,8 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
+from fedmas import arrivals
 from fedmas.accounting import CostLedger
-from fedmas.config import Config, ConfigError, load_config
+from fedmas.config import Config, ConfigError, format_error, load_config
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
 from fedmas.methods import MERGED, affinity_rounds, make_plan
@@ -30,7 +35,8 @@ from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
             engine: Engine | None = None, stop_after: int | None = None,
             engine_factory: EngineFactory | None = None, force: bool = False,
-            allow_plugins: tuple[str, ...] = (), data: FederatedData | None = None) -> dict[str, Any] | None:
+            allow_plugins: tuple[str, ...] = (), data: FederatedData | None = None,
+            add_tasks: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
 
     The config and the data are checked before the run folder is created (once, here); then the
@@ -38,12 +44,17 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     :func:`drive` wherever it runs the server side. ``engine`` / ``engine_factory`` bypass that
     choice (tests, benchmarks). ``data``: the federated data of ``cfg.data`` when the caller has it
     loaded already (a comparison loads it once); it is checked against the method all the same.
-    The folder is locked for this process while it runs."""
+    The folder is locked for this process while it runs. ``add_tasks`` (with ``resume``): tasks that
+    arrive now, at the checkpoint's round (written into the run's config.yaml as ``arrival.tasks``)."""
     run_dir = Path(run_dir)
     if resume:
         cfg = resume_config(run_dir, allow_plugins)
         with RunLock(run_dir):
             done = _summary(run_dir)
+            if add_tasks:
+                if done is not None:
+                    raise ConfigError(f"{run_dir} has finished; a task can only be added to a run still in progress")
+                cfg = add_arrivals(cfg, run_dir, add_tasks)
             if done is not None:
                 if progress:
                     print(f"[fedmas] {run_dir} finished earlier; its results:", file=sys.stderr)
@@ -61,6 +72,28 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             if progress:
                 print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
             return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+def add_arrivals(cfg: Config, run_dir: Path, names: tuple[str, ...]) -> Config:
+    """The run's config with ``names`` arriving at the checkpoint's round, checked, and saved as its config.yaml."""
+    sp = run_dir / "checkpoint" / "state.json"
+    r = int(json.loads(sp.read_text())["round"]) if sp.exists() else 0
+    if r < 1:
+        raise ConfigError(f"{run_dir} has not finished a round yet; put {', '.join(names)} in its config's tasks "
+                          f"and start it again instead")
+    raw = cfg.model_dump()
+    known = set(cfg.task_list)
+    for n in names:
+        if n in known:
+            raise ConfigError(f"--add-task {n}: the run has that task already")
+        raw["arrival"]["tasks"][n] = r
+        known.add(n)
+    try:
+        new = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"--add-task {', '.join(names)}: {format_error(e)}") from None
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(new.model_dump(), sort_keys=False))
+    return new
 
 
 class ConsoleLog:
@@ -138,7 +171,7 @@ def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
     """The run's federated data (loaded unless given), checked against what the method needs (before
     any run folder exists)."""
     if data is None:
-        data = load_federated(cfg.data, cfg.task_list)
+        data = load_federated(cfg.data, cfg.task_list, cfg.arrival_tasks)
     n, per = len(data.clients), cfg.federation.clients_per_round
     if per > n:
         raise ConfigError(f"federation.clients_per_round={per} exceeds the {n} clients of data.dataset "
@@ -184,6 +217,9 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         if progress:
             if not had_groups and "groups" in srv.state.plan and srv.state.round >= 2:  # chosen before this round
                 print(split_line(srv), file=sys.stderr, flush=True)
+            placed = arrivals.console_line(srv) if srv.state.plan.get("arrivals") else None
+            if placed:
+                print(placed, file=sys.stderr, flush=True)
             print_progress(srv, total, eta.tick())
         had_groups = "groups" in srv.state.plan
 
@@ -221,6 +257,8 @@ def _write_derived(server: Server) -> None:
     split = server.state.plan.get("split")
     if split is not None:
         atomic_write_text(server.run_dir / "split.json", json.dumps(split, indent=1))
+    if server.state.plan.get("arrivals"):
+        arrivals.write(server)
 
 
 def _write_affinity(server: Server, always: bool = False) -> None:
@@ -241,7 +279,7 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
     summary = {
         "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
         "total_test_loss": sum(per_task.values()), "test_loss": per_task, "test_metrics": metrics,
-        "owner": owner, "groups": st.plan.get("groups"), "select": cfg.federation.select,
+        "owner": owner, "groups": plan.groups(server), "select": cfg.federation.select,
         "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
                       "started_round": t.started_round, "finished_round": t.finished_round,
                       "selected_round": t.selected_round,
@@ -255,7 +293,7 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
         rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {rounds} merged rounds",
-                st.plan.get("groups"))
+                st.plan.get("groups"))  # the split's groups (a newcomer placed later is not in this matrix)
     loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     if progress:
@@ -289,7 +327,7 @@ def render_summary(s: dict[str, Any], run_dir: Path | None = None) -> str:
                  f"{c['sim_wallclock_s']:.1f} s")
     if run_dir is not None:
         files = [f for f in ("summary.json", "metrics.jsonl", "costs.json", "losses.png", "affinity.json",
-                             "affinity.png", "split.json", "run.log") if (run_dir / f).exists()]
+                             "affinity.png", "split.json", "arrivals.json", "run.log") if (run_dir / f).exists()]
         lines.append(f"files in {run_dir}: {', '.join(files)}")
     return "\n".join(lines)
 

@@ -77,9 +77,11 @@ def _scene_spec(cfg) -> SceneSpec:
                      resolution=cfg.resolution, views_per_room=cfg.views_per_room, seed=cfg.seed)
 
 
-def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.config.DataConfig
+def load_federated(cfg, tasks: Sequence[str], late: Sequence[str] = ()) -> FederatedData:
     """Build the federated dataset a :class:`~fedmas.config.DataConfig` describes, and check it:
-    at least one client, every client with training data, a non-empty test set."""
+    at least one client, every client with training data, a non-empty test set. ``late``: the tasks
+    among ``tasks`` (at its end) that arrive mid-training; they leave the starting tasks' label draws
+    as they would be without them."""
     if cfg.cache_dir and Path(cfg.cache_dir).exists() and not Path(cfg.cache_dir).is_dir():
         raise DataError(f"data.cache_dir {cfg.cache_dir} exists and is not a folder")
     if cfg.dataset == "scenes":
@@ -90,13 +92,15 @@ def load_federated(cfg, tasks: Sequence[str]) -> FederatedData:  # cfg: fedmas.c
     else:
         data = _plugin_data(cfg, tasks)
     data = with_validation(check_samples(check_federated(data, cfg.dataset), cfg.dataset, tasks), cfg)
-    return with_label_coverage(data, cfg)
+    return with_label_coverage(data, cfg, late)
 
 
-def with_label_coverage(data: FederatedData, cfg) -> FederatedData:
+def with_label_coverage(data: FederatedData, cfg, late: Sequence[str] = ()) -> FederatedData:
     """Apply ``data.label_coverage``: each client keeps each task's labels with that task's probability
     (seeded by ``data.seed`` and the client's name, so every process draws the same), intersected with
-    what the dataset itself declared; a client left with none keeps one task drawn at random."""
+    what the dataset itself declared; a client left with none keeps one task drawn at random.
+    The tasks in ``late`` (arriving mid-training) are drawn after the others and after that rule, so
+    the starting tasks' labels are the same with or without them."""
     cov = cfg.label_coverage
     if not isinstance(cov, dict) and cov >= 1:
         return data
@@ -105,15 +109,25 @@ def with_label_coverage(data: FederatedData, cfg) -> FederatedData:
         raise DataError(f"data.label_coverage names {unknown}, which are not among the run's tasks "
                         f"{list(data.tasks)}")
     holds = {}
+    early = [t for t in data.tasks if t not in late]
+    later = [t for t in data.tasks if t in late]
     for c in data.clients:
         rng = np.random.default_rng(zlib.crc32(f"{cfg.seed}/labels/{c}".encode()))
-        draws = rng.random(len(data.tasks))
         declared = data.held(c)
-        keep = tuple(t for t, u in zip(data.tasks, draws)
-                     if t in declared and u < (cov.get(t, 1.0) if isinstance(cov, dict) else cov))
-        holds[c] = keep or (declared[int(rng.integers(len(declared)))],)
+        keep = _draw(early, rng, declared, cov)
+        if not keep:
+            first = [t for t in declared if t in early] or list(declared)
+            keep = (first[int(rng.integers(len(first)))],)
+        holds[c] = keep + _draw(later, rng, declared, cov)
     data.holds = holds
     return data
+
+
+def _draw(tasks: list[str], rng: np.random.Generator, declared: Sequence[str],
+          cov: float | dict[str, float]) -> tuple[str, ...]:
+    """The ``tasks`` (of those ``declared``) whose labels a client keeps: one uniform draw per task."""
+    return tuple(t for t, u in zip(tasks, rng.random(len(tasks)))
+                 if t in declared and u < (cov.get(t, 1.0) if isinstance(cov, dict) else cov))
 
 
 def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:

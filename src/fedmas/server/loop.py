@@ -80,7 +80,8 @@ class Server:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return self.cfg.task_list
+        """The tasks the method starts with (tasks arriving later are handled by the plan)."""
+        return self.cfg.start_tasks
 
     def capacity(self) -> int:
         """How many FL tasks can train at once with a full client quota each."""
@@ -90,22 +91,23 @@ class Server:
     def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
                  measure_affinity: bool = False, init_from: str | None = None,
                  schedule_offset: int = 0, schedule_total: int | None = None,
-                 affinity_rounds: int | None = None, affinity_skip: int = 0) -> FLTaskState:
+                 affinity_rounds: int | None = None, affinity_skip: int = 0,
+                 needs: Sequence[str] = (), fresh: Sequence[str] = ()) -> FLTaskState:
         if any(t.name == name for t in self.state.active + self.state.finished):
             raise ValueError(f"FL task {name!r} exists already")
         fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
                          affinity_rounds=affinity_rounds, affinity_skip=affinity_skip, schedule_offset=schedule_offset,
-                         schedule_total=schedule_total or rounds, started_round=self.state.round)
+                         schedule_total=schedule_total or rounds, started_round=self.state.round, needs=list(needs))
         src = self.state.weights[init_from] if init_from else None
-        self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name))
+        self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name), fresh)
         self.state.active.append(fl)
         return fl
 
     def initial_weights(self, tasks: list[str], init_from: dict[str, Tensor] | None = None,
-                        seed: int = 0) -> dict[str, Tensor]:
-        """An FL task's state: its model's weights (copied from ``init_from`` where names match), plus
-        GradNorm's task weights when the config uses GradNorm on a multi-task model."""
-        model = build_model(tasks, self.spec, init_from=init_from, seed=seed)
+                        seed: int = 0, fresh: Sequence[str] = ()) -> dict[str, Tensor]:
+        """An FL task's state: its model's weights (copied from ``init_from``, but for the heads of
+        ``fresh``), plus GradNorm's task weights when the config uses GradNorm on a multi-task model."""
+        model = build_model(tasks, self.spec, init_from=init_from, seed=seed, fresh=fresh)
         w = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
             w["gradnorm.weights"] = torch.ones(len(tasks))
@@ -146,7 +148,7 @@ def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTask
     trains more than ``max_per_client`` FL tasks. When the pool cannot give every FL task its full
     quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness.
     With partial labels (``holds``), an FL task only gets clients that hold the labels of at least one
-    of its tasks (it may get fewer than its quota, or none)."""
+    of its tasks, and of every task in its ``needs`` (it may get fewer than its quota, or none)."""
     n = len(fl_tasks)
     out: dict[str, list[str]] = {}
     if n == 0:
@@ -162,11 +164,11 @@ def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTask
     perm = [clients[i] for i in rng.permutation(len(clients))]
     for rank, i in enumerate(order):
         chosen: list[str] = []
-        mine = set(fl_tasks[i].tasks)
+        mine, needs = set(fl_tasks[i].tasks), set(fl_tasks[i].needs)
         for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
             if len(chosen) == quota[rank]:
                 break
-            if holds is not None and mine.isdisjoint(holds.get(c, ())):
+            if holds is not None and (mine.isdisjoint(holds.get(c, ())) or not needs <= set(holds.get(c, ()))):
                 continue
             if load[c] < max_per_client:
                 chosen.append(c)
@@ -335,7 +337,8 @@ class RoundLoop:
         partial = self.server.holds is not None
         for attempt in range(f.max_round_retries + 1):
             mine = {c: self.server.held(c, fl.tasks) for c in ask}  # the tasks each client holds labels for
-            ask = [c for c in ask if mine[c]]  # (a retry may draw one that holds none of them)
+            # a retry may draw a client that lacks them
+            ask = [c for c in ask if mine[c] and set(fl.needs) <= set(mine[c])]
             sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
             jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, st.round, c, attempt,
                                                                   mine[c]).to_dict()))

@@ -44,6 +44,7 @@ class FLTaskState:
     best_val: float | None = None  # federation.select: best_val — lowest validation total loss so far
     best_round: int | None = None
     selected_round: int | None = None  # the round whose model is reported
+    needs: list[str] = field(default_factory=list)  # with partial labels, only clients holding these train it
 
     @property
     def measuring(self) -> bool:
@@ -61,6 +62,23 @@ def mean_matrix(matrices: list[list[list[float | None]]]) -> np.ndarray:
     total = np.where(seen, stack, 0.0).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def aligned_tasks(rows: list[dict[str, Any]]) -> list[str]:
+    """The task names of affinity rows: the first row's, then any that later rows add, in order."""
+    tasks: list[str] = []
+    for a in rows:
+        tasks += [t for t in a["tasks"] if t not in tasks]
+    return tasks
+
+
+def _aligned(row: dict[str, Any], tasks: list[str]) -> list[list[float | None]]:
+    """``row``'s matrix laid out over ``tasks`` (None where the row has no such pair)."""
+    if row["tasks"] == tasks:
+        return row["matrix"]
+    at = [row["tasks"].index(t) if t in row["tasks"] else None for t in tasks]
+    m = row["matrix"]
+    return [[None if i is None or j is None else m[i][j] for j in at] for i in at]
 
 
 @dataclass
@@ -82,11 +100,14 @@ class AffinityLog:
         return [a for a in rows if a["round"] < rows[0]["round"] + first]
 
     def mean(self, fl_task: str, first: int | None = None) -> tuple[list[str], np.ndarray] | None:
-        """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured."""
+        """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured.
+        When a task joined the FL task midway (an arrival), rows are aligned by task name: the names are
+        those of the first row followed by the ones that joined, and a pair counts only the rows that have it."""
         rows = self.of(fl_task, first)
         if not rows:
             return None
-        return rows[0]["tasks"], mean_matrix([a["matrix"] for a in rows])
+        tasks = aligned_tasks(rows)
+        return tasks, mean_matrix([_aligned(a, tasks) for a in rows])
 
     def to_doc(self, fl_task: str, first: int | None = None) -> dict[str, Any] | None:
         """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``;
@@ -102,7 +123,7 @@ class AffinityLog:
                                                    for i, s in enumerate(tasks)},
                 **({"missing": missing} if missing else {}),
                 "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
-                "history": [{"round": a["round"], "clients": a["clients"], "matrix": a["matrix"]}
+                "history": [{"round": a["round"], "clients": a["clients"], "matrix": _aligned(a, tasks)}
                             for a in self.of(fl_task)]}
 
 

@@ -1,0 +1,177 @@
+"""A task that arrives mid-training: MAS's probe against the two alternatives a user has.
+
+    .venv/bin/python benchmarks/arrivals.py [--newcomers edge_texture] [--at 0.5] [--seeds 0,1,2]
+                                            [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
+
+The config's tasks minus the newcomer start; the newcomer arrives at round ``at``·R. Per seed:
+
+- ``probe``   MAS with ``arrival.policy: probe``: it is probed against the current groups and joins
+              the one whose split objective it raises most, or opens its own (fedmas's answer);
+- ``alone``   MAS with ``arrival.policy: alone``: the groups go on untouched, the newcomer trains by
+              itself from scratch for R rounds (it ends R rounds after it arrived);
+- ``restart`` the rounds trained before the arrival are thrown away and MAS starts again from scratch
+              with every task for R rounds; its cost adds the rounds thrown away (measured by running
+              the starting tasks up to the arrival).
+
+It prints, per policy, the total test loss over every task (mean ± 95% interval over seeds), the
+newcomer's own test loss, training FLOPs, traffic and rounds, and the paired differences of the probe
+against each alternative with a verdict; it writes ``benchmarks/results/arrivals.json`` and
+``benchmarks/results/arrivals.png``. Runs go to ``benchmarks/results/arrivals/`` and are reused when
+they are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+OUT = HERE / "results" / "arrivals"
+POLICIES = ("probe", "alone", "restart")
+
+
+def _run(cfg, out: Path, stop_after: int | None = None) -> dict[str, Any]:
+    """The run's summary (or, with ``stop_after``, its costs so far), reusing a finished run folder."""
+    from fedmas.run import execute
+    from fedmas.server.state import load_checkpoint
+
+    if stop_after is not None:
+        ck = out / "checkpoint" / "state.json"
+        if not (ck.exists() and json.loads(ck.read_text())["round"] == stop_after):
+            execute(cfg, out, progress=False, force=True, stop_after=stop_after)
+        return {"costs": load_checkpoint(out).costs.totals(), "rounds": stop_after}
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    summary = execute(cfg, out, progress=False, force=True)
+    assert summary is not None
+    return summary
+
+
+def one(base: str, sets: list[str], newcomer: str, at: float, seed: int) -> dict[str, dict[str, Any]]:
+    from fedmas.config import load_config
+
+    full = load_config(base, [*sets, f"seed={seed}", "method=mas"])
+    start = [t for t in full.task_list if t != newcomer]
+    if len(start) == len(full.task_list):
+        raise SystemExit(f"--newcomers {newcomer}: not among the config's tasks {list(full.task_list)}")
+    common = [*sets, f"seed={seed}", "method=mas", f"tasks={','.join(start)}", f"arrival.tasks.{newcomer}={at}"]
+    where = OUT / newcomer / f"seed-{seed}"
+    out: dict[str, dict[str, Any]] = {}
+    for policy in ("probe", "alone"):
+        cfg = load_config(base, [*common, f"arrival.policy={policy}"])
+        s = _run(cfg, where / policy)
+        out[policy] = {"summary": s, "costs": s["costs"], "rounds": s["rounds"]}
+    cfg = load_config(base, [*common, "arrival.policy=probe"])
+    r = cfg.arrival.round_of(newcomer, cfg.federation.rounds)
+    before = _run(load_config(base, [*sets, f"seed={seed}", "method=mas", f"tasks={','.join(start)}"]),
+                  where / "before-arrival", stop_after=r)
+    again = _run(full, where / "restart")
+    costs = {k: again["costs"].get(k, 0.0) + before["costs"].get(k, 0.0) for k in again["costs"]}
+    out["restart"] = {"summary": again, "costs": costs, "rounds": r + again["rounds"]}
+    for p in out.values():
+        s = p["summary"]
+        p.update(total_loss=s["total_test_loss"], newcomer_loss=s["test_loss"][newcomer],
+                 start_loss=sum(v for t, v in s["test_loss"].items() if t != newcomer), groups=s["groups"],
+                 owner=s["owner"][newcomer])
+    rec = json.loads((where / "probe" / "arrivals.json").read_text())[newcomer]
+    out["probe"]["placed"] = rec["placed"]["how"] + " " + rec["placed"]["fl_task"]
+    out["probe"]["gain"] = rec.get("gain")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--newcomers", default="edge_texture", help="comma list: each arrives in its own runs")
+    ap.add_argument("--at", type=float, default=0.5, help="arrival round as a fraction of federation.rounds")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--set", action="append", default=[])
+    a = ap.parse_args(argv)
+    from fedmas import stats
+
+    seeds = [int(s) for s in a.seeds.split(",")]
+    rows: list[dict[str, Any]] = []
+    for newcomer in a.newcomers.split(","):
+        runs = {}
+        for seed in seeds:
+            runs[seed] = one(a.config, a.set, newcomer, a.at, seed)
+            print(f"[arrivals] {newcomer} seed {seed}: " + " | ".join(
+                f"{p} {runs[seed][p]['total_loss']:.4f} ({runs[seed][p]['newcomer_loss']:.4f})" for p in POLICIES)
+                + f" | probe: {runs[seed]['probe']['placed']}", file=sys.stderr, flush=True)
+        for policy in POLICIES:
+            per = [runs[s][policy] for s in seeds]
+            row: dict[str, Any] = {"newcomer": newcomer, "policy": policy}
+            for key in ("total_loss", "newcomer_loss", "start_loss"):
+                row[key], row[key + "_ci"] = stats.mean_ci([p[key] for p in per])
+            for key in ("train_flop", "bytes_down", "bytes_up", "train_s", "energy_j"):
+                row[key], row[key + "_ci"] = stats.mean_ci([p["costs"][key] for p in per])
+            row["rounds"] = stats.mean_ci([p["rounds"] for p in per])[0]
+            row["owners"] = [p["owner"] for p in per]
+            if policy == "probe":
+                row["placed"] = [p["placed"] for p in per]
+                row["gain"] = [p["gain"] for p in per]
+            else:
+                row["probe_minus"] = {key: stats.paired([(runs[s]["probe"][key], runs[s][policy][key]) for s in seeds])
+                                      for key in ("total_loss", "newcomer_loss", "start_loss")}
+                row["probe_minus"]["train_flop"] = stats.paired(
+                    [(runs[s]["probe"]["costs"]["train_flop"], runs[s][policy]["costs"]["train_flop"]) for s in seeds])
+            rows.append(row)
+    _print(rows, a)
+    _figure(rows, HERE / "results" / "arrivals.png")
+    (HERE / "results" / "arrivals.json").write_text(json.dumps(
+        {"config": a.config, "seeds": seeds, "at": a.at, "set": a.set, "rows": rows}, indent=1))
+    return 0
+
+
+def _print(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    from fedmas.stats import fmt
+
+    print(f"{a.config}, newcomer arrives at {a.at}·R, seeds {a.seeds}; mean ± 95% CI")
+    for r in rows:
+        print(f"  {r['newcomer']:<16} {r['policy']:<8} total {fmt(r['total_loss'], r['total_loss_ci'], 3)}  "
+              f"newcomer {fmt(r['newcomer_loss'], r['newcomer_loss_ci'], 3)}  "
+              f"start tasks {fmt(r['start_loss'], r['start_loss_ci'], 3)}  "
+              f"{r['train_flop'] / 1e12:.3f} TFLOP  {(r['bytes_down'] + r['bytes_up']) / 1e6:.0f} MB  "
+              f"{r['rounds']:.0f} rounds")
+        if "placed" in r:
+            print(f"      placed: {', '.join(r['placed'])}")
+        for key, d in r.get("probe_minus", {}).items():
+            half = "" if d["ci"] is None else f" ± {d['ci']:.3g}"
+            print(f"      probe − {r['policy']} on {key}: {d['diff']:+.3g}{half}: {d['verdict']}")
+
+
+def _figure(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    newcomers = sorted({r["newcomer"] for r in rows})
+    fig, axes = plt.subplots(len(newcomers), 3, figsize=(10.5, 3.3 * len(newcomers)), dpi=130, squeeze=False)
+    colors = {"probe": "#1f77b4", "alone": "#ff7f0e", "restart": "#2ca02c"}
+    for i, n in enumerate(newcomers):
+        mine = [r for r in rows if r["newcomer"] == n]
+        for ax, key, label in zip(axes[i], ("total_loss", "newcomer_loss", "train_flop"),
+                                  ("total test loss (Σ tasks)", f"test loss of {n}", "training TFLOP")):
+            scale = 1e12 if key == "train_flop" else 1.0
+            ax.bar([r["policy"] for r in mine], [r[key] / scale for r in mine],
+                   yerr=[(r[key + "_ci"] or 0) / scale for r in mine], capsize=4,
+                   color=[colors[r["policy"]] for r in mine])
+            ax.set_title(f"{label}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if key != "train_flop":
+                lo = min(r[key] - (r[key + "_ci"] or 0) for r in mine)
+                hi = max(r[key] + (r[key + "_ci"] or 0) for r in mine)
+                ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
+        axes[i][0].set_ylabel(f"{n} arrives")
+    fig.suptitle("A task arriving mid-training: mean ± 95% CI over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
