@@ -157,9 +157,15 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
         for ax, key, label in zip(axes[i], ("total_loss", "newcomer_loss", "train_flop"),
                                   ("total test loss (Σ tasks)", f"test loss of {n}", "training TFLOP")):
             scale = 1e12 if key == "train_flop" else 1.0
-            ax.bar([r["policy"] for r in mine], [r[key] / scale for r in mine],
-                   yerr=[(r[key + "_ci"] or 0) / scale for r in mine], capsize=4,
-                   color=[colors[r["policy"]] for r in mine])
+            for k, r in enumerate(mine):
+                if key == "train_flop":  # a bar from 0: amounts
+                    ax.bar(k, r[key] / scale, yerr=(r[key + "_ci"] or 0) / scale, capsize=4,
+                           color=colors[r["policy"]])
+                else:  # a point: losses on an axis that does not start at 0
+                    ax.errorbar(k, r[key], yerr=r[key + "_ci"] or 0, fmt="o", capsize=5, ms=7,
+                                color=colors[r["policy"]])
+            ax.set_xticks(range(len(mine)), [r["policy"] for r in mine])
+            ax.set_xlim(-0.6, len(mine) - 0.4)
             ax.set_title(f"{label}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
             if key != "train_flop":

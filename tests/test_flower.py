@@ -65,6 +65,26 @@ def test_cli_run_on_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
     assert got["costs"]["bytes_up"] > 0 and got["faults"] == {}
 
 
+def test_partial_labels_and_an_arriving_task_on_loopback_match_inprocess(tiny_raw, tmp_path):
+    """Partial labels and a task arriving mid-run through a real deployment: the nodes load the
+    newcomer's data, receive only the heads they hold labels for, and the run ends as in-process."""
+    cfg = _cfg(tiny_raw, rounds=5)
+    cfg.data.label_coverage = {"normal": 0.5, "depth_zbuffer": 0.7}
+    cfg.arrival.tasks = {"edge_texture": 1}
+    cfg = Config.model_validate(cfg.model_dump())
+    ref = execute(cfg, tmp_path / "inprocess", progress=False)
+    with Loopback(tmp_path / "flower", nodes=2) as lb:
+        cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
+        proc = _cli_run(cfg, tmp_path / "fl.yaml", tmp_path / "fl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / "fl" / "summary.json").read_text())
+    assert got["groups"] == ref["groups"] and got["owner"] == ref["owner"]
+    assert got["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-5)
+    placed = json.loads((tmp_path / "fl" / "arrivals.json").read_text())["edge_texture"]["placed"]
+    assert placed == json.loads((tmp_path / "inprocess" / "arrivals.json").read_text())["edge_texture"]["placed"]
+    assert got["faults"] == ref["faults"]
+
+
 def test_supernode_killed_mid_run(tiny_raw, tmp_path):
     # a generous deadline: a busy machine's slow clients must not be dropped; the dead node is found by
     # Flower's liveness (it leaves the SuperLink's node list, or its messages come back as errors)
