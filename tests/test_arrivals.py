@@ -199,3 +199,38 @@ def test_probes_go_only_to_clients_holding_the_newcomers_labels(tiny_raw, tmp_pa
     for c, _fl, keys in sent:
         heads = {k.split(".")[1] for k in keys if k.startswith("heads.")}
         assert heads <= set(holds[c])
+
+
+def test_sigkill_during_the_probe_then_resume_gives_the_uninterrupted_result(tiny_raw, tmp_path):
+    """A real SIGKILL at a fixed point: after the probe's last round is trained and logged, before its
+    checkpoint is written (the process kills itself there, so no timing decides where it dies)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = Config.model_validate(_raw(tiny_raw))
+    execute(cfg, tmp_path / "whole", progress=False)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+    driver = (
+        "import os, signal, sys\n"
+        "import fedmas.server.loop as loop\n"
+        "real = loop.save_checkpoint\n"
+        "def save(run_dir, st):\n"
+        "    if st.round == 5:  # rounds 0-4 trained: the probe (rounds 3 and 4) has just finished\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(run_dir, st)\n"
+        "loop.save_checkpoint = save\n"
+        "from fedmas.cli import main\n"
+        "sys.exit(main(['run', sys.argv[1], '--out', sys.argv[2], '--quiet']))\n")
+    out = tmp_path / "killed"
+    p = subprocess.run([sys.executable, "-c", driver, str(tmp_path / "c.yaml"), str(out)], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["round"] == 4 and any(t["role"] == arrivals.PROBE for t in state["active"])
+    assert any(json.loads(x)["round"] == 4 for x in (out / "metrics.jsonl").read_text().splitlines())
+    r = subprocess.run([sys.executable, "-m", "fedmas.cli", "run", "--resume", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _files(out) == _files(tmp_path / "whole")
