@@ -43,50 +43,58 @@ class FakeClock:
 
 
 class ScriptedGrid:
-    """Two nodes; ``arrive[client] = t`` gives the fake time its reply appears (None: never);
-    ``leave[node] = t`` the time the node drops off the SuperLink's node list."""
+    """``nodes`` nodes; a node's message carries all its clients' jobs, and its reply appears at the fake
+    time its slowest client's does (``arrive[client] = t``; None: never); ``leave[node] = t`` the time
+    the node drops off the SuperLink's node list."""
 
-    def __init__(self, clock: FakeClock, arrive: dict[str, float | None], leave: dict[int, float] | None = None):
-        self.clock, self.arrive, self.leave = clock, arrive, leave or {}
-        self.sent: dict[str, tuple[str, RecordDict]] = {}
+    def __init__(self, clock: FakeClock, arrive: dict[str, float | None], leave: dict[int, float] | None = None,
+                 nodes: int = 2):
+        self.clock, self.arrive, self.leave, self.nodes = clock, arrive, leave or {}, nodes
+        self.sent: dict[str, tuple[list[str], RecordDict]] = {}
 
     def get_node_ids(self) -> list[int]:
-        return [n for n in (1, 2) if self.clock() < self.leave.get(n, float("inf"))]
+        return [n for n in range(1, self.nodes + 1) if self.clock() < self.leave.get(n, float("inf"))]
 
     def send_and_receive(self, msgs, timeout):
         return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
-                                content={"info": {"partition_id": m.metadata.dst_node_id - 1, "num_partitions": 2}})
+                                content={"info": {"partition_id": m.metadata.dst_node_id - 1,
+                                                  "num_partitions": self.nodes}})
                 for m in msgs]
 
     def push_messages(self, msgs):
         ids = []
         for k, m in enumerate(msgs):
             mid = f"m{len(self.sent) + k}"
-            self.sent[mid] = (str(m.content["config"]["client"]), m.content)
+            n = int(m.content["bundle"]["jobs"])
+            self.sent[mid] = ([str(m.content[f"config-{j}"]["client"]) for j in range(n)], m.content)
             ids.append(mid)
         return ids
 
     def pull_messages(self, ids):
         out = []
         for mid in ids:
-            client, rd = self.sent[mid]
-            t = self.arrive[client]
-            if t is not None and self.clock() >= t:
-                content = RecordDict({"arrays": rd["arrays"], "config": ConfigRecord({"n": 1}),
-                                      "metrics": MetricRecord({"loss": 0.5})})
+            clients, rd = self.sent[mid]
+            times = [self.arrive[c] for c in clients]
+            if all(t is not None and self.clock() >= t for t in times):
+                content = RecordDict()
+                for j in range(len(clients)):
+                    content[f"arrays-{j}"] = rd[f"arrays-{j}"]
+                    content[f"config-{j}"] = ConfigRecord({"n": 1})
+                    content[f"metrics-{j}"] = MetricRecord({"loss": 0.5})
                 out.append(SimpleNamespace(has_error=lambda: False, content=content,
                                            metadata=SimpleNamespace(reply_to_message_id=mid)))
         return out
 
 
-def _engine(tiny_raw, arrive, leave=None, **flower) -> tuple[FlowerEngine, list[Job]]:
+def _engine(tiny_raw, arrive, leave=None, nodes: int = 4, **flower) -> tuple[FlowerEngine, list[Job]]:
+    """Four nodes by default: one client each (clients in sorted order, client k on node k mod nodes + 1)."""
     raw = dict(tiny_raw)
-    raw["flower"] = {"nodes": 2, "liveness_s": 1.0, "poll_s": 0.5, **flower}
+    raw["flower"] = {"nodes": nodes, "liveness_s": 1.0, "poll_s": 0.5, **flower}
     cfg = Config.model_validate(raw)
     clock = FakeClock()
     eng = FlowerEngine.__new__(FlowerEngine)
     eng.clock, eng.sleep = clock, clock.sleep
-    FlowerEngine.__init__(eng, ScriptedGrid(clock, arrive, leave), cfg, list(arrive))
+    FlowerEngine.__init__(eng, ScriptedGrid(clock, arrive, leave, nodes), cfg, list(arrive))
     arrays = {"w": torch.zeros(3)}
     jobs = [Job(c, "g0", Message(arrays=arrays, config={"round": 0})) for c in arrive]
     return eng, jobs
@@ -130,7 +138,7 @@ def test_no_straggler_rule_before_half_the_replies(tiny_raw):
 
 def test_node_that_leaves_is_a_dropout_at_once(tiny_raw):
     # clients in sorted order: a, c on node 1 (partition 0); b, d on node 2 (partition 1)
-    eng, jobs = _engine(tiny_raw, {"a": 5.0, "b": None, "c": 6.0, "d": None}, leave={2: 3.0},
+    eng, jobs = _engine(tiny_raw, {"a": 5.0, "b": None, "c": 6.0, "d": None}, leave={2: 3.0}, nodes=2,
                         straggler_multiple=None)
     got = _errors(eng.run(jobs, 10_000))
     assert got["a"] is None and got["c"] is None
@@ -143,6 +151,35 @@ def test_hard_deadline_still_holds(tiny_raw):
     got = _errors(eng.run(jobs, 30.0))
     assert all(e.startswith("timeout: no reply within 30 s") for e in got.values())
     assert 30.0 <= eng.clock() < 31.0
+
+
+def test_one_message_per_node_carries_all_its_jobs(tiny_raw):
+    # two nodes: a, c on node 1 and b, d on node 2; a node's reply comes when its slowest job is done
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, nodes=2, straggler_multiple=None)
+    replies = eng.run(jobs, 10_000)
+    assert all(r.error is None for r in replies)
+    grid = eng.grid
+    assert sorted(sorted(c) for c, _ in grid.sent.values()) == [["a", "c"], ["b", "d"]]
+    assert [r.client for r in replies] == ["a", "b", "c", "d"]  # each job gets its own reply, in order
+    assert all(r.bytes_down > 0 and r.bytes_up > 0 for r in replies)
+
+
+def test_a_failed_job_in_a_bundle_fails_only_its_client(tiny_raw):
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, nodes=2, straggler_multiple=None)
+    real = eng.grid.pull_messages
+
+    def pull(ids):
+        out = real(ids)
+        for r in out:
+            if "config-1" in r.content:
+                del r.content["arrays-1"]
+                r.content["error-1"] = ConfigRecord({"error": "ValueError: bad data"})
+        return out
+
+    eng.grid.pull_messages = pull
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["a"] is None and got["b"] is None  # the first job of each node
+    assert got["c"] == got["d"] == "node failed: ValueError: bad data"
 
 
 def test_straggler_settings_are_checked(tiny_raw):

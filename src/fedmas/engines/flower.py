@@ -7,8 +7,10 @@ The ClientApp (:mod:`fedmas.engines.flower_client`) runs :func:`fedmas.client.ha
 nothing here imports training code. ``engine: flower-sim`` is :func:`launch` (Ray
 simulation in this process); ``engine: flower`` is :mod:`fedmas.engines.flower_deploy`.
 
-Replies are matched by ``metadata.reply_to_message_id``. Three things end a wait for
-a reply, and each makes it a dropout that the round loop rejects like any other
+A round sends each node one message carrying all of that node's jobs, so Flower's per-message
+cost (a ``flwr-clientapp`` process per message, its polling) is paid once per node, not once
+per client. Replies are matched by ``metadata.reply_to_message_id``. Three things end a wait for
+a node's reply, and each makes its clients dropouts that the round loop rejects like any other
 failed client: the node left the SuperLink (checked every ``flower.liveness_s``;
 death is found within seconds, whatever the deadlines); the client is a straggler
 (half the round's replies are in and it has taken more than
@@ -46,9 +48,12 @@ def config_record(d: dict[str, Any]) -> ConfigRecord:
     return ConfigRecord({k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))})
 
 
-def _payload(rd: RecordDict) -> int:
+def _payload(rd: RecordDict, k: int) -> int:
+    """Bytes of the ``k``-th job's part of a bundle (its arrays and the text of its config and metrics)."""
     n = 0
-    for v in rd.values():
+    for key, v in rd.items():
+        if not key.endswith(f"-{k}"):
+            continue
         if isinstance(v, ArrayRecord):
             n += v.count_bytes()
         else:
@@ -98,33 +103,49 @@ class FlowerEngine:
         log.info("Flower nodes: %d; clients mapped: %d/%d", len(parts), len(self.node_of), len(self.clients))
 
     def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
+        """One Flower message per node, carrying all of that node's jobs (a *bundle*: ``arrays-k`` and
+        ``config-k`` for its k-th job); its reply carries ``arrays-k``, ``config-k``, ``metrics-k`` (or
+        ``error-k``) per job. The waiting rules apply to the node's message as a whole."""
         deadline = deadline_s or self.cfg.flower.round_deadline_s
         alive = set(self.grid.get_node_ids())
         if not alive <= self.known_nodes:
             self._map_nodes(list(alive))  # a node joined or came back
         out: dict[int, Reply] = {}
-        sent: dict[str, int] = {}
-        msgs = []
+        by_node: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
             node = self.node_of.get(job.client)
             if node is None or node not in alive:
                 out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
                 continue
-            cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
-                   "fedmas_client_work": self.cfg.flower.client_work}
-            rd = RecordDict({"arrays": ArrayRecord(torch_state_dict=job.message.arrays), "config": config_record(cfg)})
-            msgs.append((i, rd, node))
+            by_node.setdefault(node, []).append(i)
+        msgs = []
+        for node, idx in by_node.items():
+            rd = RecordDict({"bundle": ConfigRecord({"jobs": len(idx)})})
+            for k, i in enumerate(idx):
+                job = jobs[i]
+                cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
+                       "fedmas_client_work": self.cfg.flower.client_work}
+                rd[f"arrays-{k}"] = ArrayRecord(torch_state_dict=job.message.arrays)
+                rd[f"config-{k}"] = config_record(cfg)
+            msgs.append((idx, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"
         ids = self.grid.push_messages([FlMessage(content=rd, dst_node_id=node, message_type=TRAIN, group_id=group)
                                        for _, rd, node in msgs])
-        for (i, rd, _), mid in zip(msgs, ids):
-            sent[mid] = i
-            out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, f"timeout: no reply within {deadline:g} s",
-                           bytes_down=_payload(rd))
+        sent: dict[str, list[int]] = {}
+        for (idx, rd, _), mid in zip(msgs, ids):
+            sent[mid] = idx
+            for k, i in enumerate(idx):
+                out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, f"timeout: no reply within {deadline:g} s",
+                               bytes_down=_payload(rd, k))
         node_of_msg = {mid: node for (_, _, node), mid in zip(msgs, ids)}
         fc = self.cfg.flower
         pending, start = set(sent), self.clock()
         end, next_check, took = start + deadline, start + fc.liveness_s, []
+
+        def fail(mid: str, why: str) -> None:
+            for i in sent[mid]:
+                out[i] = Reply(jobs[i].client, jobs[i].fl_task, None, why, out[i].bytes_down)
+
         while pending and self.clock() < end:
             now = self.clock()
             if now >= next_check:  # death is the node leaving, not the deadline: slow is not dead
@@ -132,41 +153,41 @@ class FlowerEngine:
                 alive = set(self.grid.get_node_ids())
                 for mid in [m for m in pending if node_of_msg[m] not in alive]:
                     pending.discard(mid)
-                    i = sent[mid]
-                    out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
-                                   "node offline: its Flower SuperNode left during the round", out[i].bytes_down)
+                    fail(mid, "node offline: its Flower SuperNode left during the round")
             for r in self.grid.pull_messages(list(pending)):
                 mid = r.metadata.reply_to_message_id
                 if mid not in pending:
                     continue
                 pending.discard(mid)
                 took.append(self.clock() - start)
-                i = sent[mid]
-                out[i] = self._reply(jobs[i], r, out[i].bytes_down)
+                for k, i in enumerate(sent[mid]):
+                    out[i] = self._reply(jobs[i], r, k, out[i].bytes_down)
             if pending and fc.straggler_multiple and len(took) >= (len(sent) + 1) // 2:
                 limit = max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took))
                 if self.clock() - start > limit:
                     for mid in pending:
-                        i = sent[mid]
-                        out[i] = Reply(jobs[i].client, jobs[i].fl_task, None,
-                                       f"straggler: no reply within {limit:.0f} s ({fc.straggler_multiple:g}x the "
-                                       "round's median reply time)", out[i].bytes_down)
+                        fail(mid, f"straggler: no reply within {limit:.0f} s ({fc.straggler_multiple:g}x the "
+                                  "round's median reply time)")
                     pending.clear()
             if pending:
                 self.sleep(fc.poll_s)
         return [out[i] for i in range(len(jobs))]
 
     @staticmethod
-    def _reply(job: Job, r: FlMessage, down: int) -> Reply:
+    def _reply(job: Job, r: FlMessage, k: int, down: int) -> Reply:
+        """The reply to the ``k``-th job of a node's bundle."""
         if r.has_error():
             return Reply(job.client, job.fl_task, None, f"Flower error {r.error.code}: {r.error.reason}", down)
         try:
             c = r.content
-            msg = Message(arrays=c["arrays"].to_torch_state_dict(), config=dict(c["config"]),
-                          metrics={k: float(v) for k, v in c["metrics"].items()})
+            if f"error-{k}" in c:
+                return Reply(job.client, job.fl_task, None, f"node failed: {c[f'error-{k}']['error']}", down,
+                             _payload(c, k))
+            msg = Message(arrays=c[f"arrays-{k}"].to_torch_state_dict(), config=dict(c[f"config-{k}"]),
+                          metrics={m: float(v) for m, v in c[f"metrics-{k}"].items()})
         except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
             return Reply(job.client, job.fl_task, None, f"malformed Flower reply: {type(e).__name__}", down)
-        return Reply(job.client, job.fl_task, msg, None, down, _payload(c))
+        return Reply(job.client, job.fl_task, msg, None, down, _payload(c, k))
 
 
 # ---------------------------------------------------------------- server side

@@ -11,14 +11,14 @@ import functools
 from typing import Any
 
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context
 from flwr.app import Message as FlMessage
 from flwr.clientapp import ClientApp
 
 from fedmas.client import handle_train
 from fedmas.config import Config
 from fedmas.engines.flower import config_record
-from fedmas.engines.flower_shim import partition_reply
+from fedmas.engines.flower_shim import bundle_reply, partition_reply
 from fedmas.messages import Message
 from fedmas.models import ModelCache, ModelSpec
 from fedmas.runtime import configure_cpu
@@ -55,9 +55,7 @@ def make_client_app() -> ClientApp:
 
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
-        arrays, reply_config, metrics = train_here(msg.content["arrays"], dict(msg.content["config"]))
-        rd = RecordDict({"arrays": arrays, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
-        return FlMessage(content=rd, reply_to=msg)
+        return bundle_reply(msg, train_here)
 
     app.query()(partition_reply)
     return app

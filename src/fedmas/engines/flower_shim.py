@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,31 +147,56 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayReco
     return out, {"tasks": config["tasks"]}, {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
 
 
+Work = Callable[[ArrayRecord, dict[str, Any]], tuple[ArrayRecord, dict[str, Any], dict[str, float]]]
+
+
+def bundle_reply(msg: FlMessage, work: Work) -> FlMessage:
+    """Do each job of a node's bundle (``arrays-k``, ``config-k``) in turn; the reply holds ``arrays-k``,
+    ``config-k`` and ``metrics-k`` per job, or ``error-k`` for a job that failed (the others still count)."""
+    c = msg.content
+    rd = RecordDict()
+    for k in range(int(c["bundle"]["jobs"])):
+        try:
+            out, reply_config, metrics = work(c[f"arrays-{k}"], dict(c[f"config-{k}"]))
+        except Exception as e:  # noqa: BLE001 - one job's failure is that client's, reported to the server
+            rd[f"error-{k}"] = ConfigRecord({"error": f"{type(e).__name__}: {e}"[:2000]})
+            continue
+        rd[f"arrays-{k}"] = out
+        rd[f"config-{k}"] = ConfigRecord(reply_config)
+        rd[f"metrics-{k}"] = MetricRecord(metrics)
+    return FlMessage(content=rd, reply_to=msg)
+
+
+def _by_worker(node_id: int) -> Work:
+    def work(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:
+        meta, blobs = record_to_wire(arrays)
+        sock = connect_worker(socket_path(node_id), os.getppid())
+        with sock:
+            send_frame(sock, {"config": config, "arrays": meta}, blobs)
+            header, blobs = recv_frame(sock)
+        if "error" in header:
+            raise RuntimeError(f"fedmas worker: {header['error']}")
+        return record_from_wire(header["arrays"], blobs), header["config"], header["metrics"]
+
+    return work
+
+
 def make_shim_app() -> ClientApp:
     app = ClientApp()
 
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
-        config = dict(msg.content["config"])
-        work = str(config.pop("fedmas_client_work", "train"))
-        arrays = msg.content["arrays"]
-        if work == "none":
-            out, reply_config, metrics = _floor_reply(arrays, config)
-        elif work == "train-here":
+        first = msg.content["config-0"] if "config-0" in msg.content else {}
+        how = str(first.get("fedmas_client_work", "train"))  # the same for every job of a run
+        if how == "none":
+            work: Work = _floor_reply
+        elif how == "train-here":
             from fedmas.engines.flower_client import train_here
 
-            out, reply_config, metrics = train_here(arrays, config)
+            work = train_here
         else:
-            meta, blobs = record_to_wire(arrays)
-            sock = connect_worker(socket_path(context.node_id), os.getppid())
-            with sock:
-                send_frame(sock, {"config": config, "arrays": meta}, blobs)
-                header, blobs = recv_frame(sock)
-            if "error" in header:
-                raise RuntimeError(f"fedmas worker: {header['error']}")
-            out, reply_config, metrics = record_from_wire(header["arrays"], blobs), header["config"], header["metrics"]
-        rd = RecordDict({"arrays": out, "config": ConfigRecord(reply_config), "metrics": MetricRecord(metrics)})
-        return FlMessage(content=rd, reply_to=msg)
+            work = _by_worker(context.node_id)
+        return bundle_reply(msg, work)  # train_here drops the engine's own config keys
 
     app.query()(partition_reply)
     return app

@@ -247,6 +247,7 @@ class RoundLoop:
                           self.server.holds)
         busy = {c for cs in assign.values() for c in cs}  # a retry asks only clients idle this round
         client_time: dict[str, float] = defaultdict(float)
+        first = self._first_attempts(assign)
         lines = []
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
@@ -256,7 +257,7 @@ class RoundLoop:
                 st.faults["rounds_without_holders"] = st.faults.get("rounds_without_holders", 0) + 1
                 valid = 0
             else:
-                valid = self._train_fl_task(fl, assign[fl.name], client_time, busy)
+                valid = self._train_fl_task(fl, assign[fl.name], client_time, busy, first.get(fl.name))
             fl.done_rounds += 1
             ev: dict[str, Any] = {}
             if fl.done_rounds % f.eval_every == 0 or fl.done_rounds >= fl.rounds:
@@ -324,9 +325,44 @@ class RoundLoop:
             fl.last_eval = self._evaluate(fl, best, self.test_data)
             fl.selected_round = fl.best_round
 
+    def _jobs(self, fl: FLTaskState, ask: list[str], attempt: int
+              ) -> tuple[list[Job], dict[str, list[str]], dict[str, dict[str, Tensor]]]:
+        """The jobs of ``fl`` for clients ``ask`` (those holding none of its labels, or not its ``needs``,
+        left out), the tasks each holds labels for, and the weights each is sent."""
+        weights = self.server.state.weights[fl.name]
+        mine = {c: self.server.held(c, fl.tasks) for c in ask}  # the tasks each client holds labels for
+        ask = [c for c in ask if mine[c] and set(fl.needs) <= set(mine[c])]  # a retry may draw one without
+        sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
+        jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, self.server.state.round, c, attempt,
+                                                              mine[c]).to_dict()))
+                for c in ask]
+        return jobs, mine, sent
+
+    def _send(self, jobs: list[Job]) -> tuple[list[Reply], float | None]:
+        """The engine's replies to ``jobs`` and the measured energy per reply (None where not measured)."""
+        e0 = self.meter.read()
+        replies = self.engine.run(jobs, self.cfg.federation.round_deadline_s)
+        e1 = self.meter.read()
+        return replies, (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
+
+    def _first_attempts(self, assign: dict[str, list[str]]) -> dict[str, tuple]:
+        """Every FL task's first attempt of the round, sent in one engine call (a distributed engine then
+        sends each node one message for all its jobs of the round); retries go per FL task."""
+        prepared = {fl.name: self._jobs(fl, assign[fl.name], 0) for fl in self.server.state.active
+                    if assign.get(fl.name)}
+        jobs = [j for p in prepared.values() for j in p[0]]
+        if not jobs:
+            return {}
+        replies, measured = self._send(jobs)
+        out: dict[str, tuple] = {}
+        for name, (own, mine, sent) in prepared.items():
+            out[name] = (own, mine, sent, [r for r in replies if r.fl_task == name], measured)
+        return out
+
     def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float],
-                       busy: set[str] | None = None) -> int:
-        """One FL task's round. A retry keeps the usable replies it has and asks other clients (idle this
+                       busy: set[str] | None = None, first: tuple | None = None) -> int:
+        """One FL task's round (``first``: its first attempt's jobs and replies, already sent with the
+        other FL tasks'). A retry keeps the usable replies it has and asks other clients (idle this
         round, chosen by a seed of their own) in place of those that failed; the same ones only when no
         other client is free."""
         st, f = self.server.state, self.cfg.federation
@@ -336,17 +372,12 @@ class RoundLoop:
         tried, ask = set(clients), list(clients)
         partial = self.server.holds is not None
         for attempt in range(f.max_round_retries + 1):
-            mine = {c: self.server.held(c, fl.tasks) for c in ask}  # the tasks each client holds labels for
-            # a retry may draw a client that lacks them
-            ask = [c for c in ask if mine[c] and set(fl.needs) <= set(mine[c])]
-            sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
-            jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, st.round, c, attempt,
-                                                                  mine[c]).to_dict()))
-                    for c in ask]
-            e0 = self.meter.read()
-            replies = self.engine.run(jobs, f.round_deadline_s)
-            e1 = self.meter.read()
-            measured = (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
+            if attempt == 0 and first is not None:
+                jobs, mine, sent, replies, measured = first
+            else:
+                jobs, mine, sent = self._jobs(fl, ask, attempt)
+                replies, measured = self._send(jobs)
+            ask = [j.client for j in jobs]
             failed = set(ask)
             for r in replies:
                 try:
