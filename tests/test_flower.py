@@ -49,15 +49,20 @@ def _wait_for_checkpoint(out, rounds: int, running, bound_s: float = 900):
     return st
 
 
-def test_cli_run_on_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
-    """engine: flower through the CLI against a real SuperLink and SuperNodes on 127.0.0.1."""
-    cfg = _cfg(tiny_raw)
+def _inprocess_and_loopback(cfg: Config, tmp_path) -> tuple[dict, dict]:
+    """The summaries of ``cfg`` run in-process (``tmp_path/inprocess``) and through the CLI on a 2-node
+    loopback deployment (``tmp_path/fl``)."""
     ref = execute(cfg, tmp_path / "inprocess", progress=False)
     with Loopback(tmp_path / "flower", nodes=2) as lb:
         cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
         proc = _cli_run(cfg, tmp_path / "fl.yaml", tmp_path / "fl")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads((tmp_path / "fl" / "summary.json").read_text())
+    return ref, json.loads((tmp_path / "fl" / "summary.json").read_text())
+
+
+def test_cli_run_on_loopback_deployment_matches_inprocess(tiny_raw, tmp_path):
+    """engine: flower through the CLI against a real SuperLink and SuperNodes on 127.0.0.1."""
+    ref, got = _inprocess_and_loopback(_cfg(tiny_raw), tmp_path)
     assert got["groups"] == ref["groups"]
     # Same code, seeds and thread count on both sides; only the transport differs.
     # Allow float-summation-order differences anyway (none were observed: the match is exact here).
@@ -71,13 +76,7 @@ def test_partial_labels_and_an_arriving_task_on_loopback_match_inprocess(tiny_ra
     cfg = _cfg(tiny_raw, rounds=5)
     cfg.data.label_coverage = {"normal": 0.5, "depth_zbuffer": 0.7}
     cfg.arrival.tasks = {"edge_texture": 1}
-    cfg = Config.model_validate(cfg.model_dump())
-    ref = execute(cfg, tmp_path / "inprocess", progress=False)
-    with Loopback(tmp_path / "flower", nodes=2) as lb:
-        cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
-        proc = _cli_run(cfg, tmp_path / "fl.yaml", tmp_path / "fl")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads((tmp_path / "fl" / "summary.json").read_text())
+    ref, got = _inprocess_and_loopback(Config.model_validate(cfg.model_dump()), tmp_path)
     assert got["groups"] == ref["groups"] and got["owner"] == ref["owner"]
     assert got["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-5)
     placed = json.loads((tmp_path / "fl" / "arrivals.json").read_text())["edge_texture"]["placed"]

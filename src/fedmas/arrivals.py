@@ -20,6 +20,7 @@ exactly as an uninterrupted one; ``arrivals.json`` in the run folder records the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,12 +40,21 @@ def records(server: Server) -> dict[str, dict[str, Any]]:
     return server.state.plan.setdefault("arrivals", {})
 
 
-def update(server: Server, groups: list[FLTaskState], end: int, base: tuple[list[str], np.ndarray] | None,
-           wait: bool = False) -> None:
+Known = Callable[[], "tuple[list[str], np.ndarray] | None"]
+
+
+def joinable(server: Server) -> list[FLTaskState]:
+    """The groups a newcomer may join after the split: the active final FL tasks, except newcomers
+    that train alone."""
+    alone = {r["placed"]["fl_task"] for r in records(server).values() if r.get("placed", {}).get("how") == "alone"}
+    return [fl for fl in server.state.active if fl.role == "final" and fl.name not in alone]
+
+
+def update(server: Server, groups: list[FLTaskState], end: int, base: Known, wait: bool = False) -> None:
     """Handle the arrivals whose round has come. ``groups``: the FL tasks a newcomer may join now (the
     merged model, or the groups after the split); ``end``: the round after which those groups stop;
-    ``base``: the affinity among the current tasks the split used (or will use); ``wait``: the current
-    phase cannot be probed (its length is not known yet)."""
+    ``base``: gives the affinity among the current tasks the split used (or will use), read only when
+    a newcomer is placed; ``wait``: the current phase cannot be probed (its length is not known yet)."""
     cfg, st = server.cfg, server.state
     R = cfg.federation.rounds
     for name in cfg.arrival_tasks:
@@ -59,11 +69,11 @@ def update(server: Server, groups: list[FLTaskState], end: int, base: tuple[list
         elif "probes" not in rec:
             _start_probes(server, name, rec, groups, wait)
         elif all(server.finished(p["fl_task"]) is not None for p in rec["probes"]):
-            _place(server, name, rec, end, base)
+            _place(server, name, rec, end, base())
 
 
 def _alone(server: Server, name: str, rec: dict[str, Any], why: str) -> None:
-    fl = server.add_task(f"single-{name}", [name], server.cfg.federation.rounds)
+    fl = server.add_task(f"single-{name}", [name], server.cfg.federation.rounds)  # as one-by-one names it
     rec["placed"] = {"round": server.state.round, "how": "alone", "fl_task": fl.name, "rule": why}
     write(server)
 
@@ -89,29 +99,27 @@ def _start_probes(server: Server, name: str, rec: dict[str, Any], groups: list[F
     write(server)
 
 
-def fill_known(server: Server, order: list[str], base: tuple[list[str], np.ndarray] | None,
-               extra: dict[str, dict[str, Any]] | None = None) -> np.ndarray:
+def fill_known(server: Server, order: list[str], base: tuple[list[str], np.ndarray] | None) -> np.ndarray:
     """What is known of the affinity among ``order``: the pairs of ``base`` (the split's affinity, or
     the merged rounds' before the split), and each newcomer's pairs with the tasks its probes carried
-    (from every arrival so far, and from ``extra``, the probes just finished); NaN elsewhere."""
+    (from ``arrivals`` records that hold probe affinity); NaN elsewhere."""
     out = np.full((len(order), len(order)), np.nan)
     at = {t: i for i, t in enumerate(order)}
     if base is not None:
-        tasks, z = base
-        for i, s in enumerate(tasks):
-            for j, t in enumerate(tasks):
-                if s in at and t in at:
-                    out[at[s], at[t]] = z[i][j]
-    sources = [(n, r.get("affinity") or {}) for n, r in records(server).items()] + \
-        ([(next(iter(extra.values()))["name"], extra)] if extra else [])
-    for name, probes in sources:
-        for probe in probes.values():
-            pt, pm = probe["tasks"], probe["matrix"]
-            for i, s in enumerate(pt):
-                for j, t in enumerate(pt):
-                    if (s == name or t == name) and s in at and t in at and pm[i][j] is not None:
-                        out[at[s], at[t]] = pm[i][j]
+        _overlay(out, at, base[0], base[1])
+    for name, rec in records(server).items():
+        for probe in (rec.get("affinity") or {}).values():
+            _overlay(out, at, probe["tasks"], probe["matrix"], involving=name)
     return out
+
+
+def _overlay(out: np.ndarray, at: dict[str, int], tasks: list[str], matrix, involving: str | None = None) -> None:
+    """Write ``matrix`` (over ``tasks``) into ``out`` (over the tasks indexed by ``at``), only the pairs
+    with ``involving`` when given, never a missing (None) entry."""
+    for i, s in enumerate(tasks):
+        for j, t in enumerate(tasks):
+            if s in at and t in at and matrix[i][j] is not None and involving in (None, s, t):
+                out[at[s], at[t]] = matrix[i][j]
 
 
 def gains(z: np.ndarray, order: list[str], groups: dict[str, list[str]], name: str) -> dict[str, float]:
@@ -132,18 +140,17 @@ def gains(z: np.ndarray, order: list[str], groups: dict[str, list[str]], name: s
 def _place(server: Server, name: str, rec: dict[str, Any], end: int,
            base: tuple[list[str], np.ndarray] | None) -> None:
     st = server.state
-    affinity: dict[str, Any] = {}
+    rec["affinity"] = {}
     for p in rec["probes"]:
         got = st.affinity.mean(p["fl_task"])
         if got is not None:  # None: nobody measured (no client held the newcomer's labels with another's)
-            affinity[p["group"]] = {"name": name, "tasks": got[0],
-                                    "matrix": [[None if np.isnan(x) else float(x) for x in row] for row in got[1]]}
-    groups = {fl.name: list(fl.tasks) for p in rec["probes"] for fl in st.active if fl.name == p["group"]}
+            rec["affinity"][p["group"]] = {"tasks": got[0], "matrix": [[None if np.isnan(x) else float(x)
+                                                                         for x in row] for row in got[1]]}
+    active = {fl.name: fl for fl in st.active}
+    groups = {p["group"]: list(active[p["group"]].tasks) for p in rec["probes"] if p["group"] in active}
     order = [t for g in groups.values() for t in g] + [name]
-    g = gains(fill_known(server, order, base, affinity), order, groups, name) if groups else {}
-    for a in affinity.values():
-        a.pop("name")
-    rec["gain"], rec["affinity"] = g, affinity
+    g = gains(fill_known(server, order, base), order, groups, name) if groups else {}
+    rec["gain"] = g
     best = max(g, key=lambda k: g[k]) if g else rec["probes"][0]["group"]
     probe = next(p["fl_task"] for p in rec["probes"] if p["group"] == best)
     rule = ("the split objective over all current tasks with the newcomer in the group minus with it alone "

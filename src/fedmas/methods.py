@@ -228,20 +228,26 @@ class MAS(_MergeThenSplit):
 
     def update(self, server: Server) -> None:
         super().update(server)
-        if server.cfg.arrival_tasks:
-            st = server.state
-            merged = next((t for t in st.active if t.name == MERGED), None)
-            split = st.plan.get("split")
-            base = (split["tasks"], np.asarray(split["affinity"])) if split else \
-                st.affinity.mean(MERGED, affinity_rounds(server))
-            if merged is not None:
-                r0 = merge_rounds(server)
-                arrivals.update(server, [merged], r0 + split_rounds(server, r0), base,
-                                wait=server.cfg.mas.merge_rounds == "auto")
-            else:
-                groups = [t for t in st.active if t.role == "final" and not t.name.startswith("single-")]
-                arrivals.update(server, groups, max((t.started_round + t.rounds for t in groups), default=st.round),
-                                base)
+        if not server.cfg.arrival_tasks:
+            return
+        st = server.state
+        merged = next((t for t in st.active if t.name == MERGED), None)
+        if merged is not None:
+            r0 = merge_rounds(server)
+            arrivals.update(server, [merged], r0 + split_rounds(server, r0), lambda: self._known(server),
+                            wait=server.cfg.mas.merge_rounds == "auto")
+        else:
+            groups = arrivals.joinable(server)
+            arrivals.update(server, groups, max((t.started_round + t.rounds for t in groups), default=st.round),
+                            lambda: self._known(server))
+
+    @staticmethod
+    def _known(server: Server) -> tuple[list[str], np.ndarray] | None:
+        """The affinity among the current tasks that the split used, or before the split will use."""
+        split = server.state.plan.get("split")
+        if split:
+            return split["tasks"], np.asarray(split["affinity"])
+        return server.state.affinity.mean(MERGED, affinity_rounds(server))
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         if not server.state.plan.get("arrivals"):

@@ -12,8 +12,8 @@ cost (a ``flwr-clientapp`` process per message, its polling) is paid once per no
 per client. Replies are matched by ``metadata.reply_to_message_id``. Three things end a wait for
 a node's reply, and each makes its clients dropouts that the round loop rejects like any other
 failed client: the node left the SuperLink (checked every ``flower.liveness_s``;
-death is found within seconds, whatever the deadlines); the client is a straggler
-(half the round's replies are in and it has taken more than
+death is found within seconds, whatever the deadlines); the node is a straggler
+(half the round's node replies are in and it has taken more than
 ``flower.straggler_multiple`` × the round's median reply time, and at least
 ``flower.straggler_min_s``: a busy machine slows every client alike, so the pace
 rather than a fixed number of seconds sets the limit); or the round's hard
@@ -38,6 +38,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmas.config import Config
 from fedmas.engines import Drive, EngineFactory
+from fedmas.engines.flower_shim import part
 from fedmas.messages import Job, Message, Reply
 
 log = logging.getLogger("fedmas")
@@ -50,9 +51,9 @@ def config_record(d: dict[str, Any]) -> ConfigRecord:
 
 def _payload(rd: RecordDict, k: int) -> int:
     """Bytes of the ``k``-th job's part of a bundle (its arrays and the text of its config and metrics)."""
-    n = 0
+    n, mine = 0, {part(kind, k) for kind in ("arrays", "config", "metrics", "error")}
     for key, v in rd.items():
-        if not key.endswith(f"-{k}"):
+        if key not in mine:
             continue
         if isinstance(v, ArrayRecord):
             n += v.count_bytes()
@@ -104,8 +105,9 @@ class FlowerEngine:
 
     def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
         """One Flower message per node, carrying all of that node's jobs (a *bundle*: ``arrays-k`` and
-        ``config-k`` for its k-th job); its reply carries ``arrays-k``, ``config-k``, ``metrics-k`` (or
-        ``error-k``) per job. The waiting rules apply to the node's message as a whole."""
+        ``config-k`` for its k-th job, named by :func:`~fedmas.engines.flower_shim.part`); its reply
+        carries ``arrays-k``, ``config-k``, ``metrics-k`` (or ``error-k``) per job. The waiting rules
+        apply to the node's message as a whole."""
         deadline = deadline_s or self.cfg.flower.round_deadline_s
         alive = set(self.grid.get_node_ids())
         if not alive <= self.known_nodes:
@@ -125,8 +127,8 @@ class FlowerEngine:
                 job = jobs[i]
                 cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
                        "fedmas_client_work": self.cfg.flower.client_work}
-                rd[f"arrays-{k}"] = ArrayRecord(torch_state_dict=job.message.arrays)
-                rd[f"config-{k}"] = config_record(cfg)
+                rd[part("arrays", k)] = ArrayRecord(torch_state_dict=job.message.arrays)
+                rd[part("config", k)] = config_record(cfg)
             msgs.append((idx, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"
         ids = self.grid.push_messages([FlMessage(content=rd, dst_node_id=node, message_type=TRAIN, group_id=group)
@@ -180,11 +182,11 @@ class FlowerEngine:
             return Reply(job.client, job.fl_task, None, f"Flower error {r.error.code}: {r.error.reason}", down)
         try:
             c = r.content
-            if f"error-{k}" in c:
-                return Reply(job.client, job.fl_task, None, f"node failed: {c[f'error-{k}']['error']}", down,
+            if part("error", k) in c:
+                return Reply(job.client, job.fl_task, None, f"node failed: {c[part('error', k)]['error']}", down,
                              _payload(c, k))
-            msg = Message(arrays=c[f"arrays-{k}"].to_torch_state_dict(), config=dict(c[f"config-{k}"]),
-                          metrics={m: float(v) for m, v in c[f"metrics-{k}"].items()})
+            msg = Message(arrays=c[part("arrays", k)].to_torch_state_dict(), config=dict(c[part("config", k)]),
+                          metrics={m: float(v) for m, v in c[part("metrics", k)].items()})
         except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
             return Reply(job.client, job.fl_task, None, f"malformed Flower reply: {type(e).__name__}", down)
         return Reply(job.client, job.fl_task, msg, None, down, _payload(c, k))

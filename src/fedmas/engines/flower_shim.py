@@ -67,6 +67,11 @@ def recv_frame(sock: socket.socket, max_header: int = 1 << 26) -> tuple[dict[str
     return header, [_recv_exact(sock, int(a[4])) for a in header.get("arrays", [])]
 
 
+def part(kind: str, k: int) -> str:
+    """The record name of the ``k``-th job's ``kind`` (arrays, config, metrics, error) in a node's bundle."""
+    return f"{kind}-{k}"
+
+
 def record_to_wire(rec: ArrayRecord) -> tuple[list[list[Any]], list[bytes]]:
     """An ArrayRecord as ``[name, dtype, shape, stype, nbytes]`` entries and the arrays' bytes."""
     meta, blobs = [], []
@@ -157,13 +162,13 @@ def bundle_reply(msg: FlMessage, work: Work) -> FlMessage:
     rd = RecordDict()
     for k in range(int(c["bundle"]["jobs"])):
         try:
-            out, reply_config, metrics = work(c[f"arrays-{k}"], dict(c[f"config-{k}"]))
+            out, reply_config, metrics = work(c[part("arrays", k)], dict(c[part("config", k)]))
         except Exception as e:  # noqa: BLE001 - one job's failure is that client's, reported to the server
-            rd[f"error-{k}"] = ConfigRecord({"error": f"{type(e).__name__}: {e}"[:2000]})
+            rd[part("error", k)] = ConfigRecord({"error": f"{type(e).__name__}: {e}"[:2000]})
             continue
-        rd[f"arrays-{k}"] = out
-        rd[f"config-{k}"] = ConfigRecord(reply_config)
-        rd[f"metrics-{k}"] = MetricRecord(metrics)
+        rd[part("arrays", k)] = out
+        rd[part("config", k)] = ConfigRecord(reply_config)
+        rd[part("metrics", k)] = MetricRecord(metrics)
     return FlMessage(content=rd, reply_to=msg)
 
 
@@ -186,7 +191,7 @@ def make_shim_app() -> ClientApp:
 
     @app.train()
     def train(msg: FlMessage, context: Context) -> FlMessage:
-        first = msg.content["config-0"] if "config-0" in msg.content else {}
+        first = msg.content[part("config", 0)] if part("config", 0) in msg.content else {}
         how = str(first.get("fedmas_client_work", "train"))  # the same for every job of a run
         if how == "none":
             work: Work = _floor_reply

@@ -19,7 +19,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -168,7 +168,7 @@ def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTask
         for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
             if len(chosen) == quota[rank]:
                 break
-            if holds is not None and (mine.isdisjoint(holds.get(c, ())) or not needs <= set(holds.get(c, ()))):
+            if holds is not None and (mine.isdisjoint(holds.get(c, ())) or not needs.issubset(holds.get(c, ()))):
                 continue
             if load[c] < max_per_client:
                 chosen.append(c)
@@ -345,7 +345,7 @@ class RoundLoop:
         e1 = self.meter.read()
         return replies, (e1 - e0) / max(len(replies), 1) if e0 is not None and e1 is not None else None
 
-    def _first_attempts(self, assign: dict[str, list[str]]) -> dict[str, tuple]:
+    def _first_attempts(self, assign: dict[str, list[str]]) -> dict[str, Attempt]:
         """Every FL task's first attempt of the round, sent in one engine call (a distributed engine then
         sends each node one message for all its jobs of the round); retries go per FL task."""
         prepared = {fl.name: self._jobs(fl, assign[fl.name], 0) for fl in self.server.state.active
@@ -354,13 +354,13 @@ class RoundLoop:
         if not jobs:
             return {}
         replies, measured = self._send(jobs)
-        out: dict[str, tuple] = {}
-        for name, (own, mine, sent) in prepared.items():
-            out[name] = (own, mine, sent, [r for r in replies if r.fl_task == name], measured)
-        return out
+        by_task: dict[str, list[Reply]] = defaultdict(list)
+        for r in replies:
+            by_task[r.fl_task].append(r)
+        return {name: Attempt(own, mine, sent, by_task[name], measured) for name, (own, mine, sent) in prepared.items()}
 
     def _train_fl_task(self, fl: FLTaskState, clients: list[str], client_time: dict[str, float],
-                       busy: set[str] | None = None, first: tuple | None = None) -> int:
+                       busy: set[str] | None = None, first: Attempt | None = None) -> int:
         """One FL task's round (``first``: its first attempt's jobs and replies, already sent with the
         other FL tasks'). A retry keeps the usable replies it has and asks other clients (idle this
         round, chosen by a seed of their own) in place of those that failed; the same ones only when no
@@ -374,7 +374,7 @@ class RoundLoop:
         for attempt in range(f.max_round_retries + 1):
             if attempt == 0 and first is not None:
                 jobs, mine, sent, replies, measured = first
-            else:
+            else:  # a retry
                 jobs, mine, sent = self._jobs(fl, ask, attempt)
                 replies, measured = self._send(jobs)
             ask = [j.client for j in jobs]
@@ -425,6 +425,17 @@ class RoundLoop:
         log.warning("round %d, FL task %s: no update this round (too few usable replies)", st.round, fl.name)
         st.faults["rounds_without_update"] = st.faults.get("rounds_without_update", 0) + 1
         return 0
+
+
+class Attempt(NamedTuple):
+    """One attempt of an FL task's round: its jobs, the tasks each client holds labels for, the weights
+    each was sent, the replies, and the measured energy per reply (None where not measured)."""
+
+    jobs: list[Job]
+    mine: dict[str, list[str]]
+    sent: dict[str, dict[str, Tensor]]
+    replies: list[Reply]
+    measured: float | None
 
 
 def restrict(weights: dict[str, Tensor], tasks: Sequence[str]) -> dict[str, Tensor]:
