@@ -79,7 +79,7 @@ class ScriptedGrid:
                 content = RecordDict()
                 for j in range(len(clients)):
                     content[f"arrays-{j}"] = rd[f"arrays-{j}"]
-                    content[f"config-{j}"] = ConfigRecord({"n": 1})
+                    content[f"config-{j}"] = ConfigRecord({"n": 1, "fedmas_layout": rd[f"config-{j}"]["fedmas_layout"]})
                     content[f"metrics-{j}"] = MetricRecord({"loss": 0.5})
                 out.append(SimpleNamespace(has_error=lambda: False, content=content,
                                            metadata=SimpleNamespace(reply_to_message_id=mid)))

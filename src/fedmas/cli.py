@@ -173,6 +173,17 @@ def cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(a: argparse.Namespace) -> int:
+    from fedmas.engines.flower_worker import serve
+
+    if not a.idle_s > 0:
+        raise ValueError(f"--idle-s must be > 0 seconds, got {a.idle_s:g}")
+    if len(os.fsencode(a.socket)) > 100:
+        raise ValueError(f"--socket: a Unix socket path must be under 100 bytes, got {len(os.fsencode(a.socket))}")
+    serve(Path(a.socket), None, a.idle_s)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedmas", description="Merge-and-Split federated multi-task learning")
     p.add_argument("--version", action="version", version=f"fedmas {_version()}")
@@ -219,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("show", help="print a finished run's table (or a comparison's) again")
     w.add_argument("run", help="a run folder (or a comparison folder)")
     w.set_defaults(fn=cmd_show)
+
+    k = sub.add_parser("worker", help="engine flower: start a SuperNode's warm training worker yourself",
+                       description="Start the fedmas worker that trains a Flower SuperNode's messages (torch, the "
+                                   "clients' data and models stay loaded between messages). Give the SuperNode "
+                                   "--node-config \"... fedmas-worker=SOCKET\" so its messages go to this worker. "
+                                   "Without this command the node's first message starts one.")
+    k.add_argument("--socket", required=True, help="Unix socket path to listen on (short: under ~100 characters)")
+    k.add_argument("--idle-s", type=float, default=1800.0, help="stop after this many seconds without a message "
+                                                                "(default 1800)")
+    k.set_defaults(fn=cmd_worker)
 
     d = sub.add_parser("data", help="look at or export the built-in scenes dataset")
     dsub = d.add_subparsers(dest="data_cmd", required=True)

@@ -246,11 +246,16 @@ class FlowerConfig(_Strict):
     node_threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the training on each "
                                                                        "node (null: threads); 1 when several "
                                                                        "SuperNodes share one machine's cores")
-    client_work: Literal["train", "train-here", "none"] = Field(
+    worker_idle_s: float = Field(1800.0, gt=0, le=1e7, description="engine: flower. A node's warm worker started "
+                                                                   "by its first message stops after this many "
+                                                                   "seconds without a message (or with its SuperNode)")
+    client_work: Literal["train", "train-here", "none", "echo"] = Field(
         "train", description="engine: flower. train: a warm fedmas worker beside each SuperNode trains (started "
                              "by the node's first message); train-here: the ClientApp process trains (torch, data "
                              "and model set up for every message); none: reply at once with the weights received, "
-                             "without training (measures Flower's own cost; the run learns nothing)")
+                             "each changed in its last place, without training (measures Flower's own cost, with "
+                             "as many new bytes sent up as training sends; the run learns nothing); echo: the same "
+                             "but with the very bytes received, which Flower does not send again (optimistic)")
 
 
 class Config(_Strict):

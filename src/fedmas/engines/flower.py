@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.app import Message as FlMessage
 from flwr.serverapp import Grid, ServerApp
 
 from fedmas.config import Config
 from fedmas.engines import Drive, EngineFactory
+from fedmas.engines.flower_pack import KEY, LAYOUT, pack_torch, unpack_torch
 from fedmas.engines.flower_shim import part
 from fedmas.messages import Job, Message, Reply
 
@@ -125,9 +126,11 @@ class FlowerEngine:
             rd = RecordDict({"bundle": ConfigRecord({"jobs": len(idx)})})
             for k, i in enumerate(idx):
                 job = jobs[i]
+                flat, layout = pack_torch(job.message.arrays)
                 cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
-                       "fedmas_client_work": self.cfg.flower.client_work}
-                rd[part("arrays", k)] = ArrayRecord(torch_state_dict=job.message.arrays)
+                       "fedmas_client_work": self.cfg.flower.client_work,
+                       "fedmas_worker_idle_s": self.cfg.flower.worker_idle_s, LAYOUT: layout}
+                rd[part("arrays", k)] = ArrayRecord({KEY: Array(flat)})
                 rd[part("config", k)] = config_record(cfg)
             msgs.append((idx, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"
@@ -185,8 +188,9 @@ class FlowerEngine:
             if part("error", k) in c:
                 return Reply(job.client, job.fl_task, None, f"node failed: {c[part('error', k)]['error']}", down,
                              _payload(c, k))
-            msg = Message(arrays=c[part("arrays", k)].to_torch_state_dict(), config=dict(c[part("config", k)]),
-                          metrics={m: float(v) for m, v in c[part("metrics", k)].items()})
+            config = dict(c[part("config", k)])
+            arrays = unpack_torch(c[part("arrays", k)][KEY].numpy(), str(config.pop(LAYOUT)))
+            msg = Message(arrays=arrays, config=config, metrics={m: float(v) for m, v in c[part("metrics", k)].items()})
         except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
             return Reply(job.client, job.fl_task, None, f"malformed Flower reply: {type(e).__name__}", down)
         return Reply(job.client, job.fl_task, msg, None, down, _payload(c, k))

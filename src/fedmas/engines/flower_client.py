@@ -11,19 +11,21 @@ import functools
 from typing import Any
 
 import yaml
-from flwr.app import ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, Context
 from flwr.app import Message as FlMessage
 from flwr.clientapp import ClientApp
 
 from fedmas.client import handle_train
 from fedmas.config import Config
 from fedmas.engines.flower import config_record
+from fedmas.engines.flower_pack import KEY, LAYOUT, pack_torch, unpack_torch
 from fedmas.engines.flower_shim import bundle_reply, partition_reply
 from fedmas.messages import Message
 from fedmas.models import ModelCache, ModelSpec
 from fedmas.runtime import configure_cpu
 
-ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work")  # what the engine adds to a job's config
+# what the engine adds to a job's config
+ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work", "fedmas_worker_idle_s", LAYOUT)
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,8 +48,10 @@ def train_here(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord
     """Train the message's client on the message's weights; the reply's arrays, config and metrics."""
     _cfg, data, models = _client_data(str(config["fedmas_config"]), str(config["client"]))
     local = {k: v for k, v in config.items() if k not in ENGINE_KEYS}
-    out = handle_train(Message(arrays=arrays.to_torch_state_dict(), config=local), data, models)
-    return ArrayRecord(torch_state_dict=out.arrays), dict(config_record(out.config)), dict(out.metrics)
+    weights = unpack_torch(arrays[KEY].numpy(), str(config[LAYOUT]))
+    out = handle_train(Message(arrays=weights, config=local), data, models)
+    flat, layout = pack_torch(out.arrays)
+    return ArrayRecord({KEY: Array(flat)}), {**config_record(out.config), LAYOUT: layout}, dict(out.metrics)
 
 
 def make_client_app() -> ClientApp:

@@ -5,18 +5,23 @@ reading the client's data and building its model in that process cost several se
 far more than the training itself on small clients. So this module imports only the standard
 library and ``flwr.app``: it hands the message's arrays, as the raw bytes Flower already holds, to
 a long-lived fedmas worker beside the SuperNode (:mod:`fedmas.engines.flower_worker`) over a local
-Unix socket, and returns the worker's answer. The first message on a node starts the worker; it
-keeps torch, the node's clients' data and their models warm, and stops when its SuperNode stops or
-after ``--idle-s`` seconds without work.
+Unix socket, and returns the worker's answer. The worker keeps torch, the node's clients' data and
+their models warm. A user may start it (``fedmas worker --socket PATH``) and name its socket in the
+SuperNode's node config (``fedmas-worker=PATH``); otherwise the node's first message starts one,
+which stops when its SuperNode stops or after ``flower.worker_idle_s`` seconds without work. Should
+the worker at that path not listen, the message starts one there (stopping only when idle).
 
 The server chooses per run (``flower.client_work``) what a message does: ``train`` (the worker
 trains), ``train-here`` (train in this process, no worker: the old way, kept to measure the
-difference) or ``none`` (reply at once with the weights received: Flower's own cost, the floor).
+difference), ``none`` (reply at once with the weights received, changed in their last place so
+that Flower moves as many new bytes as after training: Flower's own cost, the floor) or ``echo``
+(reply with the very bytes received, which Flower does not move again: an optimistic floor).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -110,8 +115,9 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
-def connect_worker(path: Path, watch_pid: int) -> socket.socket:
-    """Connect to the node's worker, starting it first if none listens (one start at a time)."""
+def connect_worker(path: Path, watch_pid: int | None, idle_s: float = 1800.0) -> socket.socket:
+    """Connect to the node's worker, starting it first if none listens (one start at a time): it stops
+    when ``watch_pid`` is gone or after ``idle_s`` seconds without a message."""
     s = _connect(path)
     if s is not None:
         return s
@@ -121,8 +127,10 @@ def connect_worker(path: Path, watch_pid: int) -> socket.socket:
         if s is not None:
             return s
         log = open(f"{path}.log", "ab")  # noqa: SIM115 - handed to the worker process
-        proc = subprocess.Popen([sys.executable, "-m", "fedmas.engines.flower_worker", "--socket", str(path),
-                                 "--watch-pid", str(watch_pid)], stdout=log, stderr=subprocess.STDOUT,
+        cmd = [sys.executable, "-m", "fedmas.engines.flower_worker", "--socket", str(path), "--idle-s", f"{idle_s:g}"]
+        if watch_pid:
+            cmd += ["--watch-pid", str(watch_pid)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         end = time.monotonic() + WORKER_START_S
@@ -140,16 +148,23 @@ def connect_worker(path: Path, watch_pid: int) -> socket.socket:
 # ------------------------------------------------------------------ the ClientApp
 
 
-def _floor_reply(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict, dict]:
-    """What ``client_work: none`` sends back: the weights as received, one sample, no compute, and a zero
-    affinity matrix when one is due, so the server accepts the reply and the round goes on."""
-    out = ArrayRecord(array_dict=dict(arrays.items()))
+def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False) -> tuple[ArrayRecord, dict, dict]:
+    """What ``client_work: none`` sends back without computing anything: the weights received, each changed
+    in its last place (:func:`~fedmas.engines.flower_pack.perturbed`), so that as many new bytes travel up
+    as after training; ``echo`` (``client_work: echo``) sends the very bytes received, which Flower, holding
+    them already, does not move at all. One sample, and a zero affinity matrix when one is due, so the
+    server accepts the reply and the round goes on."""
+    from fedmas.engines.flower_pack import KEY, LAYOUT, extend, perturbed
+
+    flat, layout = arrays[KEY].numpy(), str(config[LAYOUT])
+    out = arrays if echo else ArrayRecord({KEY: Array(perturbed(flat))})
     if int(config.get("lookahead_step", 0)) > 0:
         import numpy as np
 
         n = len(str(config["tasks"]).split(","))
-        out["affinity"] = Array(np.zeros((n, n), dtype=np.float32))
-    return out, {"tasks": config["tasks"]}, {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
+        flat, layout = extend(out[KEY].numpy(), layout, "affinity", np.zeros((n, n), dtype=np.float32))
+        out = ArrayRecord({KEY: Array(flat)})
+    return out, {"tasks": config["tasks"], LAYOUT: layout}, {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
 
 
 Work = Callable[[ArrayRecord, dict[str, Any]], tuple[ArrayRecord, dict[str, Any], dict[str, float]]]
@@ -172,10 +187,10 @@ def bundle_reply(msg: FlMessage, work: Work) -> FlMessage:
     return FlMessage(content=rd, reply_to=msg)
 
 
-def _by_worker(node_id: int) -> Work:
+def _by_worker(path: Path, watch_pid: int | None) -> Work:
     def work(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:
         meta, blobs = record_to_wire(arrays)
-        sock = connect_worker(socket_path(node_id), os.getppid())
+        sock = connect_worker(path, watch_pid, float(config.get("fedmas_worker_idle_s", 1800.0)))
         with sock:
             send_frame(sock, {"config": config, "arrays": meta}, blobs)
             header, blobs = recv_frame(sock)
@@ -193,14 +208,15 @@ def make_shim_app() -> ClientApp:
     def train(msg: FlMessage, context: Context) -> FlMessage:
         first = msg.content[part("config", 0)] if part("config", 0) in msg.content else {}
         how = str(first.get("fedmas_client_work", "train"))  # the same for every job of a run
-        if how == "none":
-            work: Work = _floor_reply
+        if how in ("none", "echo"):
+            work: Work = functools.partial(_floor_reply, echo=how == "echo")
         elif how == "train-here":
             from fedmas.engines.flower_client import train_here
 
             work = train_here
-        else:
-            work = _by_worker(context.node_id)
+        else:  # the node's own worker (node config fedmas-worker=SOCKET), else one started beside this SuperNode
+            own = str(context.node_config.get("fedmas-worker", "") or "")
+            work = _by_worker(Path(own), None) if own else _by_worker(socket_path(context.node_id), os.getppid())
         return bundle_reply(msg, work)  # train_here drops the engine's own config keys
 
     app.query()(partition_reply)

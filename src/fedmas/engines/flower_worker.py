@@ -1,8 +1,10 @@
 """The warm fedmas worker beside a Flower SuperNode: it trains what the node's ClientApp shim hands it.
 
 ``python -m fedmas.engines.flower_worker --socket PATH [--watch-pid PID] [--idle-s 1800]``
+(or ``fedmas worker --socket PATH``, to start it yourself before the SuperNode).
 
-The shim (:mod:`fedmas.engines.flower_shim`) starts it on the node's first message. It listens on
+The shim (:mod:`fedmas.engines.flower_shim`) starts it on the node's first message unless one
+listens already. It listens on
 a Unix socket (only this user can reach it), serves one message at a time (a SuperNode handles one
 at a time too), and keeps torch, each client's data and the models between messages. It exits when
 the process ``--watch-pid`` (the SuperNode side that started the shim) is gone, or after
@@ -38,7 +40,15 @@ def _alive(pid: int) -> bool:
 
 def serve(path: Path, watch_pid: int | None, idle_s: float) -> None:
     if path.exists():
-        path.unlink()
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # a socket left by a worker that died
+        else:
+            raise ValueError(f"a worker already listens on {path}")
+        finally:
+            probe.close()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     os.chmod(path, 0o600)
