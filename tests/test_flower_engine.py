@@ -182,6 +182,27 @@ def test_a_failed_job_in_a_bundle_fails_only_its_client(tiny_raw):
     assert got["c"] == got["d"] == "node failed: ValueError: bad data"
 
 
+def test_a_reply_with_unreadable_packed_weights_is_rejected_for_its_client_only(tiny_raw):
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, nodes=2, straggler_multiple=None)
+    real = eng.grid.pull_messages
+    bad = {"a": '[["w", "nonsense", [3], 0, 12]]', "b": '[["w", "float32", [3], 64, 12]]', "c": "not json"}
+
+    def pull(ids):
+        out = real(ids)
+        for r in out:
+            for k in range(2):
+                client = eng.grid.sent[r.metadata.reply_to_message_id][0][k]
+                if client in bad:
+                    r.content[f"config-{k}"] = ConfigRecord({"n": 1, "fedmas_layout": bad[client]})
+        return out
+
+    eng.grid.pull_messages = pull
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["a"] == got["b"] == "malformed Flower reply: ValueError"
+    assert got["c"].startswith("malformed Flower reply: JSONDecodeError")
+    assert got["d"] is None
+
+
 def test_straggler_settings_are_checked(tiny_raw):
     raw = dict(tiny_raw)
     raw["flower"] = {"straggler_multiple": 0.5}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,24 @@ def test_worker_flags_are_checked(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "fedmas.cli", "worker", *argv], capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+
+
+def test_a_named_worker_that_is_not_running_is_started_there_and_stops_after_worker_idle_s(tiny_raw, tmp_path):
+    """Node config fedmas-worker=PATH with nothing listening: the first message starts a worker at PATH; with
+    no SuperNode to watch it stops after ``flower.worker_idle_s`` without a message."""
+    raw = {**tiny_raw, "federation": {**tiny_raw["federation"], "rounds": 1}, "method": "all-in-one",
+           "flower": {"worker_idle_s": 1.0, "nodes": 1}}
+    cfg = Config.model_validate(raw)
+    sock = tmp_path / "w.sock"
+    grid = DirectGrid(make_shim_app(), [{"partition-id": 0, "num-partitions": 1, "fedmas-worker": str(sock)}])
+    run = tmp_path / "fl"
+    run.mkdir()
+    prepare_run_dir(run, cfg)
+    got = drive(cfg, run, lambda c, data, _spec: FlowerEngine(grid, c, data.client_ids), progress=False)
+    assert got["faults"] == {}
+    log = Path(f"{sock}.log")
+    end = time.monotonic() + 300  # bounds a hung test only: the worker checks every 2 s
+    while sock.exists() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not sock.exists(), log.read_text()
+    assert "idle for 1 s: stopping" in log.read_text()
