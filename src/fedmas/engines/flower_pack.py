@@ -2,8 +2,9 @@
 
 Flower stores each ``Array`` of a message as its own objects (the array and its chunks of up to
 5 MB), and a SuperNode and the server move every object with its own request. A model with 67
-tensors thus cost some 270 requests per job each way. Packed, a job's weights are one ``uint8``
-array (a few objects) and a JSON *layout*: ``[[name, dtype, shape, offset, nbytes], ...]``, each
+tensors thus cost 71 objects per job each way (tensors with equal content share them). Packed, a
+job's weights are one ``uint8`` array (3 objects for that model, one more per 5 MB) and a JSON
+*layout*: ``[[name, dtype, shape, offset, nbytes], ...]``, each
 tensor starting on an 8-byte boundary. ``dtype`` is torch's name without ``torch.`` (``float32``,
 ``int64``, ``bfloat16``, ...).
 
