@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(a.out).resolve()
     tls = a.tls or a.auth
+    if cfg.flower.node_threads is None:  # every node trains on this machine's cores: share them, do not oversubscribe
+        cfg.flower.node_threads = max(1, (os.cpu_count() or 1) // a.nodes)
+        print(f"[fedmas] {a.nodes} SuperNodes share {os.cpu_count()} cores: flower.node_threads = "
+              f"{cfg.flower.node_threads} (set it to override)", file=sys.stderr)
     with Loopback(out.parent / f".{out.name}-flower", nodes=a.nodes, tls=tls, auth=a.auth) as lb:
         cfg.flower.superlink = lb.address
         cfg.flower.nodes = a.nodes
