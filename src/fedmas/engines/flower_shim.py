@@ -3,7 +3,8 @@
 Flower 1.41 starts a fresh ``flwr-clientapp`` process for each message. Importing torch and fedmas,
 reading the client's data and building its model in that process cost several seconds a message,
 far more than the training itself on small clients. So this module imports only the standard
-library and ``flwr.app``: it hands the message's arrays, as the raw bytes Flower already holds, to
+library and ``flwr.app`` (the floor adds numpy): it hands the message's packed weights
+(:mod:`fedmas.engines.flower_pack`), as the raw bytes Flower already holds, to
 a long-lived fedmas worker beside the SuperNode (:mod:`fedmas.engines.flower_worker`) over a local
 Unix socket, and returns the worker's answer. The worker keeps torch, the node's clients' data and
 their models warm. A user may start it (``fedmas worker --socket PATH``) and name its socket in the
