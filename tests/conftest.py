@@ -32,3 +32,14 @@ def tiny_raw() -> dict:
     import copy
 
     return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def flower_identity(monkeypatch):
+    """Flower's Message needs the run's identity, which a ServerApp or ClientApp process has set: for tests
+    that build Flower messages in this process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

@@ -13,22 +13,13 @@ import pytest
 import torch
 
 pytest.importorskip("flwr")
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 from flwr.app import ConfigRecord, MetricRecord, RecordDict  # noqa: E402
 
 from fedmas.config import Config  # noqa: E402
 from fedmas.engines.flower import FlowerEngine  # noqa: E402
 from fedmas.messages import Job, Message  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _flower_identity(monkeypatch):
-    """Flower's Message needs the run's identity, which a ServerApp process has set."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 class FakeClock:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("flwr")
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 from flwr.app import Array, ArrayRecord, Context, RecordDict  # noqa: E402
 
@@ -22,16 +23,6 @@ from fedmas.engines.flower_pack import KEY, LAYOUT, entries, extend, pack_torch,
 from fedmas.engines.flower_shim import _floor_reply, make_shim_app  # noqa: E402
 from fedmas.run import drive, execute  # noqa: E402
 from fedmas.runfolder import prepare_run_dir  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _flower_identity(monkeypatch):
-    """Flower's Message needs the run's identity, which a ServerApp or ClientApp process has set."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -178,8 +178,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     if not a.idle_s > 0:
         raise ValueError(f"--idle-s must be > 0 seconds, got {a.idle_s:g}")
-    if len(os.fsencode(a.socket)) > 100:
-        raise ValueError(f"--socket: a Unix socket path must be under 100 bytes, got {len(os.fsencode(a.socket))}")
+    n = len(os.fsencode(a.socket))
+    if n > 100:
+        raise ValueError(f"--socket: a Unix socket path must be under 100 bytes, got {n}")
     serve(Path(a.socket), None, a.idle_s)
     return 0
 

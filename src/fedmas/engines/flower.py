@@ -121,16 +121,19 @@ class FlowerEngine:
                 out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
                 continue
             by_node.setdefault(node, []).append(i)
-        msgs = []
+        msgs, packed = [], {}  # the clients of one FL task share its weights (one dict): packed once
         for node, idx in by_node.items():
             rd = RecordDict({"bundle": ConfigRecord({"jobs": len(idx)})})
             for k, i in enumerate(idx):
                 job = jobs[i]
-                flat, layout = pack_torch(job.message.arrays)
+                if id(job.message.arrays) not in packed:
+                    flat, layout = pack_torch(job.message.arrays)
+                    packed[id(job.message.arrays)] = Array(flat), layout
+                array, layout = packed[id(job.message.arrays)]
                 cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
                        "fedmas_client_work": self.cfg.flower.client_work,
                        "fedmas_worker_idle_s": self.cfg.flower.worker_idle_s, LAYOUT: layout}
-                rd[part("arrays", k)] = ArrayRecord({KEY: Array(flat)})
+                rd[part("arrays", k)] = ArrayRecord({KEY: array})
                 rd[part("config", k)] = config_record(cfg)
             msgs.append((idx, rd, node))
         group = f"round-{jobs[0].message.config.get('round', 0)}" if jobs else "round"

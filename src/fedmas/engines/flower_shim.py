@@ -40,6 +40,7 @@ from flwr.app import Message as FlMessage
 from flwr.clientapp import ClientApp
 
 WORKER_START_S = 300.0  # how long a first message waits for a new worker to listen (it imports torch)
+IDLE_S = 1800.0  # a worker stops after this many seconds without a message (flower.worker_idle_s's default)
 
 
 # ------------------------------------------------------------------ wire format (shared with the worker)
@@ -106,7 +107,8 @@ def socket_path(node_id: int) -> Path:
     return folder / f"{tag}-{node_id}.sock"
 
 
-def _connect(path: Path) -> socket.socket | None:
+def try_connect(path: Path) -> socket.socket | None:
+    """A connection to the worker listening on ``path``, or None if none listens there."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(str(path))
@@ -116,15 +118,15 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
-def connect_worker(path: Path, watch_pid: int | None, idle_s: float = 1800.0) -> socket.socket:
+def connect_worker(path: Path, watch_pid: int | None, idle_s: float = IDLE_S) -> socket.socket:
     """Connect to the node's worker, starting it first if none listens (one start at a time): it stops
     when ``watch_pid`` is gone or after ``idle_s`` seconds without a message."""
-    s = _connect(path)
+    s = try_connect(path)
     if s is not None:
         return s
     with open(f"{path}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        s = _connect(path)
+        s = try_connect(path)
         if s is not None:
             return s
         log = open(f"{path}.log", "ab")  # noqa: SIM115 - handed to the worker process
@@ -136,7 +138,7 @@ def connect_worker(path: Path, watch_pid: int | None, idle_s: float = 1800.0) ->
         log.close()
         end = time.monotonic() + WORKER_START_S
         while time.monotonic() < end:
-            s = _connect(path)
+            s = try_connect(path)
             if s is not None:
                 return s
             if proc.poll() is not None:
@@ -157,15 +159,17 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
     server accepts the reply and the round goes on."""
     from fedmas.engines.flower_pack import KEY, LAYOUT, extend, perturbed
 
-    flat, layout = arrays[KEY].numpy(), str(config[LAYOUT])
-    out = arrays if echo else ArrayRecord({KEY: Array(perturbed(flat))})
-    if int(config.get("lookahead_step", 0)) > 0:
+    layout, affinity = str(config[LAYOUT]), int(config.get("lookahead_step", 0)) > 0
+    metrics = {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
+    if echo and not affinity:
+        return arrays, {"tasks": config["tasks"], LAYOUT: layout}, metrics
+    flat = arrays[KEY].numpy() if echo else perturbed(arrays[KEY].numpy())
+    if affinity:
         import numpy as np
 
         n = len(str(config["tasks"]).split(","))
-        flat, layout = extend(out[KEY].numpy(), layout, "affinity", np.zeros((n, n), dtype=np.float32))
-        out = ArrayRecord({KEY: Array(flat)})
-    return out, {"tasks": config["tasks"], LAYOUT: layout}, {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
+        flat, layout = extend(flat, layout, "affinity", np.zeros((n, n), dtype=np.float32))
+    return ArrayRecord({KEY: Array(flat)}), {"tasks": config["tasks"], LAYOUT: layout}, metrics
 
 
 Work = Callable[[ArrayRecord, dict[str, Any]], tuple[ArrayRecord, dict[str, Any], dict[str, float]]]
@@ -191,7 +195,7 @@ def bundle_reply(msg: FlMessage, work: Work) -> FlMessage:
 def _by_worker(path: Path, watch_pid: int | None) -> Work:
     def work(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:
         meta, blobs = record_to_wire(arrays)
-        sock = connect_worker(path, watch_pid, float(config.get("fedmas_worker_idle_s", 1800.0)))
+        sock = connect_worker(path, watch_pid, float(config.get("fedmas_worker_idle_s", IDLE_S)))
         with sock:
             send_frame(sock, {"config": config, "arrays": meta}, blobs)
             header, blobs = recv_frame(sock)

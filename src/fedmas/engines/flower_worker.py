@@ -23,7 +23,7 @@ from pathlib import Path
 import torch  # noqa: F401 - imported first: ArrayRecord.to_torch_state_dict needs it loaded
 
 from fedmas.engines.flower_client import train_here
-from fedmas.engines.flower_shim import record_from_wire, record_to_wire, recv_frame, send_frame
+from fedmas.engines.flower_shim import IDLE_S, record_from_wire, record_to_wire, recv_frame, send_frame, try_connect
 
 CHECK_S = 2.0  # how often an idle worker checks that its SuperNode is still there
 
@@ -40,15 +40,11 @@ def _alive(pid: int) -> bool:
 
 def serve(path: Path, watch_pid: int | None, idle_s: float) -> None:
     if path.exists():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # a socket left by a worker that died
-        else:
+        live = try_connect(path)
+        if live is not None:
+            live.close()
             raise ValueError(f"a worker already listens on {path}")
-        finally:
-            probe.close()
+        path.unlink()  # a socket left by a worker that died
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     os.chmod(path, 0o600)
@@ -104,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--socket", required=True)
     ap.add_argument("--watch-pid", type=int, default=None)
-    ap.add_argument("--idle-s", type=float, default=1800.0)
+    ap.add_argument("--idle-s", type=float, default=IDLE_S)
     a = ap.parse_args(argv)
     serve(Path(a.socket), a.watch_pid, a.idle_s)
     return 0
