@@ -9,6 +9,7 @@ classes below) and calling :func:`register`; see ``examples/own_task.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,14 @@ class Task:
 
     def finalize(self, sums: dict[str, Tensor]) -> dict[str, float]:
         return {}
+
+    def fit_trivial(self, data: Iterable[tuple[Tensor, Tensor | None]]) -> Tensor | None:
+        """The trivial predictor's output for one sample, fitted on ``data`` (training batches of
+        ``(target, mask)``): a constant that a model must beat before its loss means anything; skill
+        is 1 − loss / (this constant's loss). None: no trivial predictor, so no skill is reported.
+        Override it for a task whose loss calls for another constant (it is broadcast over the
+        batch and, for a dense task, over the pixels)."""
+        return None
 
     # what a decoded target must look like; checked on samples of every client before training
     integer_target = False
@@ -86,6 +95,43 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
+def weighted_median(values: Tensor, weights: Tensor) -> Tensor:
+    """Per-row weighted median of ``values`` (C, n) with non-negative ``weights`` (n,): the smallest value
+    whose cumulative weight reaches half the total (the lower median for equal weights); NaN without weight."""
+    if values.shape[1] == 0 or float(weights.sum()) <= 0:
+        return torch.full((values.shape[0],), math.nan)
+    order = values.argsort(dim=1)
+    v = values.gather(1, order)
+    cw = weights[order].cumsum(1)
+    idx = (cw < 0.5 * cw[:, -1:]).sum(1).clamp_max(values.shape[1] - 1)
+    return v.gather(1, idx[:, None])[:, 0]
+
+
+def l1_median(data: Iterable[tuple[Tensor, Tensor | None]]) -> Tensor | None:
+    """Per-channel median of targets (N, C[, H, W]), each value weighted by its mask as the L1 loss weights
+    it (the constant that minimises a masked L1 loss over these targets)."""
+    vals, wts = [], []
+    for target, mask in data:
+        t = target.double()
+        c = t.shape[1]
+        w = torch.ones_like(t[:, :1]) if mask is None else mask.double()
+        w = w.expand(t.shape[0], c, *t.shape[2:])[:, 0] if t.ndim > 2 else w.reshape(len(t), -1)[:, 0]
+        vals.append(t.transpose(0, 1).reshape(c, -1))
+        wts.append(w.reshape(-1))
+    if not vals:
+        return None
+    return weighted_median(torch.cat(vals, 1), torch.cat(wts)).float()
+
+
+def log_frequencies(counts: Tensor, floor: float = 1e-6) -> Tensor | None:
+    """Logits whose softmax is the class frequencies of ``counts``, each at least ``floor`` (so a class
+    never seen in training costs a large but finite loss)."""
+    if float(counts.sum()) <= 0:
+        return None
+    p = (counts.double() / counts.sum()).clamp_min(floor)
+    return (p / p.sum()).log().float()
+
+
 @dataclass(frozen=True)
 class L1Task(Task):
     """Dense regression with L1 loss: target = (raw[label][..., channels] − offset) / scale."""
@@ -124,6 +170,9 @@ class L1Task(Task):
 
     def loss(self, pred, target, mask):
         return masked_l1(pred, target, mask)
+
+    def fit_trivial(self, data):
+        return l1_median(data)
 
     def metric_sums(self, pred, target, mask):
         err = (pred - target).abs()
@@ -186,6 +235,13 @@ class SegmentationTask(Task):
     def _valid(self, target: Tensor) -> Tensor:
         return torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
 
+    def fit_trivial(self, data):
+        counts = torch.zeros(self.channels, dtype=torch.float64)
+        for target, _ in data:
+            valid = target[self._valid(target)]
+            counts += torch.bincount(valid.reshape(-1), minlength=self.channels)[:self.channels].double()
+        return log_frequencies(counts)
+
     def loss(self, pred, target, mask):
         if self.ignore_index is None:
             return F.cross_entropy(pred, target)
@@ -232,6 +288,12 @@ class ImageClassificationTask(Task):
     def decode(self, raw):
         return np.asarray(self.label_fn(raw), np.int64), None  # type: ignore[misc]
 
+    def fit_trivial(self, data):
+        counts = torch.zeros(self.channels, dtype=torch.float64)
+        for target, _ in data:
+            counts += torch.bincount(target.reshape(-1), minlength=self.channels)[:self.channels].double()
+        return log_frequencies(counts)
+
     def loss(self, pred, target, mask):
         return F.cross_entropy(pred, target)
 
@@ -255,6 +317,9 @@ class ImageRegressionTask(Task):
 
     def loss(self, pred, target, mask):
         return (pred - target).abs().mean()
+
+    def fit_trivial(self, data):
+        return l1_median(data)
 
 
 TASKS: dict[str, Task] = {}

@@ -16,8 +16,10 @@ normal               uint8 ×3   camera-frame normal (x right, y up, z to camera
                                 (n + 1) / 2 · 255
 segment_semantic     uint8      class index, 0 = unlabelled (windows)
 edge_occlusion       uint16     depth discontinuity strength
-edge_texture         uint16     Sobel magnitude of the grey rgb image
-keypoints2d          uint16     Harris corner response of the grey rgb image
+edge_texture         uint16     gradient magnitude of the grey rgb image at the label
+                                scale (Gaussian derivative, σ = resolution / 64 px)
+keypoints2d          uint16     Harris corner response of the grey rgb image at the
+                                label scale (window σ = 2 · resolution / 64 px)
 reshading            uint8      Lambert shading without albedo
 principal_curvature  uint8 ×3   0.5 + k/20 for (k1, k2); third channel 0
 ===================  =========  ==================================================
@@ -36,6 +38,11 @@ CLASSES: tuple[str, ...] = (
 EPS = 1e-4
 DEPTH_UNITS_PER_M = 512.0
 INVALID_DEPTH = 65535
+# Encoding gains of the 2D labels, set so that Taskonomy's normalisation of each label ((x − 718) / 1070 for
+# edge_texture, (x − 50) / 100 for keypoints2d) gives targets of about unit standard deviation, as it does
+# for the other labels; measured on the default 8 buildings at 64×64 (raw std 75 and 8 at gain 1/14 and 1/12.5 of these).
+EDGE_TEXTURE_GAIN = 57000.0
+KEYPOINTS_GAIN = 500000.0
 
 
 @dataclass
@@ -235,6 +242,33 @@ def sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _filter3(gray, _DIFF, _SMOOTH) / 8, _filter3(gray, _SMOOTH, _DIFF) / 8
 
 
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of standard deviation ``sigma`` pixels over the last two axes (edge padding)."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    p = np.pad(img, [(0, 0)] * (img.ndim - 2) + [(r, r), (r, r)], mode="edge")
+    n, m = img.shape[-2], img.shape[-1]
+    rows = sum(k[i] * p[..., i:i + n, :] for i in range(2 * r + 1))
+    return sum(k[i] * rows[..., i:i + m] for i in range(2 * r + 1))
+
+
+def label_scale(res: int) -> float:
+    """The 2D labels' scale in pixels: one pixel at 64×64, growing with the resolution, so that a label
+    describes the same structure of the scene whatever the size it is rendered at."""
+    return res / 64.0
+
+
+def texture_edges_and_corners(gray: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude (Gaussian derivative at :func:`label_scale`) and the Harris corner response
+    (structure tensor over a Gaussian window of twice that scale) of grey images (N, H, W)."""
+    s = label_scale(res)
+    gx, gy = sobel(gaussian_blur(gray, s))
+    sxx, syy, sxy = (gaussian_blur(a, 2 * s) for a in (gx * gx, gy * gy, gx * gy))
+    harris = np.clip(sxx * syy - sxy * sxy - 0.05 * (sxx + syy) ** 2, 0, None)
+    return np.hypot(gx, gy), harris
+
+
 def occlusion_edges(depth_m: np.ndarray, surface: np.ndarray, abs_thr: float = 0.05,
                     rel_thr: float = 0.04) -> np.ndarray:
     """Depth jump (metres) to the farthest-apart 4-neighbour on a *different surface*,
@@ -302,10 +336,7 @@ def render_views(room: Room, cams: Cameras, res: int) -> dict[str, np.ndarray]:
     depth_m = zdist.reshape(shp)
     window = h.window.reshape(shp)
     gray = rgb @ np.array([0.299, 0.587, 0.114])
-    gx, gy = sobel(gray)
-    tex = np.hypot(gx, gy)
-    sxx, syy, sxy = (_filter3(a, _BOX, _BOX) for a in (gx * gx, gy * gy, gx * gy))
-    harris = np.clip(sxx * syy - sxy * sxy - 0.05 * (sxx + syy) ** 2, 0, None)
+    tex, harris = texture_edges_and_corners(gray, res)
     # The room is a convex box seen from inside: its walls, floor and ceiling never occlude each other.
     surface = np.where(h.sid < 3, 0, h.sid).reshape(shp)
     occ = occlusion_edges(np.where(window, 20.0, depth_m), np.where(window, -1, surface))
@@ -317,8 +348,8 @@ def render_views(room: Room, cams: Cameras, res: int) -> dict[str, np.ndarray]:
         "normal": _u8((nc.reshape(*shp, 3) + 1) / 2),
         "segment_semantic": h.cls.reshape(shp).astype(np.uint8),
         "edge_occlusion": np.clip(occ * 1000, 0, 65535).astype(np.uint16),
-        "edge_texture": np.clip(tex * 4000, 0, 65535).astype(np.uint16),
-        "keypoints2d": np.clip(np.sqrt(harris) * 40000, 0, 65535).astype(np.uint16),
+        "edge_texture": np.clip(tex * EDGE_TEXTURE_GAIN, 0, 65535).astype(np.uint16),
+        "keypoints2d": np.clip(np.sqrt(harris) * KEYPOINTS_GAIN, 0, 65535).astype(np.uint16),
         "reshading": _u8(np.clip(shade, 0, 1).reshape(shp)),
         "principal_curvature": _u8(np.concatenate([curv, np.zeros((*shp, 1))], -1)),
     }

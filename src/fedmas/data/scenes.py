@@ -23,7 +23,7 @@ import numpy as np
 
 from fedmas.data.render import CLASSES, Cameras, Primitive, Room, render_views
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 LABELS = ("rgb", "depth_zbuffer", "normal", "segment_semantic", "edge_occlusion",
           "edge_texture", "keypoints2d", "reshading", "principal_curvature")
 _FURNITURE = tuple(range(4, len(CLASSES)))

@@ -266,6 +266,7 @@ class RoundLoop:
                 if self._validates(fl):
                     fl.last_val = self._evaluate(fl, st.weights[fl.name], self.val_data)
                     ev["val_total_loss"] = fl.last_val["total_loss"]
+                    ev.update({f"val_loss/{t}": fl.last_val[f"loss/{t}"] for t in fl.tasks})
                     self._keep_if_best(fl)
             extra = {}
             if self.server.holds is not None:  # partial labels: the tasks none of this round's clients held
@@ -302,9 +303,9 @@ class RoundLoop:
         return [free[i] for i in sorted(pick)] + failed[len(pick):]
 
     def _validates(self, fl: FLTaskState) -> bool:
-        """Validation losses are needed by HOA's probes and by best-validation model selection."""
-        return self.val_data is not None and (
-            fl.role == "probe" or (fl.role == "final" and self.cfg.federation.select == "best_val"))
+        """Validation losses: HOA's probes and best-validation selection decide by them, and every final FL
+        task's are logged (whether its run had converged is judged on them, never on test data)."""
+        return self.val_data is not None and fl.role in ("probe", "final")
 
     def _keep_if_best(self, fl: FLTaskState) -> None:
         if fl.role != "final" or self.cfg.federation.select != "best_val":
