@@ -157,37 +157,49 @@ def _fl_label(name: str, rows: list[dict[str, Any]]) -> str:
     return name if len(ts) > 3 else f"{name}: " + ", ".join(short(t) for t in ts)
 
 
-def comparison_figure(results: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Total test loss against training compute (FLOPs), one marker per method (the paper's figure);
-    error bars are 95% intervals over seeds where there are several. Each method has its own colour
-    (its family's marker shape) and is named in a legend beside the plot, so no label can cover another;
-    methods at the same point are named together there."""
-    fig, ax = plt.subplots(figsize=(10, 5.4), dpi=130)
+def comparison_figure(results: list[dict[str, Any]], path: Path, title: str,
+                      not_learned: list[str] | None = None) -> None:
+    """Total test loss (left) and mean skill (right, where the runs report it) against training compute
+    (FLOPs), one marker per method (the paper's figure); error bars are 95% intervals over seeds where there
+    are several. Each method has its own colour (its family's marker shape) and is named in a legend beside
+    the plots, so no label can cover another; methods at the same point are named together there. Tasks
+    not learned by some method are named under the plots: a ranking over them is noise."""
+    with_skill = all(r.get("mean_skill") is not None for r in results)
+    fig, axes = plt.subplots(1, 2 if with_skill else 1, figsize=(15 if with_skill else 10, 5.4), dpi=130,
+                             squeeze=False)
+    panels = [("total_loss", "total test loss (sum over tasks, lower is better)")]
+    if with_skill:
+        panels.append(("mean_skill", "mean skill over tasks (1 − loss / constant's loss; higher is better)"))
     markers = {"mas": "*", "one-by-one": "s", "all-in-one": "o", "tag": "^", "hoa": "D", "random": "P"}
     cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
-    seen: list[tuple[float, float, str]] = []
-    for i, r in enumerate(results):
-        fam = r["method"]
-        color = cmap(i % cmap.N)
-        x, y = r["train_tflop"], r["total_loss"]
-        same = next((lab for sx, sy, lab in seen if abs(sx - x) <= 1e-9 * max(1.0, abs(x))
-                     and abs(sy - y) <= 1e-9 * max(1.0, abs(y))), None)
-        seen.append((x, y, r["label"]))
-        ax.errorbar(x, y, xerr=r.get("train_tflop_ci"), yerr=r.get("total_loss_ci"), fmt="none", ecolor=color,
-                    elinewidth=1, capsize=3, zorder=2, alpha=0.8)
-        ax.scatter(x, y, s=170 if fam == "mas" else 70, marker=markers.get(fam, "o"), color=color, zorder=3,
-                   edgecolor="black", linewidth=0.5,
-                   label=r["label"] + (f" (same point as {same})" if same else ""))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0)
     xs = [r["train_tflop"] for r in results if r["train_tflop"] > 0]
     log = bool(xs) and max(xs) > 8 * min(xs)  # costs an order of magnitude apart (HOA): a log axis
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic" + (", log scale)" if log else ")"))
-    ax.set_ylabel("total test loss (sum over tasks, lower is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        seen: list[tuple[float, float, str]] = []
+        for i, r in enumerate(results):
+            fam = r["method"]
+            color = cmap(i % cmap.N)
+            x, y = r["train_tflop"], r[key]
+            same = next((lab for sx, sy, lab in seen if abs(sx - x) <= 1e-9 * max(1.0, abs(x))
+                         and abs(sy - y) <= 1e-9 * max(1.0, abs(y))), None)
+            seen.append((x, y, r["label"]))
+            ax.errorbar(x, y, xerr=r.get("train_tflop_ci"), yerr=r.get(f"{key}_ci"), fmt="none", ecolor=color,
+                        elinewidth=1, capsize=3, zorder=2, alpha=0.8)
+            ax.scatter(x, y, s=170 if fam == "mas" else 70, marker=markers.get(fam, "o"), color=color, zorder=3,
+                       edgecolor="black", linewidth=0.5,
+                       label=r["label"] + (f" (same point as {same})" if same else ""))
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel("training compute on clients (TFLOP, all phases; deterministic"
+                      + (", log scale)" if log else ")"))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0)
+    fig.suptitle(title, fontsize=10)
+    if not_learned:
+        fig.text(0.01, 0.01, f"Not learned (skill < 0.05) by some method: {', '.join(not_learned)} — a ranking "
+                             f"over these tasks is noise", fontsize=8, color="darkred")
+    fig.tight_layout(rect=(0, 0.03 if not_learned else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedmas import arrivals
+from fedmas import arrivals, trivial
 from fedmas.accounting import CostLedger
 from fedmas.config import Config, ConfigError, format_error, load_config
 from fedmas.data import FederatedData, load_federated
@@ -200,6 +200,8 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()},
                     {c: data.held(c) for c in data.clients} if data.holds is not None else None)
     server.check_weights()
+    triv = trivial.fit(data, cfg.task_list, cfg.federation.eval_batch_size)
+    atomic_write_text(run_dir / "trivial.json", json.dumps(triv.to_json(), indent=1))
     _write_derived(server)
     engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
@@ -231,7 +233,7 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         close = getattr(engine, "close", None)
         if close is not None:
             close()
-    return finish(server, plan, progress)
+    return finish(server, plan, progress, triv)
 
 
 def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str | None = None,
@@ -269,7 +271,30 @@ def _write_affinity(server: Server, always: bool = False) -> None:
     atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
 
 
-def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
+def learned(per_task: dict[str, float], triv: trivial.Trivial | None, val_curves: dict[str, list[float]]
+            ) -> dict[str, Any]:
+    """The summary's account of how much was learned: each task's trivial test loss and skill, the mean
+    skill, the tasks not learned, and the FL tasks whose validation total was still falling at the end."""
+    tl = triv.test_loss if triv is not None else {}
+    sk = trivial.skills(per_task, tl)
+    return {"trivial_test_loss": {t: tl.get(t) for t in per_task}, "test_skill": sk,
+            "mean_skill": trivial.mean_skill(sk), "not_learned": trivial.not_learned(sk),
+            "not_learned_below": trivial.NOT_LEARNED_BELOW,
+            "not_converged": [f for f, v in val_curves.items() if trivial.still_falling(v)]}
+
+
+def _val_curves(run_dir: Path, fl_tasks: list[str]) -> dict[str, list[float]]:
+    """Each final FL task's validation total per round, from metrics.jsonl."""
+    out: dict[str, list[float]] = {f: [] for f in fl_tasks}
+    p = run_dir / "metrics.jsonl"
+    for ln in (p.read_text().splitlines() if p.exists() else []):
+        r = json.loads(ln)
+        if r.get("fl_task") in out and "val_total_loss" in r:
+            out[r["fl_task"]].append(float(r["val_total_loss"]))
+    return out
+
+
+def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = None) -> dict[str, Any]:
     st, run_dir, cfg = server.state, server.run_dir, server.cfg
     owner = plan.final_assignment(server)
     per_task = {t: st.task(fl).last_eval[f"loss/{t}"] for t, fl in owner.items()}
@@ -286,6 +311,7 @@ def finish(server: Server, plan, progress: bool) -> dict[str, Any]:
                       "final_total_loss": t.last_eval.get("total_loss"),
                       "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
+        **learned(per_task, triv, _val_curves(run_dir, sorted(set(owner.values())))),
     }
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
     measured = st.affinity.mean(MERGED, affinity_rounds(server))
@@ -313,23 +339,49 @@ def render_summary(s: dict[str, Any], run_dir: Path | None = None) -> str:
     """The final table: each task's test loss, its headline metric and the FL task that reports it;
     the groups, the costs and the files written."""
     metrics = s.get("test_metrics", {})
-    rows = [[short(t), f"{v:.4f}", _headline(metrics.get(t, {})), s["owner"][t]] for t, v in s["test_loss"].items()]
-    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}", "", ""])
+    sk, low = s.get("test_skill", {}), set(s.get("not_learned", []))
+    rows = [[short(t), f"{v:.4f}", _skill_cell(sk.get(t), t in low), _headline(metrics.get(t, {})), s["owner"][t]]
+            for t, v in s["test_loss"].items()]
+    rows.append(["TOTAL", f"{s['total_test_loss']:.4f}",
+                 f"mean {s['mean_skill']:.3f}" if s.get("mean_skill") is not None else "", "", ""])
     c = s["costs"]
     sel = " (each FL task's best-validation round)" if s.get("select") == "best_val" else ""
     lines = [f"\n{s['method']} on {len(s['tasks'])} tasks, {s['rounds']} rounds; test loss and metric{sel}"]
     if s.get("groups"):
         lines.append("groups: " + "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in s["groups"]))
-    lines.append(table(rows, ["task", "test loss", "test metric", "FL task"]))
+    lines.append(table(rows, ["task", "test loss", "skill", "test metric", "FL task"]))
+    lines += learned_lines(s)
     lines.append(f"client compute {c['train_s']:.1f} s, {c.get('train_flop', 0.0) / 1e12:.3g} TFLOP | "
                  f"energy {c['energy_j'] / 1000:.2f} kJ ({s['energy_source']}) "
                  f"| traffic {(c['bytes_down'] + c['bytes_up']) / 1e6:.1f} MB | simulated wall-clock "
                  f"{c['sim_wallclock_s']:.1f} s")
     if run_dir is not None:
-        files = [f for f in ("summary.json", "metrics.jsonl", "costs.json", "losses.png", "affinity.json",
-                             "affinity.png", "split.json", "arrivals.json", "run.log") if (run_dir / f).exists()]
+        files = [f for f in ("summary.json", "metrics.jsonl", "costs.json", "trivial.json", "losses.png",
+                             "affinity.json", "affinity.png", "split.json", "arrivals.json", "run.log")
+                 if (run_dir / f).exists()]
         lines.append(f"files in {run_dir}: {', '.join(files)}")
     return "\n".join(lines)
+
+
+def _skill_cell(v: float | None, low: bool) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" + (" NOT LEARNED" if low else "")
+
+
+def learned_lines(s: dict[str, Any]) -> list[str]:
+    """What the table's skill column means, and the warnings: tasks not learned, runs not converged."""
+    if "test_skill" not in s:
+        return []
+    out = [f"skill = 1 − test loss / test loss of a constant fitted on the training data (median per channel "
+           f"for L1 tasks, class frequencies for classification); below {s['not_learned_below']:g}: not learned"]
+    if s.get("not_learned"):
+        out.append(f"WARNING: not learned: {', '.join(short(t) for t in s['not_learned'])} — no better than the "
+                   f"constant; a comparison of methods on these tasks is noise")
+    if s.get("not_converged"):
+        out.append(f"WARNING: not converged: the validation total of {', '.join(s['not_converged'])} was still "
+                   f"falling over its last quarter of rounds; more rounds would change these numbers")
+    return out
 
 
 class RoundTimer:

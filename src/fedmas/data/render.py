@@ -40,7 +40,8 @@ DEPTH_UNITS_PER_M = 512.0
 INVALID_DEPTH = 65535
 # Encoding gains of the 2D labels, set so that Taskonomy's normalisation of each label ((x − 718) / 1070 for
 # edge_texture, (x − 50) / 100 for keypoints2d) gives targets of about unit standard deviation, as it does
-# for the other labels; measured on the default 8 buildings at 64×64 (raw std 75 and 8 at gain 1/14 and 1/12.5 of these).
+# for the other labels; measured on the default 8 buildings at 64×64 (raw std 75 and 8 at 1/14 and 1/12.5
+# of these gains).
 EDGE_TEXTURE_GAIN = 57000.0
 KEYPOINTS_GAIN = 500000.0
 
