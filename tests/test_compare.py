@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from fedmas.cli import main
@@ -116,3 +117,39 @@ def test_verdict_of_a_paired_difference():
     from fedmas.stats import fmt_g
 
     assert fmt_g(1340.0, 6.8e-13) == "1.34e+03 ± 0" and fmt_g(2030.0, 36.0) == "2.03e+03 ± 36"
+
+
+def _without_timing(doc):
+    """A summary or comparison without what the clock decides: seconds, and the bytes of replies (their metadata
+    carries each client's compute seconds as text, whose length varies by a few bytes)."""
+    if isinstance(doc, dict):
+        return {k: _without_timing(v) for k, v in doc.items()
+                if not k.endswith(("_s", "_s_ci", "_h")) and not k.startswith("bytes") and k != "threads"}
+    if isinstance(doc, list):
+        return [_without_timing(v) for v in doc]
+    return doc
+
+
+def test_compare_jobs_2_gives_the_files_of_jobs_1(tiny_raw, tmp_path):
+    from safetensors.torch import load_file
+
+    tiny_raw["threads"] = 2  # --jobs 2 gives each run 1 thread: the sequential comparison runs at 1 thread too
+    tiny_raw["federation"]["rounds"] = 2
+    tiny_raw["mas"]["merge_rounds"] = 1
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw))
+    common = ["compare", str(cfg), "--methods", "mas:2,all-in-one,one-by-one", "--seeds", "0,1", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "seq"), "--set", "threads=1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    seq = json.loads((tmp_path / "seq" / "comparison.json").read_text())
+    par = json.loads((tmp_path / "par" / "comparison.json").read_text())
+    assert _without_timing(seq["results"]) == _without_timing(par["results"]) and seq["wins"] == par["wins"]
+    for run in ("seed-0/mas-2", "seed-1/all-in-one", "seed-1/one-by-one"):
+        a, b = (json.loads((tmp_path / d / run / "summary.json").read_text()) for d in ("seq", "par"))
+        assert _without_timing(a) == _without_timing(b)
+        assert (tmp_path / "par" / run / "metrics.jsonl").exists()
+        wa, wb = (load_file(str(next((tmp_path / d / run / "checkpoint").glob("weights-*.safetensors"))))
+                  for d in ("seq", "par"))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert yaml.safe_load((tmp_path / "par" / "seed-0" / "mas-2" / "config.yaml").read_text())["threads"] == 1
+    assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "0"]) == 2

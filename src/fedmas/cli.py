@@ -65,7 +65,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.set)
     out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-compare"
     seeds = _seeds(a.seeds) if a.seeds else None
-    compare(cfg, a.methods, out, progress=not a.quiet, seeds=seeds)
+    compare(cfg, a.methods, out, progress=not a.quiet, seeds=seeds, jobs=a.jobs)
     return 0
 
 
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "means with 95%% confidence intervals")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     c.add_argument("--out", help="comparison folder (default runs/<name>-compare); resumable")
+    c.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N runs at once, each in its own process with threads/N torch threads (default 1)")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     c.set_defaults(fn=cmd_compare)
 

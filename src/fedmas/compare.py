@@ -97,7 +97,7 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
             old = Config.model_validate(old).model_dump()
         except ValueError:
             pass  # not a valid config any more: compared as written, so the difference is named
-        changed = _diff(old, run_cfg.model_dump())
+        changed = [d for d in _diff(old, run_cfg.model_dump()) if not d.startswith("threads:")]  # float order only
         if changed:
             raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
                               f"choose another --out for this comparison")
@@ -120,34 +120,36 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
-            seeds: list[int] | None = None) -> list[dict[str, Any]]:
+            seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Run every method (under every seed of ``seeds``; default: the config's seed) and report each
-    method's mean with a 95% Student-t interval over the seeds."""
+    method's mean with a 95% Student-t interval over the seeds. ``jobs`` > 1 runs that many runs at once,
+    each in its own process with ``max(1, threads // jobs)`` torch threads (recorded in its config.yaml);
+    a run's results do not depend on ``jobs`` at a given thread count."""
     plan = parse_methods(methods, len(cfg.task_list))
     seeds = seeds or [cfg.seed]
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: expected a number of parallel runs ≥ 1")
     out.mkdir(parents=True, exist_ok=True)
     base = cfg.model_dump()
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
-    data: dict[str, FederatedData] = {}
-    total = len(plan) * len(seeds)
-    for si, seed in enumerate(seeds):
-        for i, (label, method, over) in enumerate(plan):
-            run_cfg = Config.model_validate(_merge({**base, "method": method, "seed": seed,
+    threads = max(1, cfg.threads // jobs)
+    todo = []
+    for seed in seeds:
+        for label, method, over in plan:
+            run_cfg = Config.model_validate(_merge({**base, "method": method, "seed": seed, "threads": threads,
                                                     "name": f"{cfg.name}-{label}"}, over))
             folder = label.replace(":", "-")
-            run_dir = out / folder if len(seeds) == 1 else out / f"seed-{seed}" / folder
-            if progress:
-                print(f"[fedmas compare] {si * len(plan) + i + 1}/{total} {label} seed {seed} → {run_dir}",
-                      file=sys.stderr, flush=True)
-            summary = _run_one(run_cfg, run_dir, label, progress, data)
-            c = summary["costs"]
-            runs[label].append({"seed": seed, "total_loss": summary["total_test_loss"],
-                                "test_loss": summary["test_loss"], "groups": summary.get("groups"),
-                                "train_tflop": c.get("train_flop", 0.0) / 1e12, "train_s": c["train_s"],
-                                "energy_j": c["energy_j"], "bytes": c["bytes_down"] + c["bytes_up"],
-                                "rounds": summary["rounds"], "energy_source": summary["energy_source"],
-                                "skill": summary.get("test_skill", {}), "mean_skill": summary.get("mean_skill"),
-                                "not_converged": summary.get("not_converged", [])})
+            todo.append((label, seed, run_cfg, out / folder if len(seeds) == 1 else out / f"seed-{seed}" / folder))
+    summaries = _run_all(todo, progress, jobs)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
+    for (label, seed, _, _), summary in zip(todo, summaries):
+        c = summary["costs"]
+        runs[label].append({"seed": seed, "total_loss": summary["total_test_loss"],
+                            "test_loss": summary["test_loss"], "groups": summary.get("groups"),
+                            "train_tflop": c.get("train_flop", 0.0) / 1e12, "train_s": c["train_s"],
+                            "energy_j": c["energy_j"], "bytes": c["bytes_down"] + c["bytes_up"],
+                            "rounds": summary["rounds"], "energy_source": summary["energy_source"],
+                            "skill": summary.get("test_skill", {}), "mean_skill": summary.get("mean_skill"),
+                            "not_converged": summary.get("not_converged", [])})
     results = _summarise(plan, runs, list(cfg.task_list))
     doc = {"config": base, "seeds": seeds, "results": results, "wins": _wins(runs),
            "not_learned": unlearned(results, list(cfg.task_list))}
@@ -165,6 +167,45 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     if progress:
         print(md)
     return results
+
+
+def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: int) -> list[dict[str, Any]]:
+    """Every run's summary, in ``todo``'s order: one after another, or ``jobs`` at a time in worker processes."""
+    total = len(todo)
+    if jobs == 1:
+        data: dict[str, FederatedData] = {}
+        out = []
+        for i, (label, seed, run_cfg, run_dir) in enumerate(todo):
+            if progress:
+                print(f"[fedmas compare] {i + 1}/{total} {label} seed {seed} → {run_dir}", file=sys.stderr, flush=True)
+            out.append(_run_one(run_cfg, run_dir, label, progress, data))
+        return out
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    results: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, run_cfg.model_dump(), str(run_dir), label): i
+                   for i, (label, _, run_cfg, run_dir) in enumerate(todo)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                i = futures[f]
+                results[i] = f.result()  # a failed run raises here; the pool's exit waits for the others
+                if progress:
+                    label, seed, _, run_dir = todo[i]
+                    print(f"[fedmas compare] {len(results)}/{total} done: {label} seed {seed} → {run_dir} "
+                          f"(total test loss {results[i]['total_test_loss']:.4f})", file=sys.stderr, flush=True)
+    return [results[i] for i in range(total)]
+
+
+def _run_in_worker(raw_cfg: dict[str, Any], run_dir: str, label: str) -> dict[str, Any]:
+    """One run in a worker process of ``compare --jobs`` (its data loaded once per worker)."""
+    return _run_one(Config.model_validate(raw_cfg), Path(run_dir), label, False, _WORKER_DATA)
+
+
+_WORKER_DATA: dict[str, FederatedData] = {}
 
 
 def _dataset_name(dataset: str) -> str:
