@@ -129,7 +129,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     seeds = seeds or [cfg.seed]
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected a number of parallel runs ≥ 1")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_comparison_dir(out)
     base = cfg.model_dump()
     threads = max(1, cfg.threads // jobs)
     todo = []
@@ -167,6 +167,38 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     if progress:
         print(md)
     return results
+
+
+COMPARE_MARKER = ".fedmas-compare"
+COMPARE_FILES = ("comparison.json", "comparison.md", "comparison.png", "energy.png", COMPARE_MARKER)
+
+
+def claim_comparison_dir(out: Path) -> None:
+    """Use ``out`` for a comparison: a new or empty folder, or one a comparison made (resumed); a folder
+    holding anything else is refused, so no file of the user's is overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.exists() and not (out / COMPARE_MARKER).is_file():
+        made = (out / "comparison.json").is_file()  # a comparison made before the marker file existed
+        foreign = [p.name for p in sorted(out.iterdir()) if not _from_a_comparison(p, made)]
+        if foreign:
+            raise ConfigError(f"--out {out} is not empty and not a fedmas comparison folder (it holds "
+                              f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / COMPARE_MARKER).write_text("this folder holds a fedmas comparison; fedmas may replace its files here\n")
+
+
+def _from_a_comparison(p: Path, made: bool) -> bool:
+    """A comparison's own file (where ``made``: comparison.json is there), a run folder, or a seed folder of
+    run folders (comparisons made before the marker file existed are recognised by these)."""
+    if p.name in COMPARE_FILES:
+        return made and p.is_file()
+    if not p.is_dir() or p.is_symlink():
+        return False
+    if holds_run(p) or (p / "config.yaml").is_file():
+        return True
+    return p.name.startswith("seed-") and all(q.is_dir() and (holds_run(q) or (q / "config.yaml").is_file())
+                                              for q in p.iterdir())
 
 
 def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: int) -> list[dict[str, Any]]:

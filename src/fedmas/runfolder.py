@@ -33,35 +33,83 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / "checkpoint" / "state.json").exists() or (run_dir / "summary.json").exists()
 
 
-def check_new_run_dir(run_dir: Path, force: bool = False) -> None:
-    """Refuse, before anything is written, a folder a new run must not use."""
+MARKER = ".fedmas-run"  # written when fedmas claims a folder for a run: the RUN_FILES there are fedmas's
+
+
+def _is_ours(run_dir: Path) -> bool:
+    """Was this folder claimed by fedmas for a run (so the RUN_FILES names in it are fedmas's files)?"""
+    return (run_dir / MARKER).is_file() or holds_run(run_dir)
+
+
+def _present(run_dir: Path, names: Sequence[str]) -> list[str]:
+    return [n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+
+
+def check_new_run_dir(run_dir: Path, force: bool = False, locked: bool = False) -> None:
+    """Refuse a folder a new run must not use: called before anything is written, and again once the
+    folder's lock is held (``locked``: the lock file is then fedmas's own), so that of two runs started on
+    one folder at once, the one that claims it second is refused."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a folder")
-    if force or not run_dir.exists():
+    if not run_dir.exists():
+        return
+    skip = {LOCK} if locked else set()
+    if force:
+        if _is_ours(run_dir):
+            return
+        theirs = [n for n in _present(run_dir, RUN_FILES) if n not in skip]
+        if theirs:
+            raise ConfigError(f"--out {run_dir} holds {', '.join(theirs)}, which fedmas did not write there "
+                              f"(the folder never held a fedmas run); --force replaces only fedmas's own files: "
+                              f"choose another --out")
         return
     if holds_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           f"choose another --out, or add --force to start it over")
-    if any(run_dir.iterdir()):
+    if any(p.name not in skip for p in run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} exists and is not empty; choose another --out, or add --force to "
                           f"replace fedmas's own files there (other files are kept)")
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
-    """Create the run folder and write config.yaml; with ``force``, first remove fedmas's own files there.
-    Call :func:`check_new_run_dir` (and check the data) before: this one no longer refuses anything."""
+    """Claim the run folder (its lock held by the caller): check it again, then with ``force`` remove
+    fedmas's own files there, mark it as fedmas's and write config.yaml."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_new_run_dir(run_dir, force, locked=True)
     if force:
+        old_plugins = _old_plugins(run_dir)
         for name in RUN_FILES:
             p = run_dir / name
-            if name == LOCK:
+            if name in (LOCK, PLUGINS):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             elif p.exists() or p.is_symlink():
                 p.unlink()
+        _remove_plugin_copies(run_dir, old_plugins)
+    (run_dir / MARKER).write_text("this folder holds a fedmas run; fedmas may replace the files it wrote here\n")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     _keep_plugins(run_dir, cfg.plugins)
+
+
+def _old_plugins(run_dir: Path) -> list[str]:
+    try:
+        mods = read_yaml_mapping(run_dir / "config.yaml", "run config").get("plugins") or []
+    except (ConfigError, OSError):
+        return []
+    return [m for m in mods if isinstance(m, str)] if isinstance(mods, list) else []
+
+
+def _remove_plugin_copies(run_dir: Path, modules: Sequence[str]) -> None:
+    """Remove the copies of the old run's plugin modules fedmas kept in ``plugins/``; other files stay."""
+    d = run_dir / PLUGINS
+    if not d.is_dir() or d.is_symlink():
+        return
+    for mod in modules:
+        (d / f"{mod}.py").unlink(missing_ok=True)
+    shutil.rmtree(d / "__pycache__", ignore_errors=True)
+    if not any(d.iterdir()):
+        d.rmdir()
 
 
 def _keep_plugins(run_dir: Path, plugins: Sequence[str]) -> None:

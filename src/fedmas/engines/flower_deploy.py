@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,9 @@ def submit(cfg: Config, run_dir: Path, home: Path | None = None, timeout_s: floa
     The ServerApp continues the run folder ``run_dir`` (from its checkpoint, if any). A folder
     that ``fedmas run`` has not prepared is prepared there from ``cfg``."""
     run_dir = Path(run_dir).resolve()
-    home = home or run_dir.parent / ".flwr"
+    if home is None:  # Flower's settings for this submission live in a folder of its own, removed after it
+        with tempfile.TemporaryDirectory(prefix="fedmas-flwr-") as tmp:
+            return submit(cfg, run_dir, Path(tmp), timeout_s)
     env = flower_env(home)
     write_connection(home, cfg.flower.superlink, cfg.flower.root_certificates)
     rc = f'out="{run_dir}"'
