@@ -236,7 +236,48 @@ TAMPER = {
     "bad numpy rng": lambda run: _tamper_state(run, lambda d: d.__setitem__("rng", {"state": 1})),
     "not json": lambda run: (run / "checkpoint" / "state.json").write_text("{"),
     "edited config": lambda run: (run / "config.yaml").write_text("federation: {rounds: lots}\n"),
+    "edited lr": lambda run: _edit_config(run, lambda c: c["federation"].__setitem__("lr", 0.05)),
+    "edited method": lambda run: _edit_config(run, lambda c: c.__setitem__("method", "one-by-one")),
+    "bit flip": lambda run: _flip_a_bit(_weights(run)),
+    "round 1e20, checksum redone": lambda run: _forge_state(run, lambda d: d.__setitem__("round", 10**20)),
+    "round true, checksum redone": lambda run: _forge_state(run, lambda d: d.__setitem__("round", True)),
+    "round 50, checksum redone": lambda run: _forge_state(run, lambda d: d.__setitem__("round", 50)),
+    "nan in a kept weight, checksums redone": lambda run: _forge_nan_in_kept_weights(run),
+    "state.json deleted": lambda run: (run / "checkpoint" / "state.json").unlink(),
+    "checkpoint deleted": lambda run: __import__("shutil").rmtree(run / "checkpoint"),
 }
+
+
+def _edit_config(run: Path, fn) -> None:
+    p = run / "config.yaml"
+    c = yaml.safe_load(p.read_text())
+    fn(c)
+    p.write_text(yaml.safe_dump(c, sort_keys=False))
+
+
+def _flip_a_bit(p: Path) -> None:
+    b = bytearray(p.read_bytes())
+    b[len(b) - 5] ^= 0x01  # in the last tensor's data: a valid file, a changed value
+    p.write_bytes(bytes(b))
+
+
+def _forge_state(run: Path, fn) -> None:
+    """An edit that also redoes the checkpoint's checksums: only the values' own checks can refuse it."""
+    from fedmas.server import state as st
+
+    p = run / "checkpoint" / "state.json"
+    doc = json.loads(p.read_text())
+    fn(doc)
+    doc["weights_sha256"] = st._file_sha256(run / "checkpoint" / doc["weights_file"])
+    st._write_state_doc(p, {k: v for k, v in doc.items() if k != "state_sha256"})
+
+
+def _forge_nan_in_kept_weights(run: Path) -> None:
+    p = _weights(run)
+    flat = load_file(str(p))
+    flat["finished-one/encoder.x"] = torch.tensor([float("nan")])  # weights the round loop does not train
+    save_file(flat, str(p))
+    _forge_state(run, lambda d: None)
 
 
 @pytest.mark.parametrize("how", sorted(TAMPER))
@@ -247,6 +288,30 @@ def test_tampered_checkpoint_is_refused_naming_the_file(tiny_raw, tmp_path, caps
     rc = main(["run", "--resume", str(run), "--quiet"])
     err = _one_line_refusal(capsys, rc)
     assert str(run) in err, err
+    assert not (run / "summary.json").exists()
+
+
+def test_a_summary_that_is_not_one_is_refused(tiny_raw, tmp_path, capsys):
+    run = tmp_path / "r"
+    execute(Config.model_validate(_small(tiny_raw)), run, progress=False)
+    for text in ("[]", "{}", "not json"):
+        (run / "summary.json").write_text(text)
+        _one_line_refusal(capsys, main(["run", "--resume", str(run), "--quiet"]), "summary.json", "not a fedmas")
+        _one_line_refusal(capsys, main(["show", str(run)]), "summary.json", "not a fedmas")
+
+
+def test_a_non_finite_result_is_not_reported_as_success(tiny_raw, tmp_path, capsys):
+    raw = _small(tiny_raw)
+    raw["federation"]["lr"] = 1000.0  # diverges to non-finite weights and losses
+    rc = main(["run", _write(tmp_path / "c.yaml", raw), "--quiet", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "non-finite" in err, err
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def _write(p: Path, raw: dict) -> str:
+    p.write_text(yaml.safe_dump(raw))
+    return str(p)
 
 
 def test_fifo_as_weights_file_does_not_hang(tiny_raw, tmp_path):

@@ -111,12 +111,12 @@ def cmd_split(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from fedmas.run import render_summary
+    from fedmas.run import read_summary, render_summary
 
     run_dir = Path(a.run)
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        print(render_summary(json.loads(summary.read_text()), run_dir))
+    if summary.exists():
+        print(render_summary(read_summary(summary), run_dir))
         return 0
     if (run_dir / "comparison.md").is_file():
         print((run_dir / "comparison.md").read_text())

@@ -10,6 +10,7 @@ Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from fedmas.report import heatmap, loss_curves, short, table
 from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
-from fedmas.server.state import ServerState, atomic_write_text, load_checkpoint
+from fedmas.server.state import CheckpointError, ServerState, atomic_write_text, load_checkpoint, restamp_config
 
 
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -50,6 +51,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     if resume:
         cfg = resume_config(run_dir, allow_plugins)
         with RunLock(run_dir):
+            check_resumable(run_dir)
             done = _summary(run_dir)
             if add_tasks:
                 if done is not None:
@@ -93,6 +95,7 @@ def add_arrivals(cfg: Config, run_dir: Path, names: tuple[str, ...]) -> Config:
     except ValidationError as e:
         raise ConfigError(f"--add-task {', '.join(names)}: {format_error(e)}") from None
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(new.model_dump(), sort_keys=False))
+    restamp_config(run_dir)
     return new
 
 
@@ -161,10 +164,48 @@ def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, sto
     return _summary(run_dir)
 
 
+class RunFailed(ValueError):
+    """A run that ended without a result worth reporting (a non-finite loss): exit 2, never success."""
+
+
+MAX_SUMMARY_BYTES = 64 << 20
+
+
+def read_summary(p: Path) -> dict[str, Any]:
+    """A run's summary.json, checked to be one (ConfigError naming the file otherwise)."""
+    if not p.is_file():
+        raise ConfigError(f"{p} is not a regular file")
+    if p.stat().st_size > MAX_SUMMARY_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_SUMMARY_BYTES >> 20} MiB; not a fedmas summary")
+    try:
+        doc = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{p}: not a fedmas summary (not valid JSON: {e})") from None
+    ok = (isinstance(doc, dict) and isinstance(doc.get("test_loss"), dict) and isinstance(doc.get("owner"), dict)
+          and isinstance(doc.get("total_test_loss"), (int, float)) and isinstance(doc.get("costs"), dict)
+          and isinstance(doc.get("tasks"), list))
+    if not ok:
+        raise ConfigError(f"{p}: not a fedmas summary (expected an object with tasks, test_loss, owner, "
+                          f"total_test_loss and costs)")
+    return doc
+
+
 def _summary(run_dir: Path) -> dict[str, Any] | None:
     """The summary of a finished run, or None."""
     p = run_dir / "summary.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    return read_summary(p) if p.exists() or p.is_symlink() else None
+
+
+def check_resumable(run_dir: Path) -> None:
+    """A run that has trained must resume from its checkpoint: a missing one is a refusal, never a restart."""
+    sp = run_dir / "checkpoint" / "state.json"
+    if sp.exists() or (run_dir / "summary.json").exists():
+        return
+    metrics = run_dir / "metrics.jsonl"
+    trained = (metrics.is_file() and metrics.stat().st_size > 0) or any((run_dir / "checkpoint").glob("weights-*"))
+    if trained:
+        raise CheckpointError(f"{sp} is missing, but {run_dir} has trained rounds (metrics.jsonl or checkpoint "
+                              f"weights): the run cannot be resumed without it; start a new run instead")
 
 
 def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
@@ -207,6 +248,7 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     plan = make_plan(cfg.method)
 
     total, r0 = plan.expected_rounds(server), state.round
+    _check_progress(run_dir, state, total)
     if progress and r0 > 0:
         print(f"[fedmas] resuming {run_dir} after round {r0 - 1} (rounds count from 0, as in the files)"
               + (f"; {total - r0} of {total} rounds to go" if total else ""), file=sys.stderr, flush=True)
@@ -234,6 +276,16 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         if close is not None:
             close()
     return finish(server, plan, progress, triv)
+
+
+def _check_progress(run_dir: Path, state: ServerState, total: int | None) -> None:
+    """A checkpoint's round counts must be possible for this run (a tampered round is refused, naming the file)."""
+    sp = run_dir / "checkpoint" / "state.json"
+    if total and state.round > total:
+        raise CheckpointError(f"{sp}: round {state.round} is beyond the {total} rounds this run has in all")
+    bad = [t.name for t in state.active + state.finished if not 0 <= t.done_rounds <= min(t.rounds, state.round)]
+    if bad:
+        raise CheckpointError(f"{sp}: FL task(s) {bad[:3]} report more rounds done than possible")
 
 
 def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str | None = None,
@@ -298,6 +350,12 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
     st, run_dir, cfg = server.state, server.run_dir, server.cfg
     owner = plan.final_assignment(server)
     per_task = {t: st.task(fl).last_eval[f"loss/{t}"] for t, fl in owner.items()}
+    diverged = {t: v for t, v in per_task.items() if not math.isfinite(v)}
+    if diverged:
+        raise RunFailed(f"{run_dir}: the run ended with a non-finite test loss for "
+                        + ", ".join(f"{t} (FL task {owner[t]})" for t in diverged)
+                        + "; no summary is written: training diverged (a lower federation.lr?) or the data holds "
+                          "non-finite values")
     metrics = {t: {k.split("/")[0]: v for k, v in st.task(fl).last_eval.items()
                    if k.endswith(f"/{t}") and not k.startswith("loss/")} for t, fl in owner.items()}
     totals = st.costs.totals()

@@ -136,6 +136,10 @@ class Server:
                                           f"the model needs {v.dtype} {tuple(v.shape)}")
                 if got.is_floating_point() and not bool(torch.isfinite(got).all()):
                     raise CheckpointError(f"{ck}: {fl.name}/{k} holds non-finite values")
+        for name, w in self.state.weights.items():  # finished FL tasks' and kept best-validation weights too
+            bad = next((k for k, v in w.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+            if bad is not None:
+                raise CheckpointError(f"{ck}: {name}/{bad} holds non-finite values")
 
     def finished(self, name: str) -> FLTaskState | None:
         return next((t for t in self.state.finished if t.name == name), None)

@@ -9,6 +9,7 @@ last, so a SIGKILL at any moment leaves the previous complete checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -178,12 +179,13 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, ck / wname)
     doc = {
-        "format": 1, "weights_file": wname, "round": state.round,
+        "format": 1, "weights_file": wname, "weights_sha256": _file_sha256(ck / wname),
+        "config_sha256": config_sha256(run_dir), "round": state.round,
         "active": [asdict(t) for t in state.active], "finished": [asdict(t) for t in state.finished],
         "plan": state.plan, "affinity": state.affinity.rows, "faults": state.faults,
         "costs": state.costs.to_json(), "rng": state.rng,
     }
-    atomic_write_text(ck / "state.json", json.dumps(doc))
+    _write_state_doc(ck / "state.json", doc)
     for old in ck.glob("weights-*.safetensors"):
         if old.name != wname:
             old.unlink(missing_ok=True)
@@ -193,13 +195,40 @@ class CheckpointError(ValueError):
     pass
 
 
-def load_checkpoint(run_dir: Path) -> ServerState:
-    """The state saved in ``run_dir/checkpoint``; :class:`CheckpointError` naming the file when it is
-    missing, unreadable, not a regular file, or holds fields of the wrong kind."""
-    ck = run_dir / "checkpoint"
-    sp = ck / "state.json"
-    if not sp.is_file():
-        raise CheckpointError(f"no checkpoint in {run_dir} (missing {sp})")
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_sha256(run_dir: Path) -> str | None:
+    """The hash of the run's config.yaml as written when the run started (None without one)."""
+    p = run_dir / "config.yaml"
+    return _file_sha256(p) if p.is_file() else None
+
+
+def _doc_sha256(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _write_state_doc(path: Path, doc: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps({**doc, "state_sha256": _doc_sha256(doc)}))
+
+
+def restamp_config(run_dir: Path) -> None:
+    """After fedmas itself changed the run's config.yaml (a task added with ``--add-task``), record the new
+    config's hash in the checkpoint, so the resumed run is accepted as the run that was started."""
+    sp = run_dir / "checkpoint" / "state.json"
+    if sp.is_file():
+        doc = _verified_doc(sp)
+        doc["config_sha256"] = config_sha256(run_dir)
+        _write_state_doc(sp, doc)
+
+
+def _verified_doc(sp: Path) -> dict[str, Any]:
     if sp.stat().st_size > MAX_STATE_BYTES:
         raise CheckpointError(f"{sp}: larger than {MAX_STATE_BYTES >> 20} MiB; not a fedmas checkpoint")
     try:
@@ -208,10 +237,30 @@ def load_checkpoint(run_dir: Path) -> ServerState:
         raise CheckpointError(f"unreadable checkpoint {sp}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("weights_file"), str):
         raise CheckpointError(f"{sp}: not a fedmas checkpoint (no weights_file)")
+    if "state_sha256" in doc and doc["state_sha256"] != _doc_sha256(doc):
+        raise CheckpointError(f"{sp}: its contents do not match its checksum (edited or damaged); the run cannot "
+                              f"be resumed from it")
+    return doc
+
+
+def load_checkpoint(run_dir: Path) -> ServerState:
+    """The state saved in ``run_dir/checkpoint``; :class:`CheckpointError` naming the file when it is
+    missing, unreadable, not a regular file, or holds fields of the wrong kind."""
+    ck = run_dir / "checkpoint"
+    sp = ck / "state.json"
+    if not sp.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} (missing {sp})")
+    doc = _verified_doc(sp)
     name = doc["weights_file"]
     wpath = ck / name
     if "/" in name or "\\" in name or name.startswith(".") or not wpath.is_file():
         raise CheckpointError(f"checkpoint weights file missing or not a regular file: {wpath}")
+    if "weights_sha256" in doc and doc["weights_sha256"] != _file_sha256(wpath):
+        raise CheckpointError(f"{wpath}: its bytes do not match the checksum in {sp} (damaged or altered)")
+    if "config_sha256" in doc and doc["config_sha256"] != config_sha256(run_dir):
+        raise CheckpointError(f"{run_dir / 'config.yaml'} was changed after the run started (it no longer matches "
+                              f"the hash in {sp}); a resumed run must be the run that was started: put it back, "
+                              f"or start a new run with the new config")
     try:
         flat = load_file(str(wpath))  # safetensors: plain tensors only, no code
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for malformed files
@@ -225,6 +274,7 @@ def load_checkpoint(run_dir: Path) -> ServerState:
 
 
 MAX_STATE_BYTES = 256 << 20
+MAX_ROUND = 10**9  # far above any schedule the schema admits (a tampered 10^20 is refused)
 
 
 def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
@@ -235,8 +285,8 @@ def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
     for key, v in flat.items():
         fl, name = key.split("/", 1)
         weights.setdefault(fl, {})[name] = v
-    if not isinstance(doc["round"], int) or doc["round"] < 0:
-        raise ValueError(f"round must be a non-negative integer, got {doc['round']!r}")
+    if not isinstance(doc["round"], int) or isinstance(doc["round"], bool) or not 0 <= doc["round"] <= MAX_ROUND:
+        raise ValueError(f"round must be an integer in [0, {MAX_ROUND}], got {doc['round']!r}")
     rng = doc["rng"]
     if rng:
         np.random.default_rng().bit_generator.state = rng  # raises on a malformed state
