@@ -60,6 +60,10 @@ def parse_methods(spec: str, n_tasks: int) -> list[tuple[str, str, dict[str, Any
                               f"{', '.join(s + ':K' for s in splitting)}, {', '.join(autos)}")
     if not out:
         raise ConfigError("--methods is empty")
+    keys = [k for k, _, _ in out]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once; each method is run once per seed")
     return out
 
 

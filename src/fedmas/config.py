@@ -23,6 +23,25 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        """``true``/``yes`` where a number belongs is refused (pydantic would read it as 1)."""
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                v = data.get(name)
+                if isinstance(v, bool) and not _admits_bool(f.annotation):
+                    raise ValueError(f"{name}: a number or a name is expected here, got the boolean {str(v).lower()}")
+        return data
+
+
+def _admits_bool(annotation: Any) -> bool:
+    import typing
+
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(a) for a in typing.get_args(annotation))
+
 
 class DataConfig(_Strict):
     dataset: str = Field("scenes", description="'scenes', 'taskonomy', or 'python:<module>:<function>'")
@@ -262,9 +281,11 @@ class Config(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$",
                       description="run name: letters, digits and _ . : + - (it names the default run folder)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="training seed (client selection, initialisation)")
-    method: str = "mas"
+    # plugins come first: their modules are imported before the method, tasks and engine are checked against
+    # the registries they may add to (pydantic validates fields in this order)
     plugins: list[str] = Field(default_factory=list, max_length=64,
-                               description="modules imported first (own tasks, datasets)")
+                               description="modules imported first (own tasks, datasets, methods)")
+    method: str = "mas"
     tasks: list[str] | str = Field("sdnkt", validate_default=True)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -292,13 +313,10 @@ class Config(_Strict):
     @field_validator("plugins")
     @classmethod
     def _plugins(cls, v: list[str]) -> list[str]:
-        import importlib
+        from fedmas.plugins import import_plugin
 
         for mod in v:
-            try:
-                importlib.import_module(mod)
-            except ImportError as e:
-                raise ValueError(f"cannot import plugin module {mod!r} ({e})") from None
+            import_plugin(mod)  # a PluginError is a ValueError: reported as this key's error
         return v
 
     @field_validator("tasks")
@@ -379,6 +397,16 @@ MAX_YAML_DEPTH = 32
 class _BoundedLoader(yaml.SafeLoader):
     """YAML without aliases and at most :data:`MAX_YAML_DEPTH` levels deep: an alias bomb or a deeply
     nested document is refused while it is read, before anything walks it."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                     f"fedmas does not guess which one you meant")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):

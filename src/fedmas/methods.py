@@ -73,7 +73,11 @@ PLANS: dict[str, type[Plan]] = {}
 
 
 def register(cls: type[Plan]) -> type[Plan]:
-    """Make a plan available as ``method: <cls.name>`` in configs and in ``fedmas compare``."""
+    """Make a plan available as ``method: <cls.name>`` in configs and in ``fedmas compare``. A name already
+    registered for another plan is refused: a plugin never silently replaces a method."""
+    old = PLANS.get(cls.name)
+    if old is not None and old.__qualname__ != cls.__qualname__:
+        raise ValueError(f"method {cls.name!r} is already registered ({old.__qualname__}); choose another name")
     PLANS[cls.name] = cls
     return cls
 

@@ -325,10 +325,15 @@ class ImageRegressionTask(Task):
 TASKS: dict[str, Task] = {}
 
 
-def register(task: Task) -> Task:
-    """Make ``task`` available by name to configs and the CLI."""
+def register(task: Task, replace: bool = False) -> Task:
+    """Make ``task`` available by name to configs and the CLI. A name already registered for another task
+    (a built-in one, say) is refused unless ``replace``: a plugin never silently changes what a name means."""
     if not task.name.replace("_", "").isalnum():
         raise ValueError(f"task name {task.name!r} must be letters, digits and underscores")
+    old = TASKS.get(task.name)
+    if old is not None and old != task and not replace:
+        raise ValueError(f"task {task.name!r} is already registered ({type(old).__name__}); choose another name, "
+                         f"or call register(task, replace=True) to replace it on purpose")
     TASKS[task.name] = task
     return task
 

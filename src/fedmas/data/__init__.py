@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch.utils.data import ConcatDataset
 from fedmas.data.federated import FederatedData, MultiTaskArrays, batches, concat, hold_out
 from fedmas.data.scenes import SceneSpec, load_or_render
 from fedmas.data.taskonomy import DataError, read_buildings_file, read_taskonomy
+from fedmas.plugins import PluginError, call_plugin, import_plugin
 from fedmas.tasks import get_task
 
 __all__ = ["DataError", "FederatedData", "MultiTaskArrays", "check_samples", "load_federated", "scenes_federated"]
@@ -133,18 +133,16 @@ def _draw(tasks: list[str], rng: np.random.Generator, declared: Sequence[str],
 def _plugin_data(cfg, tasks: Sequence[str]) -> FederatedData:
     _, module, func = cfg.dataset.split(":")
     try:
-        fn = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as e:
+        fn = getattr(import_plugin(module), func)
+    except (PluginError, AttributeError) as e:
         raise DataError(f"data.dataset {cfg.dataset!r}: cannot import {module}.{func} ({e})") from None
     if not callable(fn):
         raise DataError(f"data.dataset {cfg.dataset!r}: {module}.{func} is not a function")
     try:
-        data = fn(cfg, tasks)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's function failed: say which and how, no traceback
-        raise DataError(f"data.dataset {cfg.dataset!r}: {module}.{func}(data_config, tasks) raised "
-                        f"{type(e).__name__}: {e}") from None
+        data = call_plugin(fn, f"data.dataset {cfg.dataset!r}: {module}.{func}(data_config, tasks)", cfg, tasks,
+                           passthrough=(DataError,))
+    except PluginError as e:
+        raise DataError(str(e)) from None
     if not isinstance(data, FederatedData):
         raise DataError(f"{module}.{func} must return a fedmas.data.FederatedData, got {type(data).__name__}")
     return data
