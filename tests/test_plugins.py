@@ -81,3 +81,17 @@ def test_lenient_values_are_refused(tiny_raw, tmp_path, capsys):
     assert main(["compare", str(cfg), "--methods", "all-in-one,all-in-one", "--out", str(tmp_path / "c"),
                  "--quiet"]) == 2
     assert "more than once" in capsys.readouterr().err
+
+
+def test_split_and_preview_flags_name_the_problem(tmp_path, capsys):
+    import json
+
+    aff = tmp_path / "a.json"
+    aff.write_text(json.dumps({"tasks": ["a", "b", "c"], "affinity": {s: {t: 0.1 for t in "abc"} for s in "abc"}}))
+    for flags, needle in ((["--epsilon", "nan"], "--epsilon nan"), (["--epsilon", "-1"], "--epsilon -1.0"),
+                          (["--max-splits", "0"], "--max-splits 0")):
+        assert main(["split", "--affinity", str(aff), "--splits", "auto", *flags]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "expected" in err, err
+    assert main(["data", "preview", "--buildings", "-1", "--out", str(tmp_path / "p.png")]) == 2
+    assert "--buildings -1" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -91,6 +92,11 @@ def cmd_split(a: argparse.Namespace) -> int:
     if len(tasks) > EXACT_LIMIT:
         print(f"fedmas: {len(tasks)} tasks: heuristic search (exact up to {EXACT_LIMIT} tasks); "
               f"this can take a few seconds", file=sys.stderr)
+    if auto and not (math.isfinite(a.epsilon) and 0 <= a.epsilon <= 10):
+        return _fail(f"--epsilon {a.epsilon}: expected a tolerance between 0 and 10 (a fraction of |best objective|)")
+    if auto and not 1 <= a.max_splits <= len(tasks):
+        return _fail(f"--max-splits {a.max_splits}: expected an integer between 1 and the number of tasks "
+                     f"({len(tasks)})")
     rule = ""
     if auto:  # as the config's mas.splits: auto — the fewest groups within ε of the best objective
         cands = [{"k": k, "score": g.score, "part": g} for k, g in enumerate(partitions_up_to(z, a.max_splits), 1)]
@@ -151,6 +157,8 @@ def cmd_data(a: argparse.Namespace) -> int:
 
         from fedmas.data.preview import contact_sheet
 
+        if a.buildings < 1:
+            return _fail(f"--buildings {a.buildings}: expected a number of buildings ≥ 1")
         spec = replace(spec, buildings=min(spec.buildings, a.buildings))
         raw = load_or_render(spec, cache)
         out = Path(a.out)
