@@ -128,7 +128,7 @@ def _pngs(root: Path, task: str, building: str) -> list[Path]:
     return sorted((root / task / building).glob("*.png"))
 
 
-@pytest.mark.parametrize("damage", ["truncated-train", "wrong-size-test", "bomb-test"])
+@pytest.mark.parametrize("damage", ["truncated-train", "wrong-size-test", "bomb-test", "fifo-train", "missing-rgb"])
 def test_bad_taskonomy_image_stops_with_its_name(tiny_raw, tmp_path, taskonomy_root, capsys, damage):
     building = sorted(p.name for p in (taskonomy_root / "rgb").iterdir())[0]
     files = _pngs(taskonomy_root, "normal", building)
@@ -138,6 +138,13 @@ def test_bad_taskonomy_image_stops_with_its_name(tiny_raw, tmp_path, taskonomy_r
     elif damage == "wrong-size-test":
         bad = files[-1]  # the last points are held out for testing
         Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(bad)
+    elif damage == "fifo-train":  # would block the reader forever
+        bad = files[1]
+        bad.unlink()
+        os.mkfifo(bad)
+    elif damage == "missing-rgb":  # the point is not silently dropped
+        bad = _pngs(taskonomy_root, "rgb", building)[2]
+        bad.unlink()
     else:
         bad = files[-1]
         Image.new("L", (8200, 8200)).save(bad)
@@ -355,3 +362,30 @@ def test_resume_imports_only_trusted_plugins(tiny_raw, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "other.ran").exists() and (run / "summary.json").exists()
+
+
+@pytest.mark.parametrize("what", ["fifo", "folder", "device", "binary"])
+def test_a_buildings_file_that_is_not_a_text_file_is_refused(tiny_raw, tmp_path, taskonomy_root, capsys, what):
+    bf = tmp_path / "b.txt"
+    if what == "fifo":
+        os.mkfifo(bf)
+    elif what == "folder":
+        bf.mkdir()
+    elif what == "device":
+        bf = Path("/dev/zero")
+    else:
+        bf.write_bytes(bytes(range(256)) * 4)
+    cfg = _cfg_file(tiny_raw, tmp_path, dataset="taskonomy", root=str(taskonomy_root), buildings_file=str(bf))
+    _one_line_refusal(capsys, main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]), str(bf))
+    assert not (tmp_path / "r").exists()
+
+
+def test_paths_and_numbers_the_system_refuses_are_the_users_errors(tiny_raw, tmp_path, capsys):
+    cfg = _cfg_file(tiny_raw, tmp_path)
+    (tmp_path / "afile").write_text("x")
+    _one_line_refusal(capsys, main(["run", str(cfg), "--out", str(tmp_path / "afile" / "r"), "--quiet"]))
+    _one_line_refusal(capsys, main(["run", str(cfg), "--out", str(tmp_path / ("x" * 300)), "--quiet"]),
+                      "too long")
+    _one_line_refusal(capsys, main(["compare", str(cfg), "--seeds", "99999999999", "--out", str(tmp_path / "c"),
+                                    "--quiet"]), "--seeds")
+    assert not (tmp_path / "c").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -75,8 +76,8 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or len(seeds) > 100:
-        raise ValueError(f"--seeds {text!r}: expected 1 to 100 distinct non-negative integers, e.g. 0,1,2")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > 2**31 - 1 or len(seeds) > 100:
+        raise ValueError(f"--seeds {text!r}: expected 1 to 100 distinct integers in [0, 2^31 − 1], e.g. 0,1,2")
     return seeds
 
 
@@ -285,12 +286,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RecursionError:
         return _fail("input nested too deeply")
-    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only on request
+    except (OSError, MemoryError) as e:  # the user's paths, permissions or disk: theirs to fix, not a fedmas bug
+        why = _os_problem(e)
+        if why is None:
+            raise
+        return _fail(why)
+    except Exception as e:  # noqa: BLE001 - a disk full inside a library (safetensors) is still the disk
+        why = _os_problem(e)
+        if why is not None:
+            return _fail(why)
         if os.environ.get("FEDMAS_DEBUG"):
             raise
         print(f"fedmas: internal error ({type(e).__name__}: {e}); this is a bug in fedmas — rerun with "
               f"FEDMAS_DEBUG=1 for the traceback", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+_OS_WHY = {
+    errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "a file name or path is too long", errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "is a folder, not a file",
+    errno.ENOENT: "no such file or folder", errno.EEXIST: "already exists", errno.ELOOP: "too many symbolic links",
+    errno.EINVAL: "not a valid path here", errno.ENXIO: "not a regular file",
+}
+
+
+def _os_problem(e: BaseException) -> str | None:
+    """One line for an error of the user's files or disk (a full disk, a path too long, no permission), or None."""
+    if isinstance(e, MemoryError):
+        return "out of memory (a file or dataset far larger than expected?)"
+    if isinstance(e, OSError) and e.errno in _OS_WHY:
+        where = f": {e.filename}" if e.filename else ""
+        return f"{_OS_WHY[e.errno]}{where}" + (" — free some space; a run continues with --resume"
+                                                  if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+    text = str(e)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return "no space left on the disk — free some space; a run continues with --resume"
+    return None
 
 
 if __name__ == "__main__":

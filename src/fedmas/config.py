@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fedmas.files import read_small_text
 from fedmas.tasks import TASK_SETS, TASKS
 
 
@@ -518,24 +519,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         raise ConfigError(f"{source}: nested too deeply") from None
 
 
-def read_small_text(p: Path, what: str, limit: int, error: type[ValueError] = ConfigError) -> str:
-    """The text of a regular file of at most ``limit`` bytes; ``error`` naming the file (as ``what``) and the
-    problem otherwise: missing, not a regular file, too large, unreadable."""
-    if not p.exists():
-        raise error(f"{what} not found: {p}")
-    if not p.is_file():
-        raise error(f"{what} {p} is not a regular file")
-    if p.stat().st_size > limit:
-        raise error(f"{p}: {what} larger than {limit // 1024} KiB")
-    try:
-        return p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{p}: cannot read ({e})") from None
-
-
 def read_yaml_mapping(p: Path, what: str) -> dict[str, Any]:
     """A YAML file whose top level is a non-empty mapping; :class:`ConfigError` naming the file otherwise."""
-    loaded = safe_yaml(read_small_text(p, what, MAX_YAML_BYTES), str(p))
+    loaded = safe_yaml(read_small_text(p, what, MAX_YAML_BYTES, ConfigError), str(p))
     if loaded is None:
         raise ConfigError(f"{p}: the file is empty; a config needs at least 'tasks:' or 'method:'")
     if not isinstance(loaded, dict):

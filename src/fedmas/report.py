@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fedmas.config import read_small_text  # noqa: E402
+from fedmas.files import read_small_text  # noqa: E402
 
 SHORT = {"segment_semantic": "seg", "depth_zbuffer": "depth", "normal": "normal", "keypoints2d": "kpt2d",
          "edge_texture": "edge2d", "edge_occlusion": "edge3d", "principal_curvature": "curv",

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fedmas.data.federated import FederatedData
+from fedmas.files import read_small_text
 from fedmas.tasks import decode_input, get_task
 
 
@@ -48,6 +49,8 @@ def read_png(path: Path) -> np.ndarray:
     """Decode one label PNG, raising :class:`DataError` naming ``path`` if it is unusable."""
     if not path.exists():
         raise DataError(f"missing file: {path}")
+    if not path.is_file():  # a FIFO would hang the reader, a device never end
+        raise DataError(f"not a regular file: {path}")
     try:
         with Image.open(path) as img:
             if img.size[0] * img.size[1] > MAX_PIXELS:
@@ -91,10 +94,26 @@ def list_points(root: Path, building: str) -> list[tuple[int, int]]:
     return sorted(pts)
 
 
+def _check_rgb_for_labels(root: Path, building: str, pts: list[tuple[int, int]], tasks: Sequence[str]) -> None:
+    """A label image whose rgb image is missing stops the run naming that file (the point is not dropped)."""
+    have = set(pts)
+    for label in _labels_for(tasks):
+        folder = root / label / building
+        if label == "rgb" or not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            m = _NAME.search(f.name)
+            if m and (int(m.group(1)), int(m.group(2))) not in have:
+                missing = png_path(root, "rgb", building, int(m.group(1)), int(m.group(2)))
+                raise DataError(f"missing file: {missing} (its {label} label {f} exists)")
+
+
+MAX_BUILDINGS_FILE_BYTES = 4 << 20
+
+
 def read_buildings_file(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"missing buildings list: {path}")
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    text = read_small_text(path, "buildings list (data.buildings_file)", MAX_BUILDINGS_FILE_BYTES, DataError)
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not names:
         raise DataError(f"buildings list {path} names no building")
     return names
@@ -163,6 +182,7 @@ def read_taskonomy(root: Path, tasks: Sequence[str], buildings: Sequence[str] | 
     size: dict[str, tuple[int, ...]] = {}  # every image must have the size of the first one read
     for b in buildings:
         pts = list_points(root, b)
+        _check_rgb_for_labels(root, b, pts, tasks)
         point_ids = sorted({p for p, _ in pts})
         n_test = max(1, int(round(len(point_ids) * test_fraction))) if len(point_ids) > 1 else 0
         test_ids = set(point_ids[len(point_ids) - n_test:])
