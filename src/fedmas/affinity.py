@@ -210,7 +210,7 @@ def step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, 
         g = torch.autograd.grad(li, enc_params + hp, retain_graph=i < len(losses) - 1, allow_unused=True)
         ge, gh = g[:len(enc_params)], g[len(enc_params):]
         per_task.append(ge)
-        sq = torch.tensor(0.0)
+        sq = torch.zeros((), device=li.device)
         for k, (p, gi) in enumerate(zip(enc_params, ge)):
             if gi is None:
                 continue
@@ -265,7 +265,7 @@ def measure(tasks: Sequence[str], look: Lookahead, mirror: HeadMirror, x: Tensor
     """
     look.prepare(opt)
     heads = mirror.refresh()
-    z = torch.zeros(len(tasks), len(tasks))
+    z = torch.zeros(len(tasks), len(tasks), device=base.device)
     for i, grads in enumerate(per_task):
         feats = mirror.features(look.features(x, grads))
         after = torch.stack(task_losses(heads, tasks, feats, targets, masks))

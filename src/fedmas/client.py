@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fedmas import affinity
-from fedmas.data.federated import batches, select_tasks
+from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter
 from fedmas.messages import LocalConfig, Message
 from fedmas.models import ModelCache, MultiTaskModel
@@ -41,21 +41,23 @@ class LocalTraining:
         self.t0 = time.perf_counter()
         self.flops = flops if flops is not None else FlopCounter()
         self.flop = 0
+        self.device = dev = next(model.parameters()).device
         model.load_state_dict(weights)
         model.train()
         self.model, self.cfg, self.tasks = model, cfg, model.tasks
         n = len(self.tasks)
         self.head_params = {t: list(model.heads[t].parameters()) for t in self.tasks}
-        self.last_shared = [p for p in model.encoder[-1].parameters()]  # type: ignore[index]
+        self.last_shared = _last_shared(model.encoder)
         self.encoder_params = list(model.encoder.parameters())
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
         self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
         self.gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
-        self.w = task_weights.clone().float() if task_weights is not None else torch.ones(n)
+        self.w = (task_weights.to(dev, torch.float32, copy=True) if task_weights is not None
+                  else torch.ones(n, device=dev))
         self.initial_losses: Tensor | None = None
-        self.loss_sums = torch.zeros(n)
-        self.aff_sum = torch.zeros(n, n)
+        self.loss_sums = torch.zeros(n, device=dev)
+        self.aff_sum = torch.zeros(n, n, device=dev)
         self.aff_count = 0
         self.look: tuple[affinity.Lookahead, affinity.HeadMirror] | None = None  # built at the first lookahead
         self.batches = self.samples = 0
@@ -72,6 +74,7 @@ class LocalTraining:
         return self.look
 
     def step(self, batch) -> None:
+        batch = to_device(batch, self.device)
         x = batch[0]
         look = self._lookahead_parts()
         key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0, self.gradnorm)
@@ -120,10 +123,10 @@ class LocalTraining:
         metrics.update(samples=float(self.samples), batches=float(self.batches),
                        lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0,
                        flop=float(self.flop))
-        out = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        out = {k: _to_cpu(v) for k, v in self.model.state_dict().items()}
         if self.gradnorm:
-            out["gradnorm.weights"] = self.w
-        return LocalResult(out, metrics, self.aff_sum / self.aff_count if self.aff_count else None)
+            out["gradnorm.weights"] = _to_cpu(self.w)
+        return LocalResult(out, metrics, _to_cpu(self.aff_sum / self.aff_count) if self.aff_count else None)
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
@@ -149,9 +152,22 @@ def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
     return Message(arrays=out, config={"tasks": cfg.tasks}, metrics=result.metrics)
 
 
+def _last_shared(encoder: torch.nn.Module) -> list[Tensor]:
+    """The encoder's last layer's parameters (GradNorm's norms are taken there): the last stage of a
+    ``Sequential`` encoder, else the last module (in registration order) that holds parameters of its own."""
+    if isinstance(encoder, torch.nn.Sequential) and len(encoder):
+        return list(encoder[-1].parameters())
+    owners = [m for m in encoder.modules() if any(True for _ in m.parameters(recurse=False))]
+    return list(owners[-1].parameters(recurse=False)) if owners else []
+
+
+def _to_cpu(t: Tensor) -> Tensor:
+    return t.detach().clone() if t.device.type == "cpu" else t.detach().to("cpu")
+
+
 def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
     g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.tensor(0.0)))
+    return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.zeros((), device=loss.device)))
 
 
 def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, cfg: LocalConfig) -> Tensor:

@@ -135,7 +135,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
         raise ConfigError(f"--jobs {jobs}: expected a number of parallel runs ≥ 1")
     claim_comparison_dir(out)
     base = cfg.model_dump()
-    threads = max(1, cfg.threads // jobs)
+    threads = max(1, cfg.cpu_threads // jobs)
     todo = []
     for seed in seeds:
         for label, method, over in plan:

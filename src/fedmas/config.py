@@ -17,6 +17,16 @@ from fedmas.files import read_small_text
 from fedmas.tasks import TASK_SETS, TASKS
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one), at least 1."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message says which and what is accepted."""
 
@@ -95,11 +105,28 @@ class DataConfig(_Strict):
         return self
 
 
+_PLUGIN_REF = r"^python:[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class ModelConfig(_Strict):
-    encoder: Literal["small", "deep", "resnet18", "xception"] = Field(
+    encoder: str = Field(
         "small", description="small (light encoder, heavy heads), deep (encoder ~90% of the parameters, like the "
-                             "paper's), resnet18, xception (GPU scale)")
+                             "paper's), resnet18, xception (GPU scale), or python:<module>:<function> (your own "
+                             "encoder: a module mapping (B, 3, H, W) to a feature map; fedmas adds one head per task)")
+    network: str | None = Field(None, pattern=_PLUGIN_REF,
+                                description="python:<module>:<function>: your whole model; function(tasks) returns a "
+                                            "module with .encoder and .heads (one module per task)")
     width: int = Field(16, ge=2, le=512)
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        import re
+
+        if v not in ("small", "deep", "resnet18", "xception") and not re.match(_PLUGIN_REF, v):
+            raise ValueError(f"model.encoder {v!r}: expected small, deep, resnet18, xception or "
+                             f"python:<module>:<function>")
+        return v
     encoder_grad_scale: Literal["inv_sqrt_n", "none"] = Field(
         "inv_sqrt_n", description="scale of the shared encoder's gradient in a model of n tasks: 1/√n "
                                   "(as the Taskonomy multi-task code MAS builds on) or none (plain sum)")
@@ -297,7 +324,10 @@ class Config(_Strict):
     cost: CostConfig = CostConfig()
     engine: str = Field("inprocess", description="how messages travel: inprocess, flower-sim or flower")
     flower: FlowerConfig = FlowerConfig()
-    threads: int = Field(2, ge=1, le=256)
+    threads: int | Literal["auto"] = Field("auto", description="torch threads of training; auto: the cores this "
+                                                                "process may use (its CPU affinity)")
+    device: str = Field("auto", description="where training, the affinity lookahead and evaluation run: auto "
+                                            "(a GPU when there is one), cpu, cuda, cuda:N or mps")
 
     @field_validator("method", "engine")
     @classmethod
@@ -384,6 +414,27 @@ class Config(_Strict):
         """The tasks that arrive later (``arrival.tasks``), in arrival order (ties by name)."""
         R = self.federation.rounds
         return tuple(sorted(self.arrival.tasks, key=lambda t: (self.arrival.round_of(t, R), t)))
+
+    @property
+    def cpu_threads(self) -> int:
+        """``threads`` as a number: ``auto`` is the cores this process may use, not the machine's total."""
+        return self.threads if isinstance(self.threads, int) else available_cores()
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 1024:
+            raise ValueError(f"threads={v}: expected auto or an integer in 1..1024")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", v):
+            raise ValueError(f"device {v!r}: expected auto, cpu, cuda, cuda:N or mps")
+        return v
 
     @property
     def task_list(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fedmas.data.federated import batches, select_tasks
+from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter
 from fedmas.models import MultiTaskModel
 from fedmas.tasks import get_task
@@ -27,8 +27,9 @@ def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: 
     sums: dict[str, dict[str, Tensor]] = {t: {} for t in model.tasks}
     loss = torch.zeros(len(model.tasks), dtype=torch.float64)
     count = 0
+    device = next(iter(model.parameters()), torch.zeros(())).device
     for batch in batches(data, batch_size, shuffle=False):
-        x, targets, masks = select_tasks(batch, model.tasks)
+        x, targets, masks = to_device(select_tasks(batch, model.tasks), device)
         key = ("eval", model.tasks, tuple(x.shape))
         with flops.count(key):
             preds = model(x)
@@ -37,6 +38,7 @@ def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: 
             task = get_task(t)
             loss[i] += float(task.loss(preds[t], targets[t], masks.get(t))) * len(x)
             for k, v in task.metric_sums(preds[t], targets[t], masks.get(t)).items():
+                v = v.cpu()
                 sums[t][k] = sums[t][k] + v if k in sums[t] else v.clone()
         count += len(x)
     out = {f"loss/{t}": float(loss[i] / max(count, 1)) for i, t in enumerate(model.tasks)}

@@ -18,18 +18,65 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fedmas.flops import FlopCounter
+from fedmas.plugins import PluginError, call_plugin, import_plugin
 from fedmas.tasks import get_task
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    encoder: str = "small"  # "small" | "xception"
+    encoder: str = "small"  # "small" | "deep" | "resnet18" | "xception" | "python:<module>:<function>"
     width: int = 16  # base channel width of the small CNN
+    device: str = "cpu"  # where the models of a ModelCache live (build_model always builds on the CPU)
+    network: str | None = None  # "python:<module>:<function>": the user's whole model (encoder + heads)
+    probe_size: int = 64  # input size of the probe pass that finds a plugin encoder's channels and stride
+
+
+def model_spec(cfg: Any, device: str = "cpu") -> ModelSpec:
+    """The model a run config (:class:`fedmas.config.Config`) describes: built-in, or the user's encoder or whole
+    network, on ``device``."""
+    return ModelSpec(cfg.model.encoder, cfg.model.width, device, cfg.model.network, cfg.data.resolution)
+
+
+def _user_function(ref: str):
+    _, module, func = ref.split(":")
+    fn = getattr(import_plugin(module), func, None)
+    if not callable(fn):
+        raise PluginError(f"{ref}: {module} has no function {func!r}")
+    return fn
+
+
+_PROBED: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def _probe(ref: str, encoder: nn.Module, size: int) -> tuple[int, int]:
+    """A plugin encoder's output channels and stride, from one forward pass on a (2, 3, size, size) input."""
+    key = (ref, size)
+    if key not in _PROBED:
+        was = encoder.training
+        encoder.eval()
+        try:
+            with torch.no_grad():
+                out = call_plugin(encoder, f"model.encoder {ref}: its forward on a (2, 3, {size}, {size}) input",
+                                  torch.zeros(2, 3, size, size))
+        finally:
+            encoder.train(was)
+        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[0] != 2:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise PluginError(f"model.encoder {ref}: must map (B, 3, H, W) to a feature map (B, C, h, w); for a "
+                              f"(2, 3, {size}, {size}) input it returned {got}")
+        h, w = out.shape[-2:]
+        stride = size // h if h else 0
+        if h != w or stride < 1 or stride * h != size or stride & (stride - 1):
+            raise PluginError(f"model.encoder {ref}: its feature map must be the input size divided by a power of two "
+                              f"(1, 2, 4, ...); a {size}×{size} input gave {h}×{w}")
+        _PROBED[key] = (int(out.shape[1]), stride)
+    return _PROBED[key]
 
 
 def _gn(c: int) -> nn.GroupNorm:
@@ -165,6 +212,12 @@ ENCODERS = ("small", "deep", "resnet18", "xception")
 
 
 def _encoder(spec: ModelSpec) -> nn.Module:
+    if spec.encoder.startswith("python:"):
+        enc = call_plugin(_user_function(spec.encoder), f"model.encoder {spec.encoder}()")
+        if not isinstance(enc, nn.Module):
+            raise PluginError(f"model.encoder {spec.encoder}() must return a torch.nn.Module, got {type(enc).__name__}")
+        enc.out_channels, enc.stride = _probe(spec.encoder, enc, spec.probe_size)  # type: ignore[assignment]
+        return enc
     if spec.encoder == "small":
         return SmallEncoder(spec.width)
     if spec.encoder == "deep":
@@ -188,6 +241,9 @@ def _head(spec: ModelSpec, encoder: nn.Module, task: str) -> nn.Module:
         return LightDecoder(cin, t.channels, spec.width)
     if spec.encoder == "resnet18":
         return ResNetDecoder(cin, t.channels)
+    if spec.encoder.startswith("python:"):  # one up-convolution per factor 2 of the stride, halving the width
+        ups = int(math.log2(encoder.stride))  # type: ignore[attr-defined]
+        return UpDecoder(cin, t.channels, tuple(max(16, min(256, cin) >> (k + 1)) for k in range(ups)))
     return UpDecoder(cin, t.channels, (256, 128, 64, 32))
 
 
@@ -198,12 +254,57 @@ class MultiTaskModel(nn.Module):
             raise ValueError("a model needs at least one task")
         self.tasks = tuple(tasks)
         self.spec = spec
-        self.encoder = _encoder(spec)
-        self.heads = nn.ModuleDict({t: _head(spec, self.encoder, t) for t in self.tasks})
+        if spec.network:
+            self.encoder, heads = _network(spec.network, self.tasks)
+            self.heads = nn.ModuleDict({t: heads[t] for t in self.tasks})
+        else:
+            self.encoder = _encoder(spec)
+            self.heads = nn.ModuleDict({t: _head(spec, self.encoder, t) for t in self.tasks})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.encoder(x)
         return {t: self.heads[t](feats) for t in self.tasks}
+
+
+def _network(ref: str, tasks: tuple[str, ...]) -> tuple[nn.Module, Mapping[str, nn.Module]]:
+    """The user's whole model for ``tasks``: ``fn(tasks)`` returns a module with ``encoder`` and ``heads``
+    (one module per task, keyed by task name), or the pair ``(encoder, heads)``."""
+    got = call_plugin(_user_function(ref), f"model.network {ref}({list(tasks)})", list(tasks))
+    enc, heads = (got.encoder, got.heads) if isinstance(got, nn.Module) and hasattr(got, "encoder") \
+        and hasattr(got, "heads") else (got if isinstance(got, tuple) and len(got) == 2 else (None, None))
+    if not isinstance(enc, nn.Module) or not isinstance(heads, Mapping | nn.ModuleDict):
+        raise PluginError(f"model.network {ref}(tasks) must return a module with .encoder and .heads (one module "
+                          f"per task) or a pair (encoder, heads); got {type(got).__name__}")
+    missing = [t for t in tasks if t not in heads or not isinstance(heads[t], nn.Module)]
+    if missing:
+        raise PluginError(f"model.network {ref}(tasks): no head module for {missing}")
+    return enc, heads
+
+
+def check_model(spec: ModelSpec, tasks: Sequence[str], size: int | None = None) -> None:
+    """Before a run folder exists: the model a spec describes builds and maps a (2, 3, size, size) input to each
+    task's target shape; :class:`PluginError` (a ValueError) with one message naming what does not fit."""
+    size = size or spec.probe_size
+    what = spec.network or spec.encoder
+    try:
+        model = MultiTaskModel(tasks, spec)
+    except PluginError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's modules failed to assemble
+        raise PluginError(f"model {what}: building the model for {list(tasks)} raised "
+                          f"{type(e).__name__}: {e}") from None
+    model.eval()
+    with torch.no_grad():
+        out = call_plugin(model, f"model {what}: its forward on a (2, 3, {size}, {size}) input",
+                          torch.zeros(2, 3, size, size))
+    for t in tasks:
+        want = (2, *get_task(t).target_shape((size, size)))
+        if get_task(t).integer_target:  # class scores: (B, classes, ...) for a target of class ids
+            want = (2, get_task(t).channels, *want[1:])
+        got = tuple(out[t].shape) if isinstance(out, dict) and isinstance(out.get(t), Tensor) else None
+        if got != want:
+            raise PluginError(f"model {what}: task {t!r} needs an output of shape {want} for a (2, 3, {size}, {size}) "
+                              f"input; the model gives {got}")
 
 
 def build_model(tasks: Sequence[str], spec: ModelSpec = ModelSpec(),
@@ -243,7 +344,7 @@ class ModelCache:
 
     def get(self, tasks: tuple[str, ...]) -> MultiTaskModel:
         if tasks not in self._models:
-            self._models[tasks] = MultiTaskModel(tasks, self.spec)
+            self._models[tasks] = MultiTaskModel(tasks, self.spec).to(self.spec.device)
         return self._models[tasks]
 
 

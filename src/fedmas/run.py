@@ -25,10 +25,10 @@ from fedmas.config import Config, ConfigError, format_error, load_config
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
 from fedmas.methods import MERGED, affinity_rounds, make_plan
-from fedmas.models import ModelSpec, encoder_share
+from fedmas.models import check_model, encoder_share, model_spec
 from fedmas.report import heatmap, loss_curves, short, table
 from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
-from fedmas.runtime import configure_cpu
+from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import CheckpointError, ServerState, atomic_write_text, load_checkpoint, restamp_config
 
@@ -66,6 +66,8 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
                 return _launch(cfg, run_dir, load_data(cfg, data), progress, stop_after, engine, engine_factory)
     assert cfg is not None
     check_new_run_dir(run_dir, force)
+    resolve_device(cfg.device)  # a device that is not here is refused before anything is written
+    check_model(model_spec(cfg), cfg.task_list, _input_size(data or None, cfg))
     data = load_data(cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
@@ -74,6 +76,14 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             if progress:
                 print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
             return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+
+
+def _input_size(data: FederatedData | None, cfg: Config) -> int:
+    """The side of the model's input: the data's own images when loaded, else ``data.resolution``."""
+    if data is not None:
+        x = data.test[0][0]  # type: ignore[index]
+        return int(x.shape[-1])
+    return cfg.data.resolution
 
 
 def add_arrivals(cfg: Config, run_dir: Path, names: tuple[str, ...]) -> Config:
@@ -140,11 +150,17 @@ class _Tee:
 
 def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
     """What is about to run, in two lines."""
-    f, spec = cfg.federation, ModelSpec(cfg.model.encoder, cfg.model.width)
+    f, spec = cfg.federation, model_spec(cfg)
     share = encoder_share(cfg.task_list, spec)
+    if cfg.model.network:
+        what = f"{cfg.model.network}, whose encoder holds"
+    elif spec.encoder.startswith("python:"):
+        what = f"{cfg.model.encoder} encoder holding"
+    else:
+        what = f"{cfg.model.encoder} encoder (width {cfg.model.width}) holding"
     return (f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks ({', '.join(short(t) for t in cfg.task_list)}), "
             f"{len(data.clients)} clients, {f.clients_per_round} per round, R={f.rounds}, engine {cfg.engine} "
-            f"→ {run_dir}\n[fedmas] model: {cfg.model.encoder} encoder (width {cfg.model.width}) holding "
+            f"on {resolve_device(cfg.device)} → {run_dir}\n[fedmas] model: {what} "
             f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters" + _names_line(cfg.task_list))
 
 
@@ -229,7 +245,8 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
     if state is None:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    configure_cpu(cfg.threads)
+    configure_cpu(cfg.cpu_threads)
+    deterministic(resolve_device(cfg.device))
     if data is None:
         data = load_data(cfg)
     if state is None:

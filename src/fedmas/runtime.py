@@ -56,3 +56,31 @@ def configure_cpu(threads: int) -> None:
     """Settings for a process that trains: intra-op threads and :func:`keep_freed_memory`."""
     torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+def resolve_device(name: str) -> str:
+    """The torch device a config's ``device`` names: ``auto`` is the first CUDA GPU when there is one, else
+    Apple's ``mps``, else the CPU. A named device that is not here is a ValueError saying what is."""
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda:0" if cuda else ("mps" if mps else "cpu")
+    if name.startswith("cuda"):
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if not cuda or index >= torch.cuda.device_count():
+            have = f"{torch.cuda.device_count()} CUDA device(s)" if cuda else "no CUDA device"
+            raise ValueError(f"device {name}: this machine has {have}; use device: auto or cpu")
+        return f"cuda:{index}"
+    if name == "mps" and not mps:
+        raise ValueError("device mps: not available here; use device: auto or cpu")
+    return name
+
+
+def deterministic(device: str) -> None:
+    """CUDA's settings for repeatable results on one GPU (a resume continues exactly); no effect on the CPU."""
+    if device.startswith("cuda"):
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False

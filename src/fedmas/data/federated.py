@@ -72,6 +72,22 @@ def batches(ds: Dataset, batch_size: int, generator: torch.Generator | None = No
             yield default_collate([ds[int(i)] for i in idx])
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """A batch ``(x, targets, masks)`` on ``device``: nothing moves on the CPU; to a GPU from pinned memory
+    without blocking (the copy overlaps the work already queued)."""
+    if device.type == "cpu":
+        return batch
+    cuda = device.type == "cuda"
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if cuda and t.device.type == "cpu":
+            t = t.pin_memory()
+        return t.to(device, non_blocking=cuda)
+
+    x, targets, masks = batch
+    return move(x), {k: move(v) for k, v in targets.items()}, {k: move(v) for k, v in masks.items()}
+
+
 def select_tasks(batch: Batch, tasks: Sequence[str]) -> Batch:
     x, t, m = batch
     return x, {k: t[k] for k in tasks}, {k: m[k] for k in tasks if k in m}

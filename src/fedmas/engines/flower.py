@@ -227,4 +227,4 @@ def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
     flwr_sim(server_app=make_server_app(lambda _ctx, factory: drive(factory)), client_app=make_client_app(),
              num_supernodes=cfg.flower.nodes,
              backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                             "init_args": {"num_cpus": max(1, cfg.threads)}})
+                             "init_args": {"num_cpus": max(1, cfg.cpu_threads)}})

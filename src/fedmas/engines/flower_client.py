@@ -21,8 +21,8 @@ from fedmas.engines.flower import config_record
 from fedmas.engines.flower_pack import KEY, LAYOUT, pack_torch, unpack_torch
 from fedmas.engines.flower_shim import bundle_reply, partition_reply
 from fedmas.messages import Message
-from fedmas.models import ModelCache, ModelSpec
-from fedmas.runtime import configure_cpu
+from fedmas.models import ModelCache, ModelSpec, model_spec
+from fedmas.runtime import configure_cpu, resolve_device
 
 # what the engine adds to a job's config
 ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work", "fedmas_worker_idle_s", LAYOUT)
@@ -34,14 +34,15 @@ def _client_data(cfg_yaml: str, client: str):
     from fedmas.data import load_client
 
     cfg = Config.model_validate(yaml.safe_load(cfg_yaml))
-    configure_cpu(cfg.flower.node_threads or cfg.threads)
-    return cfg, load_client(cfg.data, cfg.task_list, client), _models(cfg.model.encoder, cfg.model.width)
+    configure_cpu(cfg.flower.node_threads or cfg.cpu_threads)
+    return cfg, load_client(cfg.data, cfg.task_list, client), _models(model_spec(cfg, resolve_device(cfg.device)))
 
 
 @functools.lru_cache(maxsize=4)
-def _models(encoder: str, width: int) -> ModelCache:
-    """One model cache per architecture, shared by the clients this process serves."""
-    return ModelCache(ModelSpec(encoder, width))
+def _models(spec: ModelSpec) -> ModelCache:
+    """One model cache per architecture, shared by the clients this process serves (``device: auto`` is this
+    node's own GPU when it has one)."""
+    return ModelCache(spec)
 
 
 def train_here(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord, dict[str, Any], dict[str, float]]:

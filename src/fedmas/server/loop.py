@@ -28,7 +28,8 @@ from torch import Tensor
 from fedmas.accounting import EnergyMeter
 from fedmas.evaluate import evaluate
 from fedmas.messages import Job, LocalConfig, Message, Reply
-from fedmas.models import ModelCache, ModelSpec, build_model
+from fedmas.models import ModelCache, build_model, model_spec
+from fedmas.runtime import resolve_device
 from fedmas.server.aggregate import check_reply, fedavg, fedavg_partial
 from fedmas.server.state import CheckpointError, FLTaskState, ServerState, atomic_write_text, save_checkpoint
 from fedmas.tasks import TASKS
@@ -62,7 +63,7 @@ class Server:
     def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
                  sizes: dict[str, int] | None = None, holds: dict[str, tuple[str, ...]] | None = None):
         self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
-        self.spec = ModelSpec(cfg.model.encoder, cfg.model.width)
+        self.spec = model_spec(cfg, resolve_device(cfg.device))
         self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
         self.holds = holds  # client → the tasks whose labels it holds; None: every client holds every task
 
