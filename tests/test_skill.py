@@ -142,3 +142,27 @@ def test_skill_in_summary_show_and_compare(tiny_raw, tmp_path, capsys):
     assert set(doc["not_learned"]) == low
     if low:  # two rounds of training: some task is no better than a constant
         assert "**Not learned**" in md and "noise" in md
+
+
+@pytest.mark.slow
+def test_tensorboard_curves_are_written_and_read_back(tiny_raw, tmp_path):
+    from fedmas.tensorboard import crc32c, read_scalars
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    raw = {**tiny_raw, "tensorboard": True}
+    raw["federation"] = {**raw["federation"], "rounds": 3}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 2}
+    run = tmp_path / "r"
+    execute(Config.model_validate(raw), run, progress=False, stop_after=2)
+    execute(None, run, resume=True, progress=False)  # a resumed run continues the curves
+    sc = read_scalars(run / "tensorboard")
+    assert [s for s, _ in sc["merged/test_loss/normal"]] == [0, 1]
+    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in metrics if r["fl_task"] == "merged" and r["round"] == 0)
+    assert sc["merged/test_loss/normal"][0][1] == pytest.approx(first["loss/normal"], rel=1e-6)
+    tr = json.loads((run / "trivial.json").read_text())["test_loss"]["normal"]
+    assert sc["merged/skill/normal"][0][1] == pytest.approx(1 - first["loss/normal"] / tr, rel=1e-5)
+    assert [s for s, _ in sc["run/fl_tasks_trained"]] == [0, 1, 2]
+    assert [v for _, v in sc["run/fl_tasks_trained"]] == [1, 1, 2]  # the merged model, then two groups
+    assert any(k.startswith("group") and "/test_loss/" in k for k in sc)
+    assert sc["run/train_tflop"][-1][1] > sc["run/train_tflop"][0][1] > 0

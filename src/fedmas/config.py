@@ -326,6 +326,7 @@ class Config(_Strict):
     flower: FlowerConfig = FlowerConfig()
     threads: int | Literal["auto"] = Field("auto", description="torch threads of training; auto: the cores this "
                                                                 "process may use (its CPU affinity)")
+    tensorboard: bool = Field(False, description="write TensorBoard event files (live curves) into the run folder")
     device: str = Field("auto", description="where training, the affinity lookahead and evaluation run: auto "
                                             "(a GPU when there is one), cpu, cuda, cuda:N or mps")
 

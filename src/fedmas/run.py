@@ -31,6 +31,7 @@ from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume
 from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import CheckpointError, ServerState, atomic_write_text, load_checkpoint, restamp_config
+from fedmas.tensorboard import RoundCurves
 
 
 def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -271,10 +272,13 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
               + (f"; {total - r0} of {total} rounds to go" if total else ""), file=sys.stderr, flush=True)
     eta = RoundTimer()
     had_groups = "groups" in state.plan
+    curves = RoundCurves(run_dir, triv.test_loss) if cfg.tensorboard else None
 
     def on_round(srv: Server) -> None:
         nonlocal had_groups
         _write_affinity(srv)
+        if curves is not None:
+            curves.after_round(srv.state.round - 1, srv.state.costs.totals())
         if progress:
             if not had_groups and "groups" in srv.state.plan and srv.state.round >= 2:  # chosen before this round
                 print(split_line(srv), file=sys.stderr, flush=True)

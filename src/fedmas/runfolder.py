@@ -26,7 +26,8 @@ from fedmas.server.state import atomic_write_text
 LOCK = ".fedmas.lock"
 PLUGINS = "plugins"  # copies of the config's single-file plugin modules, so that --resume finds them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint", "affinity.json", "affinity.png", "split.json",
-             "arrivals.json", "costs.json", "trivial.json", "losses.png", "summary.json", "run.log", PLUGINS, LOCK)
+             "arrivals.json", "costs.json", "trivial.json", "losses.png", "summary.json", "run.log", "tensorboard",
+             PLUGINS, LOCK)
 
 
 def holds_run(run_dir: Path) -> bool:
