@@ -80,3 +80,32 @@ def test_flop_totals_identical_across_two_runs(tiny_raw, tmp_path):
         assert s1["costs"][k] == s2["costs"][k], k
     per_task = json.loads((tmp_path / "a" / "costs.json").read_text())["per_task"]
     assert sum(r["train_flop"] for r in per_task.values()) == s1["costs"]["train_flop"]
+
+
+def test_the_python_api_counts_each_kind_of_batch_once_per_model(monkeypatch):
+    """train_local and evaluate without a counter of their own: the first call counts, later calls reuse it."""
+    import fedmas.flops
+
+    entered = []
+    real = fedmas.flops.FlopCounterMode
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __enter__(self):
+            entered.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(fedmas.flops, "FlopCounterMode", Spy)
+    model, data = _tiny_model(), _data(8)
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LocalConfig(lr=0.1, batch_size=4)
+    first = train_local(model, w0, data, cfg)
+    n = len(entered)
+    second = train_local(model, w0, data, cfg)
+    assert n >= 1 and len(entered) == n  # no second count
+    assert first.metrics["flop"] == second.metrics["flop"] > 0
+    e1 = evaluate(model, None, data)
+    m = len(entered)
+    assert evaluate(model, None, data)["flop"] == e1["flop"] and len(entered) == m
+    other = _tiny_model()  # another model is counted on its own
+    train_local(other, w0, data, cfg)
+    assert len(entered) > m

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from fedmas import affinity
 from fedmas.data.federated import batches, select_tasks, to_device
-from fedmas.flops import FlopCounter
+from fedmas.flops import FlopCounter, counter_for
 from fedmas.messages import LocalConfig, Message
 from fedmas.models import ModelCache, MultiTaskModel
 from fedmas.tasks import task_losses
@@ -39,7 +39,7 @@ class LocalTraining:
     def __init__(self, model: MultiTaskModel, weights: Mapping[str, Tensor], cfg: LocalConfig,
                  task_weights: Tensor | None = None, flops: FlopCounter | None = None):
         self.t0 = time.perf_counter()
-        self.flops = flops if flops is not None else FlopCounter()
+        self.flops = flops if flops is not None else counter_for(model)
         self.flop = 0
         self.device = dev = next(model.parameters()).device
         model.load_state_dict(weights)

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fedmas.data.federated import batches, select_tasks, to_device
-from fedmas.flops import FlopCounter
+from fedmas.flops import FlopCounter, counter_for
 from fedmas.models import MultiTaskModel
 from fedmas.tasks import get_task
 
@@ -19,7 +19,7 @@ def evaluate(model: MultiTaskModel, weights: Mapping[str, Tensor] | None, data: 
              batch_size: int = 64, flops: FlopCounter | None = None) -> dict[str, float]:
     """Mean test loss and task metrics of ``model`` on ``data``: keys ``loss/<task>``, ``<metric>/<task>``,
     and ``flop`` (the evaluation's floating-point operations, see :mod:`fedmas.flops`)."""
-    flops = flops if flops is not None else FlopCounter()
+    flops = flops if flops is not None else counter_for(model)
     flop = 0
     if weights is not None:
         model.load_state_dict(weights)

@@ -11,6 +11,7 @@ counted once per (model tasks, batch size, ...) while it really runs, then reuse
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Hashable, Iterator
 
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,3 +36,15 @@ class FlopCounter:
 
     def __getitem__(self, key: Hashable) -> int:
         return self.per_batch[key]
+
+
+_PER_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def counter_for(model: object) -> FlopCounter:
+    """The FLOP counter kept for ``model`` while it lives in this process: callers that pass no counter of their
+    own (the Python API's ``train_local``, ``evaluate``) count each kind of batch once per model, not per call."""
+    c = _PER_MODEL.get(model)
+    if c is None:
+        c = _PER_MODEL[model] = FlopCounter()
+    return c

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fedmas.client import LocalConfig
-from fedmas.data.federated import batches, select_tasks
+from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.models import MultiTaskModel
 from fedmas.tasks import get_task
 
@@ -33,7 +33,7 @@ def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, mask
     lr, mom, wd = (opt.param_groups[0][k] for k in ("lr", "momentum", "weight_decay"))
     with torch.no_grad():  # on a copy: BatchNorm's running statistics of the model must not see this pass
         base = torch.stack(_losses(copy.deepcopy(model), x, targets, masks))
-    z = torch.zeros(n, n)
+    z = torch.zeros(n, n, device=base.device)
     for i in range(n):
         probe = copy.deepcopy(model)
         probe.zero_grad()
@@ -56,10 +56,11 @@ def naive_train_with_affinity(model: MultiTaskModel, weights: Mapping[str, Tenso
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    acc, count, nb = torch.zeros(len(model.tasks), len(model.tasks)), 0, 0
+    dev = next(model.parameters()).device
+    acc, count, nb = torch.zeros(len(model.tasks), len(model.tasks), device=dev), 0, 0
     for _ in range(cfg.local_epochs):
         for batch in batches(data, cfg.batch_size, gen):
-            x, targets, masks = select_tasks(batch, model.tasks)
+            x, targets, masks = to_device(select_tasks(batch, model.tasks), dev)
             if cfg.lookahead_step and nb % cfg.lookahead_step == 0:
                 acc += naive_affinity(model, opt, x, targets, masks, cfg.encoder_grad_scale)
                 count += 1
@@ -70,7 +71,8 @@ def naive_train_with_affinity(model: MultiTaskModel, weights: Mapping[str, Tenso
                     p.grad.mul_(cfg.encoder_grad_scale)
             opt.step()
             nb += 1
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, (acc / count if count else None)
+    return ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            ((acc / count).cpu() if count else None))
 
 
 def synthetic_federation(cfg, tasks):
