@@ -20,34 +20,73 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """fedmas modules imported when ``path`` is imported (module level, outside ``if TYPE_CHECKING``)."""
+def _imports(path: Path) -> set[str]:
+    """fedmas modules ``path`` imports anywhere — at module level and inside functions (an import in a
+    function is still an import) — except under ``if TYPE_CHECKING:`` (never executed)."""
     out: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+
+    def walk(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                walk(child)
+            return
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedmas"):
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("fedmas"))
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
     return out
 
 
-def test_no_import_cycle():
+def _graph() -> dict[str, set[str]]:
     mods = {_module_name(p): p for p in PKG.rglob("*.py") if "flower_app" not in p.parts}
-    graph = {m: {i for i in _top_level_imports(p) if i in mods and i != m} for m, p in mods.items()}
+    return {m: {i for i in _imports(p) if i in mods and i not in (m, "fedmas")} for m, p in mods.items()}
+
+
+def test_no_import_cycle():
+    graph = _graph()
     state: dict[str, int] = {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
-        for n in graph[m]:
+        for n in sorted(graph[m]):
             assert state.get(n) != 1, "import cycle: " + " → ".join(path + [m, n])
             if n not in state:
                 visit(n, path + [m])
         state[m] = 2
 
-    for m in graph:
+    for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+# The pipeline's layers, lowest first: a module imports only from its own layer or lower ones.
+LAYERS = [
+    ("tasks", "files", "plugins", "flops", "runtime", "grouping", "stats", "messages", "accounting", "tensorboard",
+     "data.render", "engines.flower_wire"),
+    ("data", "data.federated", "data.scenes", "data.taskonomy", "data.preview", "models", "config",
+     "engines.flower_pack", "report"),
+    ("evaluate", "affinity", "client", "trivial", "testing", "server", "server.state", "server.aggregate"),
+    ("server.loop", "engines", "engines.inprocess", "engines.flower_client", "engines.flower_shim",
+     "engines.flower_worker"),
+    ("arrivals", "methods", "engines.flower", "engines.flower_deploy"),
+    ("checks", "runfolder", "run"),
+    ("compare", "cli"),
+]
+
+
+def test_imports_point_down_the_layers():
+    rank = {f"fedmas.{m}": i for i, layer in enumerate(LAYERS) for m in layer}
+    graph = _graph()
+    unplaced = sorted(set(graph) - set(rank) - {"fedmas"})
+    assert not unplaced, f"place these modules in LAYERS: {unplaced}"
+    up = [f"{m} (layer {rank[m]}) → {n} (layer {rank[n]})" for m, ns in graph.items() for n in ns
+          if m in rank and n in rank and rank[n] > rank[m]]
+    assert not up, "imports reaching up a layer: " + "; ".join(sorted(up))
 
 
 def test_server_side_imports_no_training_code():

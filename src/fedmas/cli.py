@@ -30,6 +30,7 @@ def _fail(msg: str) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from fedmas.checks import check_config
     from fedmas.config import load_config
     from fedmas.run import execute
 
@@ -48,7 +49,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         if not a.config:
             return _fail("give a CONFIG file, or --resume RUN_DIR")
-        cfg = load_config(a.config, a.set)
+        cfg = check_config(load_config(a.config, a.set), a.config)
         out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-{cfg.method}"
         try:
             summary = execute(cfg, out, progress=not a.quiet, force=a.force)

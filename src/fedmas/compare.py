@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedmas.checks import check_config
 from fedmas.config import Config, ConfigError, read_yaml_mapping
 from fedmas.data import FederatedData, load_federated
 from fedmas.methods import PLANS
@@ -139,8 +140,9 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     todo = []
     for seed in seeds:
         for label, method, over in plan:
-            run_cfg = Config.model_validate(_merge({**base, "method": method, "seed": seed, "threads": threads,
-                                                    "name": f"{cfg.name}-{label}"}, over))
+            run_cfg = check_config(Config.model_validate(_merge({**base, "method": method, "seed": seed,
+                                                                 "threads": threads, "name": f"{cfg.name}-{label}"},
+                                                                over)), f"--methods {label}")
             folder = label.replace(":", "-")
             todo.append((label, seed, run_cfg, out / folder if len(seeds) == 1 else out / f"seed-{seed}" / folder))
     summaries = _run_all(todo, progress, jobs)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedmas.files import read_small_text
 from fedmas.tasks import TASK_SETS, TASKS
@@ -330,18 +330,6 @@ class Config(_Strict):
     device: str = Field("auto", description="where training, the affinity lookahead and evaluation run: auto "
                                             "(a GPU when there is one), cpu, cuda, cuda:N or mps")
 
-    @field_validator("method", "engine")
-    @classmethod
-    def _registered(cls, v: str, info: ValidationInfo) -> str:
-        """A method or an engine must be registered (``fedmas.methods.PLANS``, ``fedmas.engines.ENGINES``)."""
-        from fedmas.engines import ENGINES
-        from fedmas.methods import PLANS
-
-        known = PLANS if info.field_name == "method" else ENGINES
-        if v not in known:
-            raise ValueError(f"unknown {info.field_name} {v!r}; accepted: {', '.join(known)}")
-        return v
-
     @field_validator("plugins")
     @classmethod
     def _plugins(cls, v: list[str]) -> list[str]:
@@ -367,19 +355,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        from fedmas.methods import PLANS
-
-        plan, n = PLANS[self.method], len(self.tasks)  # type: ignore[arg-type]
-        if isinstance(self.mas.splits, int) and self.mas.splits > n and plan.splits:
-            raise ValueError(f"mas.splits={self.mas.splits} is larger than the number of tasks ({n})")
+        """Checks across keys that need nothing registered; the method's and engine's names, and what the method
+        implies (``fedmas.checks.check_config``), are checked once plugins are imported, at the run's start."""
         if self.data.dataset == "scenes" and self.federation.clients_per_round > self.data.buildings:
             raise ValueError(f"federation.clients_per_round={self.federation.clients_per_round} exceeds the "
                              f"number of clients (data.buildings={self.data.buildings})")
-        m, R = self.mas, self.federation.rounds
-        if m.merge_rounds != "auto" and plan.continues and m.split_rounds is None \
-                and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]
-            raise ValueError(f"mas.merge_rounds={m.merge_rounds} leaves no rounds after the split in "
-                             f"federation.rounds={R}; lower it or set mas.split_rounds")
         if self.data.validation_fraction == 0 and (self.method == "hoa" or self.federation.select == "best_val"):
             raise ValueError("data.validation_fraction is 0, but HOA's group choice and federation.select: best_val "
                              "read validation data (never test data); hold out a fraction, e.g. 0.1")

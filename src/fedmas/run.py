@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from fedmas import arrivals, trivial
 from fedmas.accounting import CostLedger
+from fedmas.checks import check_config
 from fedmas.config import Config, ConfigError, format_error, load_config
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch
@@ -50,7 +51,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     arrive now, at the checkpoint's round (written into the run's config.yaml as ``arrival.tasks``)."""
     run_dir = Path(run_dir)
     if resume:
-        cfg = resume_config(run_dir, allow_plugins)
+        cfg = check_config(resume_config(run_dir, allow_plugins), str(run_dir / "config.yaml"))
         with RunLock(run_dir):
             check_resumable(run_dir)
             done = _summary(run_dir)
@@ -66,6 +67,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             with ConsoleLog(run_dir):
                 return _launch(cfg, run_dir, load_data(cfg, data), progress, stop_after, engine, engine_factory)
     assert cfg is not None
+    check_config(cfg)
     check_new_run_dir(run_dir, force)
     resolve_device(cfg.device)  # a device that is not here is refused before anything is written
     check_model(model_spec(cfg), cfg.task_list, _input_size(data or None, cfg))
@@ -318,7 +320,7 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
         if not config:
             raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
         check_new_run_dir(run_dir)
-        prepare_run_dir(run_dir, load_config(config, overrides or []))
+        prepare_run_dir(run_dir, check_config(load_config(config, overrides or []), config))
     done = _summary(run_dir)
     if done is not None:
         return done

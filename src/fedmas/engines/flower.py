@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,16 +39,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmas.config import Config
 from fedmas.engines import Drive, EngineFactory
-from fedmas.engines.flower_pack import KEY, LAYOUT, pack_torch, unpack_torch
-from fedmas.engines.flower_shim import part
+from fedmas.engines.flower_pack import pack_torch, unpack_torch
+from fedmas.engines.flower_wire import KEY, LAYOUT, QUERY, TRAIN, config_record, part
 from fedmas.messages import Job, Message, Reply
 
 log = logging.getLogger("fedmas")
-TRAIN, QUERY = "train", "query"
-
-
-def config_record(d: dict[str, Any]) -> ConfigRecord:
-    return ConfigRecord({k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))})
 
 
 def _payload(rd: RecordDict, k: int) -> int:
@@ -220,11 +216,26 @@ def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
 
     from fedmas.engines.flower_client import make_client_app
 
-    ray_tmp = Path(run_dir).resolve().parent / ".ray"
-    if len(str(ray_tmp)) > 40:  # Ray's unix-socket paths must stay under ~107 characters
-        ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-"))
-    os.environ.setdefault("RAY_TMPDIR", str(ray_tmp))
+    # Ray's own folder: a temporary one (its unix-socket paths must stay under ~107 characters, and nothing is
+    # written beside the run folder), removed after the simulation unless the user chose one (RAY_TMPDIR)
+    own = "RAY_TMPDIR" not in os.environ
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-")) if own else Path(os.environ["RAY_TMPDIR"])
+    os.environ["RAY_TMPDIR"] = str(ray_tmp)
+    try:
+        _simulate(cfg, drive, flwr_sim, make_client_app)
+    finally:
+        if own:
+            os.environ.pop("RAY_TMPDIR", None)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _simulate(cfg: Config, drive: Drive, flwr_sim: Callable[..., Any], make_client_app: Callable[[], Any]) -> None:
+    from fedmas.runtime import resolve_device
+
+    cpus = max(1, cfg.cpu_threads)
+    # on a GPU, the clients Ray runs at once (one per CPU it is given) share it: each asks for its fraction
+    gpus = 1.0 / cpus if resolve_device(cfg.device).startswith("cuda") else 0.0
     flwr_sim(server_app=make_server_app(lambda _ctx, factory: drive(factory)), client_app=make_client_app(),
              num_supernodes=cfg.flower.nodes,
-             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                             "init_args": {"num_cpus": max(1, cfg.cpu_threads)}})
+             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": gpus},
+                             "init_args": {"num_cpus": cpus, **({"num_gpus": 1} if gpus else {})}})

@@ -17,15 +17,11 @@ from flwr.clientapp import ClientApp
 
 from fedmas.client import handle_train
 from fedmas.config import Config
-from fedmas.engines.flower import config_record
-from fedmas.engines.flower_pack import KEY, LAYOUT, pack_torch, unpack_torch
-from fedmas.engines.flower_shim import bundle_reply, partition_reply
+from fedmas.engines.flower_pack import pack_torch, unpack_torch
+from fedmas.engines.flower_wire import ENGINE_KEYS, KEY, LAYOUT, bundle_reply, config_record, partition_reply
 from fedmas.messages import Message
 from fedmas.models import ModelCache, ModelSpec, model_spec
 from fedmas.runtime import configure_cpu, resolve_device
-
-# what the engine adds to a job's config
-ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work", "fedmas_worker_idle_s", LAYOUT)
 
 
 @functools.lru_cache(maxsize=64)

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmas.engines.flower_wire import KEY, LAYOUT  # noqa: F401 - the names this format uses
+
 if TYPE_CHECKING:
     import torch
 
 ALIGN = 8
-KEY = "packed"  # the packed array's name in its ArrayRecord
-LAYOUT = "fedmas_layout"  # the layout's key in the job's (or reply's) config
 
 
 def pack(items: Iterable[tuple[str, str, tuple[int, ...], np.ndarray]]) -> tuple[np.ndarray, str]:

@@ -31,13 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context
 from flwr.app import Message as FlMessage
 from flwr.clientapp import ClientApp
+
+from fedmas.engines.flower_wire import KEY, LAYOUT, Work, bundle_reply, part, partition_reply
 
 WORKER_START_S = 300.0  # how long a first message waits for a new worker to listen (it imports torch)
 IDLE_S = 1800.0  # a worker stops after this many seconds without a message (flower.worker_idle_s's default)
@@ -72,11 +73,6 @@ def recv_frame(sock: socket.socket, max_header: int = 1 << 26) -> tuple[dict[str
         raise ValueError(f"frame header of {n} bytes is over the limit of {max_header}")
     header = json.loads(_recv_exact(sock, n))
     return header, [_recv_exact(sock, int(a[4])) for a in header.get("arrays", [])]
-
-
-def part(kind: str, k: int) -> str:
-    """The record name of the ``k``-th job's ``kind`` (arrays, config, metrics, error) in a node's bundle."""
-    return f"{kind}-{k}"
 
 
 def record_to_wire(rec: ArrayRecord) -> tuple[list[list[Any]], list[bytes]]:
@@ -157,7 +153,7 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
     as after training; ``echo`` (``client_work: echo``) sends the very bytes received, which Flower, holding
     them already, does not move at all. One sample, and a zero affinity matrix when one is due, so the
     server accepts the reply and the round goes on."""
-    from fedmas.engines.flower_pack import KEY, LAYOUT, extend, perturbed
+    from fedmas.engines.flower_pack import extend, perturbed
 
     layout, affinity = str(config[LAYOUT]), int(config.get("lookahead_step", 0)) > 0
     metrics = {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
@@ -170,26 +166,6 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
         n = len(str(config["tasks"]).split(","))
         flat, layout = extend(flat, layout, "affinity", np.zeros((n, n), dtype=np.float32))
     return ArrayRecord({KEY: Array(flat)}), {"tasks": config["tasks"], LAYOUT: layout}, metrics
-
-
-Work = Callable[[ArrayRecord, dict[str, Any]], tuple[ArrayRecord, dict[str, Any], dict[str, float]]]
-
-
-def bundle_reply(msg: FlMessage, work: Work) -> FlMessage:
-    """Do each job of a node's bundle (``arrays-k``, ``config-k``) in turn; the reply holds ``arrays-k``,
-    ``config-k`` and ``metrics-k`` per job, or ``error-k`` for a job that failed (the others still count)."""
-    c = msg.content
-    rd = RecordDict()
-    for k in range(int(c["bundle"]["jobs"])):
-        try:
-            out, reply_config, metrics = work(c[part("arrays", k)], dict(c[part("config", k)]))
-        except Exception as e:  # noqa: BLE001 - one job's failure is that client's, reported to the server
-            rd[part("error", k)] = ConfigRecord({"error": f"{type(e).__name__}: {e}"[:2000]})
-            continue
-        rd[part("arrays", k)] = out
-        rd[part("config", k)] = ConfigRecord(reply_config)
-        rd[part("metrics", k)] = MetricRecord(metrics)
-    return FlMessage(content=rd, reply_to=msg)
 
 
 def _by_worker(path: Path, watch_pid: int | None) -> Work:
@@ -226,11 +202,3 @@ def make_shim_app() -> ClientApp:
 
     app.query()(partition_reply)
     return app
-
-
-def partition_reply(msg: FlMessage, context: Context) -> FlMessage:
-    """The engine's question at the start of a run: which partition of the clients this node serves."""
-    nc = context.node_config
-    info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
-                         "num_partitions": int(nc.get("num-partitions", 1))})
-    return FlMessage(content=RecordDict({"info": info}), reply_to=msg)

@@ -1,0 +1,33 @@
+"""A run config against what is registered: the method and the engine by name (after the config's plugins were
+imported, so a plugin's method or engine is known), and what the method implies for the other keys.
+
+:mod:`fedmas.config` validates values only and imports no method or engine; every entry point that starts a run
+(``fedmas run``, ``fedmas compare``, a resumed run, the Flower ServerApp) calls :func:`check_config` before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from fedmas.config import Config, ConfigError
+from fedmas.engines import ENGINES
+from fedmas.methods import PLANS
+
+
+def check_config(cfg: Config, source: str = "config") -> Config:
+    """``cfg`` if its method and engine are registered and consistent with it; ConfigError naming the key."""
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: invalid configuration: {key}: {why}")
+
+    if cfg.method not in PLANS:
+        raise bad("method", f"unknown method {cfg.method!r}; accepted: {', '.join(PLANS)}")
+    if cfg.engine not in ENGINES:
+        raise bad("engine", f"unknown engine {cfg.engine!r}; accepted: {', '.join(ENGINES)}")
+    plan, n = PLANS[cfg.method], len(cfg.start_tasks)
+    if isinstance(cfg.mas.splits, int) and cfg.mas.splits > n and plan.splits:
+        raise bad("config", f"mas.splits={cfg.mas.splits} is larger than the number of tasks ({n})")
+    m, R = cfg.mas, cfg.federation.rounds
+    if m.merge_rounds != "auto" and plan.continues and m.split_rounds is None \
+            and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]
+        raise bad("config", f"mas.merge_rounds={m.merge_rounds} leaves no rounds after the split in "
+                            f"federation.rounds={R}; lower it or set mas.split_rounds")
+    return cfg
