@@ -67,10 +67,11 @@ def test_no_import_cycle():
 # The pipeline's layers, lowest first: a module imports only from its own layer or lower ones.
 LAYERS = [
     ("tasks", "files", "plugins", "flops", "runtime", "grouping", "stats", "messages", "accounting", "tensorboard",
-     "data.render", "engines.flower_wire"),
-    ("data", "data.federated", "data.scenes", "data.taskonomy", "data.preview", "models", "config",
-     "engines.flower_pack", "report"),
-    ("evaluate", "affinity", "client", "trivial", "testing", "server", "server.state", "server.aggregate"),
+     "data.render", "engines.flower_wire", "yamlio"),
+    ("data", "data.federated", "data.scenes", "data.taskonomy", "data.preview", "models", "config_sections",
+     "config", "engines.flower_pack", "report"),
+    ("evaluate", "affinity", "client", "trivial", "testing", "console", "server", "server.state",
+     "server.aggregate", "server.federation", "server.bookkeeping"),
     ("server.loop", "engines", "engines.inprocess", "engines.flower_client", "engines.flower_shim",
      "engines.flower_worker"),
     ("arrivals", "methods", "engines.flower", "engines.flower_deploy"),

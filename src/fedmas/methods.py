@@ -122,22 +122,31 @@ class OneByOne(Plan):
         return {t: f"single-{t}" for t in server.tasks}
 
 
+def mas_schedule(server: Server) -> dict[str, int | None]:
+    """The merge-and-split schedule, resolved once from the config and kept in the plan's state (so the
+    checkpoint holds it and everything reads the same numbers): ``merge_rounds`` R0 (the maximum when
+    ``mas.merge_rounds`` is auto), ``affinity_rounds`` N (the merged rounds whose mean affinity decides the
+    split; None: every merged round — ``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
+    got = server.state.plan.get("schedule")
+    if got is None:
+        m, R = server.cfg.mas, server.cfg.federation.rounds
+        r0 = min(m.max_merge_rounds, R - 1) if m.merge_rounds == "auto" else m.rounds_of(m.merge_rounds, R)
+        n = None if m.affinity_rounds == "all" or m.merge_rounds == "auto" else min(m.rounds_of(m.affinity_rounds, R),
+                                                                                   r0)
+        got = server.state.plan["schedule"] = {"merge_rounds": r0, "affinity_rounds": n}
+    return got
+
+
 def merge_rounds(server: Server) -> int:
-    """R0: rounds of the merged phase (the maximum when ``mas.merge_rounds`` is auto)."""
-    m, R = server.cfg.mas, server.cfg.federation.rounds
-    if m.merge_rounds == "auto":
-        return min(m.max_merge_rounds, R - 1)
-    return m.rounds_of(m.merge_rounds, R)
+    """R0: rounds of the merged phase (:func:`mas_schedule`)."""
+    return int(mas_schedule(server)["merge_rounds"])  # type: ignore[arg-type]
 
 
 def affinity_rounds(server: Server) -> int | None:
     """The N merged rounds whose mean affinity decides the split (the first N, after which measuring stops,
     or with ``mas.affinity_window: last`` the N just before the split); None: every merged round
-    (``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
-    m = server.cfg.mas
-    if m.affinity_rounds == "all" or m.merge_rounds == "auto":
-        return None
-    return min(m.rounds_of(m.affinity_rounds, server.cfg.federation.rounds), merge_rounds(server))
+    (:func:`mas_schedule`)."""
+    return mas_schedule(server)["affinity_rounds"]
 
 
 def affinity_skip(server: Server, phase_rounds: int) -> int:

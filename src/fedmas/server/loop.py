@@ -10,15 +10,10 @@ FL task and checkpoints the complete state.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import sys
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -27,15 +22,22 @@ from torch import Tensor
 
 from fedmas.accounting import EnergyMeter
 from fedmas.evaluate import evaluate
-from fedmas.messages import Job, LocalConfig, Message, Reply
-from fedmas.models import ModelCache, build_model, model_spec
-from fedmas.runtime import resolve_device
+from fedmas.messages import Job, Message, Reply
+from fedmas.models import ModelCache
 from fedmas.server.aggregate import check_reply, fedavg, fedavg_partial
-from fedmas.server.state import CheckpointError, FLTaskState, ServerState, atomic_write_text, save_checkpoint
-from fedmas.tasks import TASKS
+from fedmas.server.bookkeeping import append_metrics, print_progress, progress_line, truncate_metrics  # noqa: F401
+from fedmas.server.federation import (  # noqa: F401 - the loop's parts, importable from here as before
+    Server,
+    encoder_grad_scale,
+    local_config,
+    lr_at,
+    schedule,
+    stable_seed,
+)
+from fedmas.server.state import FLTaskState, save_checkpoint
 
 if TYPE_CHECKING:
-    from fedmas.config import Config
+    pass
 
 log = logging.getLogger("fedmas")
 
@@ -51,164 +53,6 @@ class Plan(Protocol):
 
     def update(self, server: Server) -> None:
         """Called before every round (and again after a resume); must be idempotent."""
-
-
-def stable_seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
-
-
-class Server:
-    """The state plus the operations plans may use."""
-
-    def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
-                 sizes: dict[str, int] | None = None, holds: dict[str, tuple[str, ...]] | None = None):
-        self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
-        self.spec = model_spec(cfg, resolve_device(cfg.device))
-        self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
-        self.holds = holds  # client → the tasks whose labels it holds; None: every client holds every task
-
-    def held(self, client: str, tasks: Sequence[str]) -> list[str]:
-        """Those of ``tasks`` whose labels ``client`` holds (in ``tasks``' order)."""
-        if self.holds is None:
-            return list(tasks)
-        h = self.holds.get(client, ())
-        return [t for t in tasks if t in h]
-
-    def max_samples(self, client: str) -> float:
-        """The most samples a reply of ``client`` can honestly report for one round."""
-        n = self.sizes.get(client)
-        return 1e9 if n is None else float(n * self.cfg.federation.local_epochs)
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        """The tasks the method starts with (tasks arriving later are handled by the plan)."""
-        return self.cfg.start_tasks
-
-    def capacity(self) -> int:
-        """How many FL tasks can train at once with a full client quota each."""
-        f = self.cfg.federation
-        return max(1, (len(self.clients) * f.max_tasks_per_client) // f.clients_per_round)
-
-    def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
-                 measure_affinity: bool = False, init_from: str | None = None,
-                 schedule_offset: int = 0, schedule_total: int | None = None,
-                 affinity_rounds: int | None = None, affinity_skip: int = 0,
-                 needs: Sequence[str] = (), fresh: Sequence[str] = ()) -> FLTaskState:
-        if any(t.name == name for t in self.state.active + self.state.finished):
-            raise ValueError(f"FL task {name!r} exists already")
-        fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
-                         affinity_rounds=affinity_rounds, affinity_skip=affinity_skip, schedule_offset=schedule_offset,
-                         schedule_total=schedule_total or rounds, started_round=self.state.round, needs=list(needs))
-        src = self.state.weights[init_from] if init_from else None
-        self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name), fresh)
-        self.state.active.append(fl)
-        return fl
-
-    def initial_weights(self, tasks: list[str], init_from: dict[str, Tensor] | None = None,
-                        seed: int = 0, fresh: Sequence[str] = ()) -> dict[str, Tensor]:
-        """An FL task's state: its model's weights (copied from ``init_from``, but for the heads of
-        ``fresh``), plus GradNorm's task weights when the config uses GradNorm on a multi-task model."""
-        model = build_model(tasks, self.spec, init_from=init_from, seed=seed, fresh=fresh)
-        w = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
-            w["gradnorm.weights"] = torch.ones(len(tasks))
-        return w
-
-    def check_weights(self) -> None:
-        """Every active FL task has the weights its model needs (names, shapes, dtypes), all finite:
-        a tampered or damaged checkpoint is refused here, naming the file, before any round runs."""
-        ck = self.run_dir / "checkpoint"
-        for fl in self.state.active:
-            w = self.state.weights.get(fl.name)
-            if w is None:
-                raise CheckpointError(f"{ck}: no weights for active FL task {fl.name!r}")
-            unknown = [t for t in fl.tasks if t not in TASKS]
-            if unknown:
-                raise CheckpointError(f"{ck}: FL task {fl.name!r} names unknown tasks {unknown}")
-            ref = self.initial_weights(fl.tasks)
-            if set(w) != set(ref):
-                missing, extra = sorted(set(ref) - set(w)), sorted(set(w) - set(ref))
-                raise CheckpointError(f"{ck}: weights of {fl.name!r} do not fit its model "
-                                      f"(missing {missing[:3]}, unexpected {extra[:3]})")
-            for k, v in ref.items():
-                got = w[k]
-                if got.shape != v.shape or got.dtype != v.dtype:
-                    raise CheckpointError(f"{ck}: {fl.name}/{k} is {got.dtype} {tuple(got.shape)}, "
-                                          f"the model needs {v.dtype} {tuple(v.shape)}")
-                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-                    raise CheckpointError(f"{ck}: {fl.name}/{k} holds non-finite values")
-        for name, w in self.state.weights.items():  # finished FL tasks' and kept best-validation weights too
-            bad = next((k for k, v in w.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-            if bad is not None:
-                raise CheckpointError(f"{ck}: {name}/{bad} holds non-finite values")
-
-    def finished(self, name: str) -> FLTaskState | None:
-        return next((t for t in self.state.finished if t.name == name), None)
-
-
-def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
-             max_per_client: int, round_index: int,
-             holds: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[str]]:
-    """Seeded random selection: each FL task gets up to ``per_round`` distinct clients and no client
-    trains more than ``max_per_client`` FL tasks. When the pool cannot give every FL task its full
-    quota, the slots are shared out evenly; the order of FL tasks rotates each round for fairness.
-    With partial labels (``holds``), an FL task only gets clients that hold the labels of at least one
-    of its tasks, and of every task in its ``needs`` (it may get fewer than its quota, or none)."""
-    n = len(fl_tasks)
-    out: dict[str, list[str]] = {}
-    if n == 0:
-        return out
-    slots = len(clients) * max_per_client
-    quota = [per_round] * n
-    if per_round * n > slots:
-        base, extra = divmod(slots, n)
-        quota = [min(per_round, base + (1 if i < extra else 0)) for i in range(n)]
-    r = round_index % n
-    order = list(range(n))[r:] + list(range(n))[:r]
-    load: dict[str, int] = defaultdict(int)
-    perm = [clients[i] for i in rng.permutation(len(clients))]
-    for rank, i in enumerate(order):
-        chosen: list[str] = []
-        mine, needs = set(fl_tasks[i].tasks), set(fl_tasks[i].needs)
-        for c in sorted(perm, key=lambda c: load[c]):  # stable: least-loaded first, random within
-            if len(chosen) == quota[rank]:
-                break
-            if holds is not None and (mine.isdisjoint(holds.get(c, ())) or not needs.issubset(holds.get(c, ()))):
-                continue
-            if load[c] < max_per_client:
-                chosen.append(c)
-                load[c] += 1
-        out[fl_tasks[i].name] = chosen
-    return out
-
-
-def lr_at(cfg: Config, fl: FLTaskState) -> float:
-    f = cfg.federation
-    if f.schedule == "constant":
-        return f.lr
-    pos = fl.schedule_offset + fl.done_rounds
-    return f.lr * max(0.0, 1 - pos / fl.schedule_total) ** 0.9
-
-
-def encoder_grad_scale(cfg: Config, n_tasks: int) -> float:
-    """Scale of the shared encoder's gradient in a model of ``n_tasks`` tasks (``model.encoder_grad_scale``)."""
-    return 1.0 / math.sqrt(n_tasks) if cfg.model.encoder_grad_scale == "inv_sqrt_n" and n_tasks > 1 else 1.0
-
-
-def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int,
-                 tasks: Sequence[str] | None = None) -> LocalConfig:
-    """A client's instructions for ``fl``; ``tasks`` narrows the model to the tasks it holds labels for."""
-    f = cfg.federation
-    tasks = list(fl.tasks) if tasks is None else list(tasks)
-    return LocalConfig(
-        tasks=",".join(tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
-        local_epochs=f.local_epochs, batch_size=f.batch_size,
-        prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
-        gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
-        lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
-        encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
-        seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
-    )
 
 
 class RoundLoop:
@@ -286,7 +130,7 @@ class RoundLoop:
         speed = cfg.cost.speed_factors
         st.costs.sim_wallclock_s += max((s * speed.get(c, 1.0) for c, s in client_time.items()), default=0.0)
         st.costs.rounds += 1
-        _append_metrics(self.server.run_dir, lines, time.perf_counter() - t_round)
+        append_metrics(self.server.run_dir, lines, time.perf_counter() - t_round)
         st.round += 1
 
     def _evaluate(self, fl: FLTaskState, weights: dict[str, Tensor], data) -> dict[str, Any]:
@@ -477,50 +321,3 @@ def _model_weights(w: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v for k, v in w.items() if k != "gradnorm.weights"}
 
 
-def _append_metrics(run_dir: Path, lines: list[dict[str, Any]], seconds: float) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        for ln in lines:
-            fh.write(json.dumps({**ln, "round_s": seconds}) + "\n")
-
-
-def truncate_metrics(run_dir: Path, completed_rounds: int) -> None:
-    """Drop metric lines of rounds the checkpoint does not contain (a crash after logging)."""
-    p = run_dir / "metrics.jsonl"
-    if not p.exists():
-        return
-    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and _round_of(ln) < completed_rounds]
-    atomic_write_text(p, "".join(k + "\n" for k in keep))
-
-
-def _round_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["round"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 30  # a torn last line is dropped
-
-
-def progress_line(server: Server, total: int | None = None) -> str:
-    """Round index as in the files (from 0), and each FL task's test loss summed over its tasks."""
-    st = server.state
-    parts = []
-    for fl in st.active + [t for t in st.finished if t.finished_round == st.round - 1]:
-        if fl.last_eval:
-            tasks = "" if len(fl.tasks) == len(server.tasks) and len(fl.tasks) > 1 else \
-                "{" + ",".join(_short(t) for t in fl.tasks) + "}"
-            parts.append(f"{fl.name}{tasks} {fl.last_eval['total_loss']:.3f}")
-    done = f"{st.round}/{total}" if total else f"{st.round}"
-    return f"round {st.round - 1:>3} ({done} done) | test loss Σ tasks: " + " | ".join(parts)
-
-
-def _short(task: str) -> str:
-    from fedmas.report import short
-
-    return short(task)
-
-
-def print_progress(server: Server, total: int | None = None, s_per_round: float | None = None) -> None:
-    """One line per round: its index, rounds done of total, each FL task's test loss, and an ETA."""
-    line = progress_line(server, total)
-    if total and s_per_round:
-        line += f" | eta {s_per_round * max(total - server.state.round, 0):.0f} s"
-    print(f"[fedmas] {line}", file=sys.stderr, flush=True)
