@@ -1,6 +1,7 @@
-"""How much of each dense label a coarse prediction can capture: the L1 of the per-block median of the test
-target itself (s×s blocks, s = 2, 4, 8 — a bound for any prediction constant over such blocks) as a fraction
-of the L1 of the constant fitted on the training data; and the share of pixels within 0.02 of that constant.
+"""How much of each dense label a coarse prediction can capture: the L1 of the per-block median of the target
+itself (s×s blocks, s = 2, 4, 8 — a bound for any prediction constant over such blocks) as a fraction of the
+L1 of the constant fitted on the training data; and the share of pixels within 0.02 of that constant. Measured
+on the clients' training data (a property of the labels; no test data is read).
 
     .venv/bin/python benchmarks/label_learnability.py [CONFIG] [--set KEY=VALUE ...]
 
@@ -30,17 +31,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="?", default=str(Path(__file__).parent / "paper_protocol.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--render-version", type=int, default=None,
+                    help="measure the cached renders of an earlier version of the built-in labels (never rendered)")
     a = ap.parse_args()
+    if a.render_version is not None:
+        from fedmas.data import scenes
+
+        scenes.RENDER_VERSION = a.render_version
+        scenes.render_building = lambda *x, **k: sys.exit(f"version {a.render_version} renders are not cached")
     cfg = load_config(a.config, a.set)
     tasks = [t for t in cfg.task_list if isinstance(get_task(t), L1Task)]
     data = load_federated(cfg.data, tasks)
     consts = trivial.fit(data, tasks).constants
     tgt: dict[str, list] = {t: [] for t in tasks}
     msk: dict[str, list] = {t: [] for t in tasks}
-    for _, t_, m_ in batches(data.test, 64, shuffle=False):
-        for t in tasks:
-            tgt[t].append(t_[t])
-            msk[t].append(m_.get(t))
+    for ds in data.clients.values():
+        for _, t_, m_ in batches(ds, 64, shuffle=False):
+            for t in tasks:
+                tgt[t].append(t_[t])
+                msk[t].append(m_.get(t))
     out = {}
     for t in tasks:
         task, y = get_task(t), torch.cat(tgt[t])
@@ -59,7 +68,8 @@ def main() -> int:
         print(f"{t:20s} constant {base:.4f}  2×2 {row['block2_fraction']:.3f}  4×4 {row['block4_fraction']:.3f}  "
               f"8×8 {row['block8_fraction']:.3f}  near constant {row['share_within_0.02_of_constant']:.2f}  "
               f"std {row['decoded_std']:.3f}")
-    save("label_learnability", {"config": a.config, "overrides": a.set, "labels": out})
+    name = "label_learnability" + (f"_v{a.render_version}" if a.render_version is not None else "")
+    save(name, {"config": a.config, "overrides": a.set, "render_version": a.render_version, "labels": out})
     return 0
 
 
