@@ -117,3 +117,35 @@ def test_flower_submission_writes_nothing_beside_the_run_folder(tiny_raw, tmp_pa
     assert list(parent.iterdir()) == []  # no .flwr/ next to the run folder (a user's own Flower settings)
     assert not seen["home"].is_relative_to(parent) and not seen["home"].exists()  # a temporary folder, removed
     assert "[superlink.fedmas]" in seen["toml"]
+
+
+def test_an_engine_that_cannot_run_is_refused_before_the_folder(tiny_raw, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.yaml"
+    raw = {**_small(tiny_raw), "engine": "flower", "flower": {"superlink": f"127.0.0.1:{port}"}}
+    cfg.write_text(yaml.safe_dump(raw))
+    _refused(capsys, main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]), "no SuperLink answers")
+    assert not (tmp_path / "r").exists()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    cfg.write_text(yaml.safe_dump({**_small(tiny_raw), "engine": "flower-sim"}))
+    _refused(capsys, main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]), "needs Ray")
+    assert not (tmp_path / "r").exists()
+
+
+def test_damaged_metric_lines_and_export_into_a_file(tiny_raw, tmp_path, capsys):
+    run = tmp_path / "r"
+    execute(Config.model_validate(_small(tiny_raw)), run, progress=False, stop_after=1)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"round": 1e400, "fl_task": "merged"}\n')  # a damaged line after the checkpoint
+    assert main(["run", "--resume", str(run), "--quiet"]) == 0
+    rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(rounds)) == [0, 1]
+    (tmp_path / "afile").write_text("x")
+    _refused(capsys, main(["data", "export", "--format", "taskonomy", "--out", str(tmp_path / "afile")]),
+             "is not a folder")

@@ -170,6 +170,10 @@ def cmd_data(a: argparse.Namespace) -> int:
         return 0
     from fedmas.data.taskonomy import export
 
+    out = Path(a.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return _fail(f"--out {out} {'is not a folder' if not out.is_dir() else 'is not empty'}; export writes a "
+                     f"Taskonomy tree into a new or empty folder")
     raw = load_or_render(spec, cache)
     by_building = {}
     for b, splits in raw.items():

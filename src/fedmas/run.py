@@ -24,7 +24,7 @@ from fedmas.checks import check_config
 from fedmas.config import Config, ConfigError, format_error, load_config
 from fedmas.console import ConsoleLog, RoundTimer, header, learned_lines, render_summary, split_line  # noqa: F401
 from fedmas.data import FederatedData, load_federated
-from fedmas.engines import EngineFactory, launch
+from fedmas.engines import EngineFactory, launch, preflight
 from fedmas.methods import MERGED, affinity_rounds, make_plan
 from fedmas.models import check_model, model_spec
 from fedmas.report import heatmap, loss_curves
@@ -69,6 +69,8 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     assert cfg is not None
     check_config(cfg)
     check_new_run_dir(run_dir, force)
+    if engine is None and engine_factory is None:
+        preflight(cfg)  # the engine's needs (Ray, a SuperLink) are here before anything is written
     resolve_device(cfg.device)  # a device that is not here is refused before anything is written
     check_model(model_spec(cfg), cfg.task_list, _input_size(data or None, cfg))
     data = load_data(cfg, data)

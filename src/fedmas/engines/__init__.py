@@ -45,3 +45,23 @@ def engine_module(name: str):
 def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
     """Run the prepared run folder ``run_dir`` on the engine ``cfg.engine`` names."""
     engine_module(cfg.engine).launch(cfg, run_dir, drive)
+
+
+def preflight(cfg: Config) -> None:
+    """Before a run folder exists: what the chosen engine needs is here (Ray for ``flower-sim``; a SuperLink that
+    answers for ``flower``), else a ValueError saying what is missing."""
+    import importlib.util
+
+    engine_module(cfg.engine)
+    if cfg.engine == "flower-sim" and importlib.util.find_spec("ray") is None:
+        raise ValueError("engine flower-sim needs Ray, Flower's simulation extra: pip install 'fedmas[flower-sim]'")
+    if cfg.engine == "flower":
+        import socket
+
+        host, _, port = cfg.flower.superlink.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10):
+                pass
+        except (OSError, ValueError) as e:
+            raise ValueError(f"engine flower: no SuperLink answers at flower.superlink={cfg.flower.superlink} "
+                             f"({e}); start it first (README: Distributed: Flower)") from None

@@ -33,8 +33,8 @@ def truncate_metrics(run_dir: Path, completed_rounds: int) -> None:
 def _round_of(line: str) -> int:
     try:
         return int(json.loads(line)["round"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 30  # a torn last line is dropped
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return 1 << 30  # a torn or damaged line is dropped (the checkpoint's rounds are rewritten from it)
 
 
 def progress_line(server: Server, total: int | None = None) -> str:
