@@ -389,3 +389,28 @@ def test_paths_and_numbers_the_system_refuses_are_the_users_errors(tiny_raw, tmp
     _one_line_refusal(capsys, main(["compare", str(cfg), "--seeds", "99999999999", "--out", str(tmp_path / "c"),
                                     "--quiet"]), "--seeds")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan-input", "bad-class"])
+def test_bad_data_beyond_the_first_checked_samples_stops_naming_the_sample(tiny_raw, tmp_path, capsys, monkeypatch,
+                                                                             damage):
+    """Sample 12 of a client (beyond the 8 that are checked by shape): refused before any folder, naming it."""
+    (tmp_path / "latebad.py").write_text(
+        "from fedmas.data import FederatedData, load_federated\n"
+        f"DAMAGE = {damage!r}\n"
+        "def load(cfg, tasks):\n"
+        "    d = load_federated(cfg.model_copy(update={'dataset': 'scenes'}), tasks)\n"
+        "    ds = d.clients['building_001']\n"
+        "    if DAMAGE == 'nan-input':\n"
+        "        ds.x[12, 0, 3, 3] = float('nan')\n"
+        "    else:\n"
+        "        ds.targets['segment_semantic'][12, 5, 5] = 99\n"
+        "    return FederatedData(clients=d.clients, test=d.test, tasks=d.tasks)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = _small(tiny_raw)
+    raw["data"] = {**raw["data"], "train_images": 16}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "dataset": "python:latebad:load"}}))
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"])
+    _one_line_refusal(capsys, rc, "building_001", "sample 12")
+    assert not (tmp_path / "r").exists()

@@ -165,6 +165,8 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
     constant); raises :class:`DataError` naming the client, the task, what was found and what is expected."""
     parts = [(f"client {c!r}", ds) for c, ds in data.clients.items()] + [("the test set", data.test)]
     for where, ds in parts:
+        if isinstance(ds, MultiTaskArrays):  # in memory: every sample is checked, at once
+            _check_all(ds, f"data.dataset {source!r}, {where}", tasks)
         at = f"data.dataset {source!r}, {where}"
         try:
             x, targets, masks = next(batches(ds, SAMPLES_CHECKED, shuffle=False))
@@ -189,6 +191,28 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
             if why:
                 raise DataError(f"{at}, task {t!r}: {why}")
     return data
+
+
+def _check_all(ds: MultiTaskArrays, at: str, tasks: Sequence[str]) -> None:
+    """Every sample of an in-memory dataset: finite inputs, and targets of the values each task accepts;
+    :class:`DataError` naming the first bad sample (its index in that client's data)."""
+    bad = ~torch.isfinite(ds.x.reshape(len(ds.x), -1)).all(1) if ds.x.is_floating_point() else None
+    if bad is not None and bool(bad.any()):
+        raise DataError(f"{at}: sample {int(bad.nonzero()[0])}: model input holds NaN or infinite values")
+    for t in tasks:
+        target = ds.targets.get(t)
+        if target is None:
+            continue
+        task = get_task(t)
+        flat = target.reshape(len(target), -1)
+        if target.is_floating_point():
+            bad = ~torch.isfinite(flat).all(1)
+            if bool(bad.any()):
+                raise DataError(f"{at}, task {t!r}: sample {int(bad.nonzero()[0])}: target holds NaN or infinite "
+                                f"values")
+        if task.check_values(target) is not None:  # find the first sample it refuses
+            i = next(i for i in range(len(target)) if task.check_values(target[i]) is not None)
+            raise DataError(f"{at}, task {t!r}: sample {i}: {task.check_values(target[i])}")
 
 
 def _check_input(x) -> str | None:

@@ -158,9 +158,15 @@ class TaskonomyImages(Dataset):
         raw = self.raw(i)
         x = torch.from_numpy(decode_input(raw["rgb"])[0])
         targets, masks = {}, {}
+        p, v = self.points[i]
         for t in self.tasks:
-            target, mask = get_task(t).decode(raw)
+            task = get_task(t)
+            target, mask = task.decode(raw)
             targets[t] = torch.from_numpy(target[0])
+            why = task.check_target(targets[t], tuple(x.shape[-2:]))  # every sample, not only the first checked
+            if why:
+                label = getattr(task, "label", "") or t
+                raise DataError(f"{png_path(self.root, label, self.building, p, v)}: task {t!r}: {why}")
             if mask is not None:
                 masks[t] = torch.from_numpy(mask[0])
         return x, targets, masks
