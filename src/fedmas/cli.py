@@ -96,12 +96,13 @@ def cmd_split(a: argparse.Namespace) -> int:
               f"this can take a few seconds", file=sys.stderr)
     if auto and not (math.isfinite(a.epsilon) and 0 <= a.epsilon <= 10):
         return _fail(f"--epsilon {a.epsilon}: expected a tolerance between 0 and 10 (a fraction of |best objective|)")
-    if auto and not 1 <= a.max_splits <= len(tasks):
-        return _fail(f"--max-splits {a.max_splits}: expected an integer between 1 and the number of tasks "
-                     f"({len(tasks)})")
+    if auto and a.max_splits < 1:
+        return _fail(f"--max-splits {a.max_splits}: expected an integer ≥ 1 (more than the {len(tasks)} tasks "
+                     f"counts as {len(tasks)})")
     rule = ""
     if auto:  # as the config's mas.splits: auto — the fewest groups within ε of the best objective
-        cands = [{"k": k, "score": g.score, "part": g} for k, g in enumerate(partitions_up_to(z, a.max_splits), 1)]
+        cands = [{"k": k, "score": g.score, "part": g}
+                 for k, g in enumerate(partitions_up_to(z, min(a.max_splits, len(tasks))), 1)]
         g = smallest_within(cands, a.epsilon)["part"]
         rule = f"auto: the fewest groups within ε={a.epsilon} × |best| of the best objective"
     else:
