@@ -35,7 +35,7 @@ from fedmas.data.scenes import SceneSpec, render_building  # noqa: E402
 from fedmas.models import ModelSpec, build_model  # noqa: E402
 from fedmas.run import execute  # noqa: E402
 from fedmas.runtime import resolve_device  # noqa: E402
-from fedmas.testing import naive_train_with_affinity  # noqa: E402
+from fedmas.testing import Float64, naive_train_with_affinity  # noqa: E402
 
 
 def quickstart(device: str, quick: bool, tmp: Path) -> dict:
@@ -61,14 +61,6 @@ def exactness(device: str) -> dict:
     raw = render_building(SceneSpec(train_images=12, resolution=32, views_per_room=4), 0, "train")
     ds = MultiTaskArrays.from_raw(raw, tasks)
 
-    class F64:
-        def __len__(self):
-            return len(ds)
-
-        def batch(self, idx):
-            x, t, m = ds.batch(idx)
-            return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
-
     out = {}
     for enc in ("small", "python:own_model:bn_cnn", "python:own_model:vit", "python:own_model:mlp"):
         spec = ModelSpec(encoder=enc, width=8, probe_size=32)
@@ -76,8 +68,8 @@ def exactness(device: str) -> dict:
         w0 = {k: v.clone() for k, v in model.state_dict().items()}
         cfg = LocalConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=4, lookahead_step=1, seed=11,
                           encoder_grad_scale=3 ** -0.5)
-        fast = train_local(model, w0, F64(), cfg)
-        _, slow = naive_train_with_affinity(build_model(tasks, spec).double().to(device), w0, F64(), cfg)
+        fast = train_local(model, w0, Float64(ds), cfg)
+        _, slow = naive_train_with_affinity(build_model(tasks, spec).double().to(device), w0, Float64(ds), cfg)
         err = float((fast.affinity - slow).abs().max())
         out[enc] = {"max_abs_diff": err, "exact": bool(torch.allclose(fast.affinity, slow, rtol=1e-6, atol=1e-9))}
     return out

@@ -107,19 +107,25 @@ def run_all(jobs: list[tuple[str, dict[str, object], Path]]) -> bool:
     return all(p.wait() == 0 for p in procs)
 
 
+def _alone(method: str, tag: str, over: dict[str, object], results: list, write) -> dict | None:
+    """Run (or reuse) one baseline under ``over`` in ``OUT/tag`` and score it; None when the run failed."""
+    if not run_all([(method, over, OUT / tag / method)]):
+        return None
+    res = score(tag, over, (method,))
+    results.append(res)
+    write()
+    return res
+
+
 def stage_b(name: str, over: dict[str, object], failed: list[str], results: list, write) -> int:
     """Replace each task one-by-one did not learn at the last affordable candidate, then check all-in-one."""
     tasks = list(load_config(BASE, sets(over)).task_list)
     for t in failed:
         for label in (r for r in REPLACEMENTS if r not in tasks):
-            o = {**over, "tasks": f"[{label}]"}
-            tag = f"{name}-{label}"
-            if not run_all([("one-by-one", o, OUT / tag / "one-by-one")]):
+            res = _alone("one-by-one", f"{name}-{label}", {**over, "tasks": f"[{label}]"}, results, write)
+            if res is None:
                 return 1
-            res = score(tag, o, ("one-by-one",))
-            results.append(res)
-            write()
-            skill = res["one-by-one"]["val_skill"][label]  # type: ignore[index]
+            skill = res["one-by-one"]["val_skill"][label]
             print(f"[protocol_search] {t} → {label}? one-by-one validation skill {skill:.3f}", flush=True)
             if skill is not None and skill >= SKILL_GOAL:
                 tasks[tasks.index(t)] = label
@@ -127,13 +133,9 @@ def stage_b(name: str, over: dict[str, object], failed: list[str], results: list
         else:
             print(f"[protocol_search] no replacement for {t} is learned at {name}")
             return 0
-    final = {**over, "tasks": "[" + ",".join(tasks) + "]"}
-    tag = f"{name}-final"
-    if not run_all([("all-in-one", final, OUT / tag / "all-in-one")]):
+    res = _alone("all-in-one", f"{name}-final", {**over, "tasks": "[" + ",".join(tasks) + "]"}, results, write)
+    if res is None:
         return 1
-    res = score(tag, final, ("all-in-one",))
-    results.append(res)
-    write()
     print(f"[protocol_search] tasks {tasks}; all-in-one still falling: {res['still_falling']}", flush=True)
     if not res["still_falling"]:
         print(f"[protocol_search] chosen: {name} with tasks {tasks}")

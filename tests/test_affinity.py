@@ -14,7 +14,7 @@ from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
 from fedmas.models import ModelSpec, build_model
 from fedmas.tasks import get_task
-from fedmas.testing import naive_train_with_affinity
+from fedmas.testing import Float64, naive_train_with_affinity
 
 TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture")
 
@@ -22,20 +22,6 @@ TASKS = ("segment_semantic", "depth_zbuffer", "normal", "edge_texture")
 def _data() -> MultiTaskArrays:
     raw = render_building(SceneSpec(train_images=12, resolution=32, views_per_room=4), 0, "train")
     return MultiTaskArrays.from_raw(raw, TASKS)
-
-
-class _Float64:
-    """The same data in float64."""
-
-    def __init__(self, ds: MultiTaskArrays):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def batch(self, idx):
-        x, t, m = self.ds.batch(idx)
-        return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
 
 
 @pytest.mark.parametrize("spec,scale", [(ModelSpec(width=8), 1.0), (ModelSpec(width=8), 3 ** -0.5),
@@ -49,7 +35,7 @@ def test_affinity_matches_naive_definition_with_momentum(spec: ModelSpec, scale:
     torch.manual_seed(0)
     data = _data()
     bn = spec.encoder == "resnet18"
-    ds = _Float64(data) if bn else data
+    ds = Float64(data) if bn else data
     dtype = torch.float64 if bn else torch.float32
     model = build_model(TASKS, spec, seed=3).to(dtype)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}

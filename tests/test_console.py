@@ -19,8 +19,8 @@ def test_a_run_explains_itself_and_keeps_its_log(tiny_raw, tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(run)]) == 0
     out = capsys.readouterr()
     text = out.err + out.out
-    assert f"[fedmas] mas on 3 tasks (seg, depth, normal), 4 clients, 2 per round, R=4, engine inprocess on cpu → {run}" \
-        in text
+    assert (f"[fedmas] mas on 3 tasks (seg, depth, normal), 4 clients, 2 per round, R=4, engine inprocess "
+            f"on cpu → {run}") in text
     assert "[fedmas] short names: seg = segment_semantic, depth = depth_zbuffer\n" in text
     rounds = [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "round   0 (1/4 done) | test loss Σ tasks: merged " in text and min(rounds) == 0  # same numbering

@@ -16,7 +16,7 @@ from fedmas.data.federated import MultiTaskArrays
 from fedmas.data.scenes import SceneSpec, render_building
 from fedmas.models import ModelSpec, build_model, check_model
 from fedmas.plugins import PluginError
-from fedmas.testing import naive_train_with_affinity
+from fedmas.testing import Float64, naive_train_with_affinity
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TASKS = ("segment_semantic", "depth_zbuffer", "normal")
@@ -27,23 +27,11 @@ def _examples_importable(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
-class _Float64:
-    def __init__(self, ds: MultiTaskArrays):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def batch(self, idx):
-        x, t, m = self.ds.batch(idx)
-        return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
-
-
 @pytest.mark.parametrize("encoder", ["bn_cnn", "vit", "mlp"])
 def test_lookahead_is_exact_for_user_encoders(encoder):
     """BatchNorm; LayerNorm with attention; a plain MLP — against the naive definition, in float64."""
     raw = render_building(SceneSpec(train_images=12, resolution=32, views_per_room=4), 0, "train")
-    ds = _Float64(MultiTaskArrays.from_raw(raw, TASKS))
+    ds = Float64(MultiTaskArrays.from_raw(raw, TASKS))
     spec = ModelSpec(encoder=f"python:own_model:{encoder}", probe_size=32)
     model = build_model(TASKS, spec, seed=3).double()
     w0 = {k: v.clone() for k, v in model.state_dict().items()}

@@ -93,3 +93,18 @@ def synthetic_federation(cfg, tasks):
 
     clients = {f"c{i:05d}": MultiTaskArrays.from_raw(raw(k), tasks) for i in range(n)}
     return FederatedData(clients=clients, test=MultiTaskArrays.from_raw(raw(32), tasks), tasks=tuple(tasks))
+
+
+class Float64:
+    """A dataset's batches in float64 (inputs and float targets): exactness tests of the lookahead, where float32
+    rounding alone (per-task gradients summed in another order) would hide a real difference."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def batch(self, idx):
+        x, t, m = self.ds.batch(idx)
+        return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in t.items()}, m
