@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import save  # noqa: E402
 
 from fedmas.config import load_config  # noqa: E402
-from fedmas.engines.flower_deploy import Loopback, submit  # noqa: E402
+from fedmas.engines.flower_deploy import submit  # noqa: E402
+from fedmas.engines.flower_rehearsal import Loopback  # noqa: E402
 from fedmas.run import execute  # noqa: E402
 from fedmas.stats import fmt, mean_ci  # noqa: E402
 

@@ -15,7 +15,8 @@ import yaml
 pytest.importorskip("flwr")
 
 from fedmas.config import Config  # noqa: E402
-from fedmas.engines.flower_deploy import Loopback, submit  # noqa: E402
+from fedmas.engines.flower_deploy import submit  # noqa: E402
+from fedmas.engines.flower_rehearsal import Loopback  # noqa: E402
 from fedmas.run import execute  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -146,7 +147,7 @@ def test_tls_deployment(tiny_raw, tmp_path):
     cfg = _cfg(tiny_raw, rounds=2)
     cfg.method = "all-in-one"
     with Loopback(tmp_path / "flower", nodes=2, tls=True) as lb:
-        from fedmas.engines.flower_deploy import make_certificates
+        from fedmas.engines.flower_rehearsal import make_certificates
 
         cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
         cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
@@ -158,7 +159,7 @@ def test_tls_deployment(tiny_raw, tmp_path):
 def test_supernode_auth_over_tls(tiny_raw, tmp_path):
     """--enable-supernode-auth over TLS: registered nodes join and train; a node whose key was never
     registered is refused by the SuperLink (its process exits) and never gets work."""
-    from fedmas.engines.flower_deploy import make_certificates, make_node_key
+    from fedmas.engines.flower_rehearsal import make_certificates, make_node_key
 
     cfg = _cfg(tiny_raw, rounds=2, clients_per_round=4)
     cfg.method = "all-in-one"

@@ -75,6 +75,7 @@ LAYERS = [
     ("server.loop", "engines", "engines.inprocess", "engines.flower_client", "engines.flower_shim",
      "engines.flower_worker"),
     ("arrivals", "methods", "engines.flower", "engines.flower_deploy"),
+    ("engines.flower_rehearsal",),
     ("checks", "runfolder", "run"),
     ("compare", "cli"),
 ]
