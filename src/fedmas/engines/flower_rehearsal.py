@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedmas.config import ConfigError, load_config
-from fedmas.engines.flower_rehearsal import _bin, flower_env, submit, write_connection
+from fedmas.engines.flower_deploy import _bin, flower_env, submit, write_connection
 
 
 def free_port() -> int:
