@@ -95,3 +95,27 @@ def test_split_and_preview_flags_name_the_problem(tmp_path, capsys):
         assert needle in err and "expected" in err, err
     assert main(["data", "preview", "--buildings", "-1", "--out", str(tmp_path / "p.png")]) == 2
     assert "--buildings -1" in capsys.readouterr().err
+
+
+def test_a_plugin_that_blocks_is_named_while_fedmas_waits(tiny_raw, tmp_path):
+    """A plugin whose import blocks (until a file appears): fedmas says what it waits for, then goes on."""
+    import os
+    import subprocess
+
+    go = tmp_path / "go"
+    (tmp_path / "slowplug.py").write_text(f"import pathlib, time\nwhile not pathlib.Path({str(go)!r}).exists():\n"
+                                          f"    time.sleep(0.05)\n")
+    cfg = tmp_path / "c.yaml"
+    raw = {**tiny_raw, "plugins": ["slowplug"], "federation": {**tiny_raw["federation"], "rounds": 2},
+           "mas": {**tiny_raw["mas"], "merge_rounds": 1}}
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "FEDMAS_PLUGIN_NOTICE_S": "0.2", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedmas.cli", "run", str(cfg), "--out", str(tmp_path / "r"),
+                             "--quiet"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()  # blocks until fedmas says something: the plugin is still importing
+        assert "still waiting for plugin module 'slowplug'" in line, line
+        go.write_text("")
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    finally:
+        proc.kill()

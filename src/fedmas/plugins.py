@@ -22,6 +22,27 @@ class _ExitCalled(BaseException):
         self.code = code
 
 
+NOTICE_S = 10.0  # after this long inside the user's code, say so (FEDMAS_PLUGIN_NOTICE_S overrides it)
+
+
+@contextlib.contextmanager
+def _notice(what: str) -> Iterator[None]:
+    """While the user's code runs: if it has not returned after :data:`NOTICE_S` seconds, one line says where
+    fedmas is waiting (a plugin that sleeps or blocks on input would otherwise hang without a word)."""
+    import sys
+    import threading
+
+    delay = float(os.environ.get("FEDMAS_PLUGIN_NOTICE_S", NOTICE_S))
+    timer = threading.Timer(delay, lambda: print(f"[fedmas] still waiting for {what} after {delay:g} s (your "
+                                                 f"code; Ctrl-C stops it)", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @contextlib.contextmanager
 def _no_exit() -> Iterator[None]:
     """While plugin code runs, ``os._exit`` raises instead of ending the process (``sys.exit`` raises already)."""
@@ -54,7 +75,7 @@ def import_plugin(name: str) -> ModuleType:
     if not name or any(not part.isidentifier() for part in name.split(".")):
         raise PluginError(f"plugin {name!r} is not a module name (dotted Python identifiers, e.g. my_tasks)")
     try:
-        with _no_exit():
+        with _no_exit(), _notice(f"plugin module {name!r} to be imported"):
             return importlib.import_module(name)
     except ImportError as e:
         raise PluginError(f"cannot import plugin module {name!r} ({e})") from None
@@ -67,7 +88,7 @@ def call_plugin(fn: Callable[..., Any], what: str, *args: Any, passthrough: tupl
     """Call the user's ``fn``; :class:`PluginError` naming ``what`` when it raises (other than ``passthrough``,
     errors the function may raise on purpose) or tries to exit."""
     try:
-        with _no_exit():
+        with _no_exit(), _notice(what):
             return fn(*args)
     except passthrough:
         raise
