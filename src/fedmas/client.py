@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from fedmas import affinity
 from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter, counter_for
-from fedmas.messages import LocalConfig, Message
+from fedmas.messages import LocalConfig, Message, autocast
 from fedmas.models import ModelCache, MultiTaskModel
 from fedmas.tasks import task_losses
 
@@ -86,15 +86,17 @@ class LocalTraining:
         model, opt, w = self.model, self.opt, self.w
         x, targets, masks = select_tasks(batch, self.tasks)
         opt.zero_grad(set_to_none=True)
-        feats = look[0].forward(x) if look else model.encoder(x)
-        losses = task_losses(model.heads, self.tasks, feats, targets, masks)
+        with autocast(self.cfg.precision, self.device):
+            feats = look[0].forward(x) if look else model.encoder(x)
+            losses = task_losses(model.heads, self.tasks, feats, targets, masks)
         lvec = torch.stack([loss.detach() for loss in losses])
         if self.initial_losses is None:
             self.initial_losses = lvec.clamp_min(1e-8)
         if look:
             norms, per_task = affinity.step_grads_per_task(model, losses, w, look[0], self.head_params,
                                                            self.last_shared if self.gradnorm else [])
-            self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task)
+            with autocast(self.cfg.precision, self.device):  # the lookahead at the precision of the real step
+                self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task).float()
             look[0].release()
             self.aff_count += 1
         else:

@@ -127,6 +127,9 @@ class FederationConfig(_Strict):
     prox_mu: float = Field(0.01, ge=0, le=1e6)
     task_weighting: Literal["equal", "gradnorm"] = "equal"
     gradnorm_alpha: float = Field(1.5, ge=0, le=100)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes of training and of the affinity lookahead under bfloat16 "
+                            "autocast (weights, optimiser and aggregation stay float32)")
     eval_every: int = Field(1, ge=1, le=1_000_000)
     eval_batch_size: int = Field(64, ge=1, le=1_000_000)
     round_deadline_s: float | None = Field(None, gt=0, le=1e7)

@@ -17,6 +17,21 @@ from torch import Tensor
 Scalar = str | int | float | bool
 
 
+PRECISIONS = ("fp32", "bf16")
+_OPTIONAL = {"precision": "fp32"}  # keys a message may leave out (their defaults)
+
+
+def autocast(precision: str, device: object):
+    """The context for forward passes at ``precision``: bfloat16 autocast on ``device`` for "bf16", else none."""
+    import contextlib
+
+    import torch
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     """Instructions for one round of local training; the server sends ``dataclasses.asdict`` of it
@@ -35,19 +50,25 @@ class LocalConfig:
     encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
     seed: int = 0
     round: int = 0
+    precision: str = "fp32"  # "bf16": forward passes (training and lookahead) under bfloat16 autocast
 
     @property
     def task_tuple(self) -> tuple[str, ...]:
         return tuple(self.tasks.split(","))
 
     def to_dict(self) -> dict[str, str | int | float]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for k in _OPTIONAL:  # at their default, optional keys are not sent (the message stays as it was)
+            if d[k] == _OPTIONAL[k]:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> LocalConfig:
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
-        missing = sorted(set(fields) - set(d))
+        missing = sorted(set(fields) - set(d) - set(_OPTIONAL))
+        d = {**_OPTIONAL, **d}
         if unknown or missing:
             raise ValueError(f"local training config: unknown keys {unknown}, missing keys {missing}")
         out: dict[str, object] = {}
@@ -57,6 +78,8 @@ class LocalConfig:
                   "float": isinstance(v, (int, float)) and not isinstance(v, bool)}[str(kind)]
             if not ok:
                 raise ValueError(f"local training config: {k} must be {kind}, got {v!r}")
+            if k == "precision" and v not in PRECISIONS:
+                raise ValueError(f"local training config: precision must be one of {PRECISIONS}, got {v!r}")
             out[k] = float(v) if kind == "float" else v  # type: ignore[arg-type]
         return cls(**out)  # type: ignore[arg-type]
 

@@ -18,13 +18,17 @@ from torch.utils.data import Dataset
 
 from fedmas.client import LocalConfig
 from fedmas.data.federated import batches, select_tasks, to_device
+from fedmas.messages import autocast
 from fedmas.models import MultiTaskModel
 from fedmas.tasks import get_task
 
+_PRECISION = {"value": "fp32"}  # the precision of naive_train_with_affinity's forward passes
+
 
 def _losses(model: MultiTaskModel, x, targets, masks) -> list[Tensor]:
-    preds = model(x)
-    return [get_task(t).loss(preds[t], targets[t], masks.get(t)) for t in model.tasks]
+    with autocast(_PRECISION["value"], x.device):
+        preds = model(x)
+        return [get_task(t).loss(preds[t], targets[t], masks.get(t)) for t in model.tasks]
 
 
 def naive_affinity(model: MultiTaskModel, opt: torch.optim.SGD, x, targets, masks, grad_scale: float = 1.0
@@ -54,6 +58,7 @@ def naive_train_with_affinity(model: MultiTaskModel, weights: Mapping[str, Tenso
     """Local training with a lookahead every ``cfg.lookahead_step`` batches (equal task weights, no prox)."""
     model.load_state_dict(weights)
     model.train()
+    _PRECISION["value"] = cfg.precision
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = next(model.parameters()).device

@@ -179,6 +179,7 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
         lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
         encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
+        precision=f.precision,
     )
 
 
