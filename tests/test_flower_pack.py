@@ -3,6 +3,7 @@ a user started (``fedmas worker``), driven by the real round loop through the Fl
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -228,3 +229,23 @@ def test_a_named_worker_that_is_not_running_is_started_there_and_stops_after_wor
         time.sleep(0.2)
     assert not sock.exists(), log.read_text()
     assert "idle for 1 s: stopping" in log.read_text()
+
+
+def test_a_nodes_own_device_comes_from_its_node_config(tiny_raw, tmp_path):
+    """fedmas-device in a SuperNode's node config is the device its client work runs on: cpu trains as usual;
+    a GPU the node does not have fails that node's jobs (counted as client failures), not the run."""
+    import torch
+
+    raw = {**tiny_raw, "federation": {**tiny_raw["federation"], "rounds": 1}, "method": "all-in-one",
+           "flower": {"client_work": "train-here", "nodes": 2}}
+    cfg = Config.model_validate(raw)
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    grid = DirectGrid(make_shim_app(), [{"partition-id": 0, "num-partitions": 2, "fedmas-device": "cpu"},
+                                        {"partition-id": 1, "num-partitions": 2, "fedmas-device": missing}])
+    run = tmp_path / "fl"
+    run.mkdir()
+    prepare_run_dir(run, cfg)
+    got = drive(cfg, run, lambda c, data, _spec: FlowerEngine(grid, c, data.client_ids), progress=False)
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    on_cpu = [c for c in line["clients"] if int(c.split("_")[1]) % 2 == 0]  # partition 0 serves even clients
+    assert line["accepted"] == len(on_cpu) and sum(got["faults"].values()) >= len(line["clients"]) - len(on_cpu)

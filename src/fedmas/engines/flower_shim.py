@@ -38,7 +38,7 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.app import Message as FlMessage
 from flwr.clientapp import ClientApp
 
-from fedmas.engines.flower_wire import KEY, LAYOUT, Work, bundle_reply, part, partition_reply
+from fedmas.engines.flower_wire import KEY, LAYOUT, Work, bundle_reply, on_node_device, part, partition_reply
 
 WORKER_START_S = 300.0  # how long a first message waits for a new worker to listen (it imports torch)
 IDLE_S = 1800.0  # a worker stops after this many seconds without a message (flower.worker_idle_s's default)
@@ -198,7 +198,7 @@ def make_shim_app() -> ClientApp:
         else:  # the node's own worker (node config fedmas-worker=SOCKET), else one started beside this SuperNode
             own = str(context.node_config.get("fedmas-worker", "") or "")
             work = _by_worker(Path(own), None) if own else _by_worker(socket_path(context.node_id), os.getppid())
-        return bundle_reply(msg, work)  # train_here drops the engine's own config keys
+        return bundle_reply(msg, on_node_device(work, context))  # train_here drops the engine's own config keys
 
     app.query()(partition_reply)
     return app

@@ -16,8 +16,9 @@ from flwr.app import Message as FlMessage
 TRAIN, QUERY = "train", "query"  # the message types the engine sends
 KEY = "packed"  # the packed array's name in its ArrayRecord (see flower_pack)
 LAYOUT = "fedmas_layout"  # the layout's key in the job's (or reply's) config
-# what the engine adds to a job's config (the client's own training settings are the rest)
-ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work", "fedmas_worker_idle_s", LAYOUT)
+DEVICE_KEY = "fedmas_device"  # a node's own device (its node config's fedmas-device), added by its ClientApp
+# what the engine (or the node's ClientApp) adds to a job's config (the client's own training settings are the rest)
+ENGINE_KEYS = ("fedmas_config", "client", "fedmas_client_work", "fedmas_worker_idle_s", LAYOUT, DEVICE_KEY)
 
 
 def part(kind: str, k: int) -> str:
@@ -56,3 +57,11 @@ def partition_reply(msg: FlMessage, context: Context) -> FlMessage:
     info = ConfigRecord({"partition_id": int(nc.get("partition-id", 0)),
                          "num_partitions": int(nc.get("num-partitions", 1))})
     return FlMessage(content=RecordDict({"info": info}), reply_to=msg)
+
+
+def on_node_device(work: Work, context: Context) -> Work:
+    """``work`` told the device the node's config names (``--node-config "... fedmas-device=cuda:1"``), if any."""
+    device = str(context.node_config.get("fedmas-device", "") or "")
+    if not device:
+        return work
+    return lambda arrays, config: work(arrays, {**config, DEVICE_KEY: device})
