@@ -351,17 +351,25 @@ def test_resume_imports_only_trusted_plugins(tiny_raw, tmp_path):
     proc = subprocess.run(cmd + ["--resume", str(run), "--quiet"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr  # the run's own copy of its plugin, not the (editable) original
     assert (run / "plugins" / "mytasks.ran").exists() and not (tmp_path / "mytasks.ran").exists()
-    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "summary.json").unlink()
+    original = (run / "config.yaml").read_text()
+    saved = yaml.safe_load(original)
     saved["plugins"] = ["mytasks", "other"]  # someone edits the run's config to run code from elsewhere
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    (run / "summary.json").unlink()
+    for extra in ([], ["--allow-plugin", "other"]):  # refused as an edited config, before any import
+        proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", *extra], env=env, capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and "was changed after the run started" in proc.stderr, proc.stderr
+        assert not (tmp_path / "other.ran").exists()
+    (run / "config.yaml").write_text(original)
+    (run / "plugins" / "mytasks.py").unlink()  # the run's copy gone: its plugin would come from outside the folder
     proc = subprocess.run(cmd + ["--resume", str(run), "--quiet"], env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--allow-plugin other" in proc.stderr, proc.stderr
-    assert not (tmp_path / "other.ran").exists()  # refused before anything ran
-    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", "--allow-plugin", "other"], env=env,
+    assert proc.returncode == 2 and "--allow-plugin mytasks" in proc.stderr, proc.stderr
+    assert not (tmp_path / "mytasks.ran").exists()  # refused before anything ran
+    proc = subprocess.run(cmd + ["--resume", str(run), "--quiet", "--allow-plugin", "mytasks"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "other.ran").exists() and (run / "summary.json").exists()
+    assert (tmp_path / "mytasks.ran").exists() and (run / "summary.json").exists()
 
 
 @pytest.mark.parametrize("what", ["fifo", "folder", "device", "binary"])

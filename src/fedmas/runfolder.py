@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from fedmas.config import Config, ConfigError, add_import_path, load_config, read_yaml_mapping
-from fedmas.server.state import atomic_write_text
+from fedmas.server.state import atomic_write_text, verify_config
 
 LOCK = ".fedmas.lock"
 PLUGINS = "plugins"  # copies of the config's single-file plugin modules, so that --resume finds them
@@ -141,6 +141,7 @@ def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
     p = run_dir / "config.yaml"
     if not p.exists():
         raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
+    verify_config(run_dir)  # an edited config.yaml is refused before any of its plugins is imported
     plugins = read_yaml_mapping(p, "run config").get("plugins") or []
     if (run_dir / PLUGINS).is_dir():
         add_import_path(run_dir / PLUGINS, first=True)

@@ -165,8 +165,6 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
     constant); raises :class:`DataError` naming the client, the task, what was found and what is expected."""
     parts = [(f"client {c!r}", ds) for c, ds in data.clients.items()] + [("the test set", data.test)]
     for where, ds in parts:
-        if isinstance(ds, MultiTaskArrays):  # in memory: every sample is checked, at once
-            _check_all(ds, f"data.dataset {source!r}, {where}", tasks)
         at = f"data.dataset {source!r}, {where}"
         try:
             x, targets, masks = next(batches(ds, SAMPLES_CHECKED, shuffle=False))
@@ -190,6 +188,9 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
                 or (_check_mask(mask, task.target_shape(hw), task.dense) if mask is not None else None)
             if why:
                 raise DataError(f"{at}, task {t!r}: {why}")
+    for where, ds in parts:  # in memory: then every sample, at once (the first ones passed the checks above)
+        if isinstance(ds, MultiTaskArrays):
+            _check_all(ds, f"data.dataset {source!r}, {where}", tasks)
     return data
 
 

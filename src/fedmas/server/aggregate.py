@@ -12,29 +12,31 @@ from torch import Tensor
 from fedmas.messages import Reply
 
 
-def fedavg(updates: Sequence[tuple[Mapping[str, Tensor], float]]) -> dict[str, Tensor]:
-    """Σ_c (n_c / Σ n) · w_c for floating tensors; integer buffers take the maximum."""
+def fedavg(updates: Sequence[tuple[Mapping[str, Tensor], float]], device: str | None = None) -> dict[str, Tensor]:
+    """Σ_c (n_c / Σ n) · w_c for floating tensors; integer buffers take the maximum. ``device``: where the sums
+    are accumulated (a GPU's, when training runs there); the result is on the CPU like the inputs."""
     if not updates:
         raise ValueError("nothing to aggregate")
-    return {k: _weighted_mean([(u[k], n) for u, n in updates], v) for k, v in updates[0][0].items()}
+    return {k: _weighted_mean([(u[k], n) for u, n in updates], v, device) for k, v in updates[0][0].items()}
 
 
-def _weighted_mean(have: Sequence[tuple[Tensor, float]], like: Tensor) -> Tensor:
-    """Σ (n / Σ n) · t over ``have`` in ``like``'s dtype (accumulated in float32 or float64); the maximum for
-    integer buffers."""
+def _weighted_mean(have: Sequence[tuple[Tensor, float]], like: Tensor, device: str | None = None) -> Tensor:
+    """Σ (n / Σ n) · t over ``have`` in ``like``'s dtype (accumulated in float32 or float64, on ``device`` when
+    one is given that is not the CPU); the maximum for integer buffers."""
     total = float(sum(n for _, n in have))
     if not total > 0:
         raise ValueError("sample counts must sum to a positive number")
     if not like.is_floating_point():
         return torch.stack([t for t, _ in have]).amax(0)
-    acc = torch.zeros_like(like, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+    on = device if device is not None and not device.startswith("cpu") else None
+    acc = torch.zeros_like(like, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32, device=on)
     for t, n in have:
-        acc.add_(t, alpha=n / total)
-    return acc.to(like.dtype)
+        acc.add_(t if on is None else t.to(on, non_blocking=True), alpha=n / total)
+    return acc.to(like.dtype) if on is None else acc.to("cpu", like.dtype)
 
 
 def fedavg_partial(updates: Sequence[tuple[Mapping[str, Tensor], float]],
-                   previous: Mapping[str, Tensor]) -> dict[str, Tensor]:
+                   previous: Mapping[str, Tensor], device: str | None = None) -> dict[str, Tensor]:
     """FedAvg where clients sent different parts of the model (partial labels): each tensor is the
     sample-weighted mean over the clients that sent it (the encoder over all, a head over the clients
     that hold its task's labels); a tensor no client sent keeps its ``previous`` value."""
@@ -43,7 +45,7 @@ def fedavg_partial(updates: Sequence[tuple[Mapping[str, Tensor], float]],
     out: dict[str, Tensor] = {}
     for k, v in previous.items():
         have = [(u[k], n) for u, n in updates if k in u]
-        out[k] = _weighted_mean(have, v) if have else v.clone()
+        out[k] = _weighted_mean(have, v, device) if have else v.clone()
     return out
 
 

@@ -256,7 +256,8 @@ class RoundLoop:
                 if aff is not None and fl.measuring:
                     affs.append((aff, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
-                st.weights[fl.name] = fedavg_partial(good, weights) if partial else fedavg(good)
+                dev = self.server.spec.device  # the sums where training runs (a GPU's), the state on the CPU
+                st.weights[fl.name] = fedavg_partial(good, weights, dev) if partial else fedavg(good, dev)
                 if affs:
                     if not partial:  # the full-label formula, kept so results stay bit-identical
                         tot = sum(n for *_, n in affs)

@@ -228,6 +228,19 @@ def restamp_config(run_dir: Path) -> None:
         _write_state_doc(sp, doc)
 
 
+def verify_config(run_dir: Path) -> None:
+    """Before anything of a resumed run's config is used (its plugins imported): config.yaml is the one the run
+    started with (the hash its checkpoint recorded), else :class:`CheckpointError` naming it."""
+    sp = run_dir / "checkpoint" / "state.json"
+    if not sp.is_file():
+        return
+    doc = _verified_doc(sp)
+    if "config_sha256" in doc and doc["config_sha256"] != config_sha256(run_dir):
+        raise CheckpointError(f"{run_dir / 'config.yaml'} was changed after the run started (it no longer matches "
+                              f"the hash in {sp}); a resumed run must be the run that was started: put it back, "
+                              f"or start a new run with the new config")
+
+
 def _verified_doc(sp: Path) -> dict[str, Any]:
     if sp.stat().st_size > MAX_STATE_BYTES:
         raise CheckpointError(f"{sp}: larger than {MAX_STATE_BYTES >> 20} MiB; not a fedmas checkpoint")
