@@ -202,8 +202,7 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()},
                     {c: data.held(c) for c in data.clients} if data.holds is not None else None)
     server.check_weights()
-    triv = trivial.fit(data, cfg.task_list, cfg.federation.eval_batch_size)
-    atomic_write_text(run_dir / "trivial.json", json.dumps(triv.to_json(), indent=1))
+    triv = _trivial(run_dir, data, cfg)
     _write_derived(server)
     engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
@@ -240,6 +239,22 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
         if close is not None:
             close()
     return finish(server, plan, progress, triv)
+
+
+def _trivial(run_dir: Path, data: FederatedData, cfg: Config) -> trivial.Trivial:
+    """The run's trivial predictor: fitted when the run starts and written to trivial.json; a resumed run reads
+    it back instead of fitting it again (it depends only on the data, which the config fixes)."""
+    p = run_dir / "trivial.json"
+    if p.is_file():
+        try:
+            got = trivial.Trivial.from_json(json.loads(p.read_text()))
+            if set(cfg.task_list) <= set(got.test_loss):
+                return got
+        except (ValueError, TypeError, AttributeError):
+            pass  # damaged: fitted again below, and rewritten
+    triv = trivial.fit(data, cfg.task_list, cfg.federation.eval_batch_size)
+    atomic_write_text(p, json.dumps(triv.to_json(), indent=1))
+    return triv
 
 
 def _check_progress(run_dir: Path, state: ServerState, total: int | None) -> None:
