@@ -10,6 +10,15 @@ one-by-one did not learn there by another of the renderer's labels (``REPLACEMEN
 keeping the first that one-by-one learns, and checks all-in-one on the final task set. No MAS, TAG, HOA
 or random run is made here.
 
+Budget rule (added after all three candidates' all-in-one runs had ended still falling, before any method
+under test ran under any candidate): no candidate whose 10-seed comparison fits the ~8-hour budget lets the
+baselines flatten — e5-n96-r45 (already ~11 hours) ended still falling too, improving all-in-one's best
+validation total by only 5% over e5-n96-r30 for 1.5x the cost. Flattening is therefore not reachable within
+the budget, and waiting for it would block the comparison indefinitely. So when no candidate passes, the
+largest candidate within the budget (``BUDGET_CANDIDATE``) is taken, stage B runs there whether or not the
+totals flattened, and the chosen protocol records which validation totals were still falling. e5-n96-r45's
+one-by-one was stopped at 124 of 225 FL-task rounds; its partial curves are kept for the record only.
+
     .venv/bin/python benchmarks/protocol_search.py            # resumable: finished runs are reused
 
 Writes ``benchmarks/results/protocol_search.json`` and the runs under ``benchmarks/results/protocol_search/``.
@@ -50,6 +59,8 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
 # an 8-stride encoder's resolution can capture, measured on training data (benchmarks/label_learnability.py:
 # 8x8-block fraction 0.253, 0.271, 0.389, 0.998) — the first one-by-one learns at that candidate is taken.
 REPLACEMENTS = ("reshading", "rgb", "principal_curvature", "edge_occlusion")
+# the largest candidate whose 10-seed comparison fits the ~8-hour budget (see the budget rule above)
+BUDGET_CANDIDATE = "e5-n96-r30"
 
 
 def sets(over: dict[str, object]) -> list[str]:
@@ -156,8 +167,11 @@ def main() -> int:
         (RESULTS / "protocol_search.json").write_text(json.dumps(
             {"skill_goal": SKILL_GOAL, "replacements": REPLACEMENTS, "results": results}, indent=1))
 
-    for i, (name, over) in enumerate(CANDIDATES):
+    for name, over in CANDIDATES:
         if a.only and name != a.only:
+            continue
+        if not a.only and _over_budget(name):
+            print(f"[protocol_search] {name}: over the budget, not used (see the budget rule)")
             continue
         if not run_all([(m, over, OUT / name / m) for m in BASELINES]):
             print(f"[protocol_search] {name}: a run failed", file=sys.stderr)
@@ -173,10 +187,20 @@ def main() -> int:
         if res["passes"]:
             print(f"[protocol_search] chosen: {name}")
             return 0
-        if i == len(CANDIDATES) - 1 and not res["still_falling"]:
-            return stage_b(name, over, res["not_learned"], results, write)  # type: ignore[arg-type]
-    print("[protocol_search] no candidate passed")
-    return 0
+        if name == BUDGET_CANDIDATE:
+            budget = (name, over, res)
+    if a.only:
+        return 0
+    name, over, res = budget
+    print(f"[protocol_search] no candidate passed; budget rule: stage B at {name}"
+          f" (still falling: {[res[m]['still_falling'] for m in BASELINES]})", flush=True)
+    return stage_b(name, over, res["not_learned"], results, write)  # type: ignore[arg-type]
+
+
+def _over_budget(name: str) -> bool:
+    """Candidates after ``BUDGET_CANDIDATE`` cost more than the budget allows."""
+    names = [n for n, _ in CANDIDATES]
+    return names.index(name) > names.index(BUDGET_CANDIDATE)
 
 
 if __name__ == "__main__":
