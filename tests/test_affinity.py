@@ -128,7 +128,8 @@ def test_gram_route_on_resnet18_takes_the_deepest_stage(monkeypatch):
 
     assert len(seen) == 1 and set(seen[0]) == convs(model.encoder[-2], model.encoder[-1])
     seen.clear()
-    train_local(model, w0, data, LocalConfig(batch_size=16, lookahead_step=1, gradnorm_alpha=1.5))
+    train_local(model, w0, data, LocalConfig(batch_size=16, lookahead_step=1, weighting="gradnorm",
+                                                   weighting_args='{"alpha": 1.5, "lr": 0.025}'))
     assert len(seen) == 1 and set(seen[0]) == convs(model.encoder[-2])
 
 

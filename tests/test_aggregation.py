@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedmas.aggregation import fedavg
 from fedmas.messages import Message, Reply, payload_nbytes
-from fedmas.server.aggregate import check_reply, fedavg
+from fedmas.server.replies import check_reply
 
 floats = st.floats(-100, 100, allow_nan=False, width=32)
 
@@ -41,10 +42,10 @@ def test_fedavg_equal_weights_is_plain_mean(vals, n):
     torch.testing.assert_close(out["w"], torch.tensor(vals).mean(0), rtol=1e-5, atol=1e-4)
 
 
-def _reply(arrays, samples=10.0, error=None, compute_s=0.5, flop=1e6, **metrics):
+def _reply(arrays, samples=10.0, error=None, compute_s=0.5, flop=1e6, affinity=None, **metrics):
     m = {"samples": samples, "compute_s": compute_s, "flop": flop, **metrics}
     m = {k: v for k, v in m.items() if v is not None}
-    return Reply("c1", "t", None if error else Message(arrays, {}, m), error)
+    return Reply("c1", "t", None if error else Message(arrays, {}, m, affinity=affinity), error)
 
 
 def test_check_reply_rejections():
@@ -81,9 +82,10 @@ def test_check_reply_rejections():
     affs = {"wrong shape": torch.zeros(2, 3), "out of": torch.full((2, 2), 1e300, dtype=torch.float64), "non-finite":
             torch.full((2, 2), float("inf")), "dtype torch.int64": torch.zeros(2, 2, dtype=torch.int64)}
     for expect, aff in affs.items():
-        why = check_reply(_reply({"w": ok, "affinity": aff}), ref, 2, True)
+        why = check_reply(_reply({"w": ok}, affinity=aff), ref, 2, True)
         assert why is not None and why.startswith("bad affinity") and expect in why, (expect, why)
-    assert check_reply(_reply({"w": ok, "affinity": torch.full((2, 2), -5.0)}), ref, 2, True) is None
+    assert check_reply(_reply({"w": ok}, affinity=torch.full((2, 2), -5.0)), ref, 2, True) is None
+    assert "wrong tensor names" in check_reply(_reply({"w": ok, "affinity": torch.zeros(2, 2)}), ref, 1, False)
     assert "bad affinity: missing" in check_reply(_reply({"w": ok}), ref, 2, True)
 
 

@@ -22,6 +22,7 @@ from fedmas.config import Config  # noqa: E402
 from fedmas.engines.flower import FlowerEngine  # noqa: E402
 from fedmas.engines.flower_pack import KEY, LAYOUT, entries, extend, pack_torch, perturbed, unpack_torch  # noqa: E402
 from fedmas.engines.flower_shim import _floor_reply, make_shim_app  # noqa: E402
+from fedmas.messages import Message  # noqa: E402
 from fedmas.run import drive, execute  # noqa: E402
 from fedmas.runfolder import prepare_run_dir  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_floor_reply_adds_a_zero_affinity_when_one_is_due():
     for echo in (False, True):
         out, cfg, _ = _floor_reply(ArrayRecord({KEY: Array(flat)}), _job_config(layout, lookahead_step=1), echo)
         back = unpack_torch(out[KEY].numpy(), cfg[LAYOUT])
-        assert torch.equal(back["affinity"], torch.zeros(2, 2))
+        assert torch.equal(Message.from_wire(back, {}).affinity, torch.zeros(2, 2))
         assert torch.equal(back["conv.weight"], _state()["conv.weight"]) == echo
     flat2, layout2 = extend(flat, layout, "x", np.ones(3, np.float64))
     assert torch.equal(unpack_torch(flat2, layout2)["x"], torch.ones(3, dtype=torch.float64))

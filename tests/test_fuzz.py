@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from fedmas.cli import main
 from fedmas.messages import Message, Reply
-from fedmas.server.aggregate import check_reply
+from fedmas.server.replies import check_reply
 
 BASE = {
     "name": "fuzz", "seed": 0, "method": "mas", "tasks": ["depth_zbuffer", "normal"],
@@ -139,6 +139,7 @@ def test_fuzz_affinity_files(tmp_path_factory, doc, k, exact):
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool,
           torch.complex64]
 EXPECTED = {"encoder.w": torch.zeros(2, 3), "heads.a.b": torch.zeros(3)}
+EXPECTED_STATE = {"gradnorm.weights": torch.ones(2)}
 
 
 @st.composite
@@ -160,15 +161,21 @@ VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["encoder.w", "heads.a.b", "affinity", "extra", "gradnorm.weights"]),
                        st.one_of(tensors(), VALUES), max_size=5),
-       st.dictionaries(st.sampled_from(["samples", "compute_s", "flop", "other"]), VALUES, max_size=4))
-def test_fuzz_replies_never_raise(arrays, metrics):
-    reply = Reply("c", "t", Message(arrays, {}, metrics))  # type: ignore[arg-type]
-    why = check_reply(reply, EXPECTED, 2, want_affinity=bool(arrays.get("affinity") is not None), max_samples=100)
+       st.dictionaries(st.sampled_from(["samples", "compute_s", "flop", "other"]), VALUES, max_size=4),
+       st.one_of(st.dictionaries(st.sampled_from(["gradnorm.weights", "other"]), st.one_of(tensors(), VALUES),
+                                 max_size=2), VALUES),
+       st.one_of(st.none(), tensors(), VALUES))
+def test_fuzz_replies_never_raise(arrays, metrics, state, aff):
+    reply = Reply("c", "t", Message(arrays, {}, metrics, state, aff))  # type: ignore[arg-type]
+    why = check_reply(reply, EXPECTED, 2, want_affinity=aff is not None, max_samples=100,
+                      expected_state=EXPECTED_STATE)
     if why is None:  # accepted: exactly what was sent, finite, sane numbers
-        for k, ref in EXPECTED.items():
-            v = arrays[k]
-            assert v.dtype == ref.dtype and v.shape == ref.shape and v.layout == torch.strided
-            assert bool(torch.isfinite(v).all())
+        for have, want in ((arrays, EXPECTED), (state, EXPECTED_STATE)):
+            for k, ref in want.items():
+                v = have[k]
+                assert v.dtype == ref.dtype and v.shape == ref.shape and v.layout == torch.strided
+                assert bool(torch.isfinite(v).all())
+            assert set(have) == set(want)
         assert 1 <= metrics["samples"] <= 100 and 0 <= metrics["compute_s"] < math.inf
 
 

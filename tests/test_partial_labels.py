@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedmas.aggregation import fedavg_partial
 from fedmas.config import Config
 from fedmas.data import load_federated
 from fedmas.grouping import fill_missing
 from fedmas.run import execute
-from fedmas.server.aggregate import fedavg_partial
 from fedmas.server.loop import pairwise_mean, schedule
 from fedmas.server.state import AffinityLog, FLTaskState
 

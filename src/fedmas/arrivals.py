@@ -73,7 +73,7 @@ def update(server: Server, groups: list[FLTaskState], end: int, base: Known, wai
 
 
 def _alone(server: Server, name: str, rec: dict[str, Any], why: str) -> None:
-    fl = server.add_task(f"single-{name}", [name], server.cfg.federation.rounds)  # as one-by-one names it
+    fl = server.add_task(FLTaskState(f"single-{name}", [name], server.cfg.federation.rounds))   # as one-by-one names it
     rec["placed"] = {"round": server.state.round, "how": "alone", "fl_task": fl.name, "rule": why}
     write(server)
 
@@ -90,10 +90,10 @@ def _start_probes(server: Server, name: str, rec: dict[str, Any], groups: list[F
         return
     probes = []
     for fl in groups:
-        probe = server.add_task(f"probe-{name}@{fl.name}", fl.tasks + [name], p, role=PROBE,
-                                measure_affinity=True, init_from=fl.name, needs=[name], fresh=[name],
-                                schedule_offset=fl.schedule_offset + fl.done_rounds,
-                                schedule_total=fl.schedule_total)
+        probe = server.add_task(FLTaskState(f"probe-{name}@{fl.name}", fl.tasks + [name], p, role=PROBE,
+                                            measure_affinity=True, needs=[name],
+                                            schedule_offset=fl.schedule_offset + fl.done_rounds,
+                                            schedule_total=fl.schedule_total), init_from=fl.name, fresh=[name])
         probes.append({"fl_task": probe.name, "group": fl.name})
     rec.update(probes=probes, probe_start=server.state.round, probe_rounds=p)
     write(server)
@@ -170,9 +170,8 @@ def _place(server: Server, name: str, rec: dict[str, Any], end: int,
             _alone(server, name, rec, "no round left for a group of its own")
             return
         restart = server.cfg.mas.split_schedule == "restart"
-        fl = server.add_task(f"group-{name}", [name], rounds, init_from=probe,
-                             schedule_offset=0 if restart else st.round,
-                             schedule_total=rounds if restart else end)
+        fl = server.add_task(FLTaskState(f"group-{name}", [name], rounds, schedule_offset=0 if restart else st.round,
+                                         schedule_total=rounds if restart else end), init_from=probe)
         rec["placed"] = {"round": st.round, "how": "own group", "fl_task": fl.name, "init_from": probe,
                          "rule": f"no gain > 0: {rule}; its group starts from the probe of {best}"}
     for p in rec["probes"]:

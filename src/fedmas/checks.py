@@ -8,6 +8,7 @@ anything is written.
 
 from __future__ import annotations
 
+from fedmas import aggregation, weighting
 from fedmas.config import Config, ConfigError
 from fedmas.engines import ENGINES
 from fedmas.methods import PLANS
@@ -22,6 +23,16 @@ def check_config(cfg: Config, source: str = "config") -> Config:
         raise bad("method", f"unknown method {cfg.method!r}; accepted: {', '.join(PLANS)}")
     if cfg.engine not in ENGINES:
         raise bad("engine", f"unknown engine {cfg.engine!r}; accepted: {', '.join(ENGINES)}")
+    f = cfg.federation
+    if f.aggregation not in aggregation.AGGREGATIONS:
+        raise bad("federation.aggregation", f"unknown aggregation {f.aggregation!r}; "
+                                            f"accepted: {', '.join(aggregation.AGGREGATIONS)}")
+    if f.task_weighting not in weighting.WEIGHTINGS:
+        raise bad("federation.task_weighting", f"unknown task weighting {f.task_weighting!r}; "
+                                               f"accepted: {', '.join(weighting.WEIGHTINGS)}")
+    if cfg.arrival.tasks and not weighting.WEIGHTINGS[f.task_weighting].supports_arrivals:
+        raise bad("arrival.tasks", f"tasks arriving mid-training are not supported with "
+                                   f"federation.task_weighting: {f.task_weighting}")
     plan, n = PLANS[cfg.method], len(cfg.start_tasks)
     if isinstance(cfg.mas.splits, int) and cfg.mas.splits > n and plan.splits:
         raise bad("config", f"mas.splits={cfg.mas.splits} is larger than the number of tasks ({n})")

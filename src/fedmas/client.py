@@ -2,9 +2,9 @@
 
 Nothing here knows about servers, transports or methods. One round of local
 training is :class:`LocalTraining`: ``__init__`` (load the weights, build the
-optimiser), ``step`` (one batch: FedProx's proximal term, GradNorm's task
-weights, and on every ``lookahead_step``-th batch the inter-task affinity of
-:mod:`fedmas.affinity`), ``finish`` (the reply). :func:`handle_train` is what
+optimiser), ``step`` (one batch: the task weighting of :mod:`fedmas.weighting`, the
+proximal term an aggregation asks for, and on every ``lookahead_step``-th batch the
+inter-task affinity of :mod:`fedmas.affinity`), ``finish`` (the reply). :func:`handle_train` is what
 every engine runs on a client: a train message in, a reply message out.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fedmas import affinity
+from fedmas import affinity, weighting
 from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter, counter_for
 from fedmas.messages import LocalConfig, Message, autocast
@@ -31,13 +31,14 @@ class LocalResult:
     weights: dict[str, Tensor]
     metrics: dict[str, float]
     affinity: Tensor | None  # (n, n), row = source task, column = target task
+    state: dict[str, Tensor]  # the task weighting's state (GradNorm's task weights), averaged by the server
 
 
 class LocalTraining:
     """The state of one round of local training, advanced one batch at a time."""
 
     def __init__(self, model: MultiTaskModel, weights: Mapping[str, Tensor], cfg: LocalConfig,
-                 task_weights: Tensor | None = None, flops: FlopCounter | None = None):
+                 state: Mapping[str, Tensor] | None = None, flops: FlopCounter | None = None):
         self.t0 = time.perf_counter()
         self.flops = flops if flops is not None else counter_for(model)
         self.flop = 0
@@ -52,9 +53,9 @@ class LocalTraining:
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
         self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
-        self.gradnorm = cfg.gradnorm_alpha >= 0 and n > 1
-        self.w = (task_weights.to(dev, torch.float32, copy=True) if task_weights is not None
-                  else torch.ones(n, device=dev))
+        kind = weighting.get(cfg.weighting) if n > 1 else weighting.Weighting
+        self.weighting = kind(n, weighting.decode_args(cfg.weighting_args), state or {}, dev)
+        self.norms_at = self.last_shared if self.weighting.uses_norms else []
         self.initial_losses: Tensor | None = None
         self.loss_sums = torch.zeros(n, device=dev)
         self.aff_sum = torch.zeros(n, n, device=dev)
@@ -68,7 +69,7 @@ class LocalTraining:
         if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
             return None
         if self.look is None:
-            self.look = (affinity.Lookahead(self.model.encoder, self.last_shared if self.gradnorm else (),
+            self.look = (affinity.Lookahead(self.model.encoder, self.norms_at,
                                             self.cfg.encoder_grad_scale),
                          affinity.HeadMirror(self.model))
         return self.look
@@ -77,13 +78,14 @@ class LocalTraining:
         batch = to_device(batch, self.device)
         x = batch[0]
         look = self._lookahead_parts()
-        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0, self.gradnorm)
+        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0,
+               self.weighting.name)
         with self.flops.count(key):
             self._step(batch, look)
         self.flop += self.flops[key]
 
     def _step(self, batch, look: tuple[affinity.Lookahead, affinity.HeadMirror] | None) -> None:
-        model, opt, w = self.model, self.opt, self.w
+        model, opt, w = self.model, self.opt, self.weighting.w
         x, targets, masks = select_tasks(batch, self.tasks)
         opt.zero_grad(set_to_none=True)
         with autocast(self.cfg.precision, self.device):
@@ -94,16 +96,15 @@ class LocalTraining:
             self.initial_losses = lvec.clamp_min(1e-8)
         if look:
             norms, per_task = affinity.step_grads_per_task(model, losses, w, look[0], self.head_params,
-                                                           self.last_shared if self.gradnorm else [])
+                                                           self.norms_at)
             with autocast(self.cfg.precision, self.device):  # the lookahead at the precision of the real step
                 self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task).float()
             look[0].release()
             self.aff_count += 1
         else:
-            total = sum(wi * li for wi, li in zip(w, losses)) if self.gradnorm else sum(losses)
-            if self.gradnorm:
-                norms = torch.stack([_grad_norm(li, self.last_shared) for li in losses])
-            total.backward()  # type: ignore[union-attr]
+            total = self.weighting.total(losses)
+            norms = torch.stack([_grad_norm(li, self.norms_at) for li in losses]) if self.norms_at else lvec
+            total.backward()
         if self.cfg.encoder_grad_scale != 1.0:  # the encoder's share of Σ_i w_i ∇L_i, scaled (1/√n)
             for p in self.encoder_params:
                 if p.grad is not None:
@@ -113,8 +114,7 @@ class LocalTraining:
                 if p.grad is not None:
                     p.grad.add_(p.detach() - g, alpha=self.cfg.prox_mu)
         opt.step()
-        if self.gradnorm:
-            self.w = _gradnorm_update(w, norms, lvec, self.initial_losses, self.cfg)
+        self.weighting.update(norms, lvec, self.initial_losses)
         self.loss_sums += lvec * len(x)
         self.samples += len(x)
         self.batches += 1
@@ -126,15 +126,16 @@ class LocalTraining:
                        lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0,
                        flop=float(self.flop))
         out = {k: _to_cpu(v) for k, v in self.model.state_dict().items()}
-        if self.gradnorm:
-            out["gradnorm.weights"] = _to_cpu(self.w)
-        return LocalResult(out, metrics, _to_cpu(self.aff_sum / self.aff_count) if self.aff_count else None)
+        return LocalResult(out, metrics, _to_cpu(self.aff_sum / self.aff_count) if self.aff_count else None,
+                           {k: _to_cpu(v) for k, v in self.weighting.state().items()})
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
-                cfg: LocalConfig, task_weights: Tensor | None = None, flops: FlopCounter | None = None) -> LocalResult:
-    """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights``."""
-    run = LocalTraining(model, weights, cfg, task_weights, flops)
+                cfg: LocalConfig, state: Mapping[str, Tensor] | None = None,
+                flops: FlopCounter | None = None) -> LocalResult:
+    """Run ``cfg.local_epochs`` epochs of SGD on ``data`` starting from ``weights`` (and the task weighting's
+    ``state``, e.g. GradNorm's task weights)."""
+    run = LocalTraining(model, weights, cfg, state, flops)
     gen = torch.Generator().manual_seed(cfg.seed)
     for _epoch in range(cfg.local_epochs):
         for batch in batches(data, cfg.batch_size, gen):
@@ -145,13 +146,9 @@ def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Data
 def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
     """Client side of a train message: local training, then a reply with weights and metrics."""
     cfg = LocalConfig.from_dict(msg.config)
-    arrays = dict(msg.arrays)
-    task_weights = arrays.pop("gradnorm.weights", None)
-    result = train_local(models.get(cfg.task_tuple), arrays, data, cfg, task_weights, models.flops)
-    out = result.weights
-    if result.affinity is not None:
-        out["affinity"] = result.affinity
-    return Message(arrays=out, config={"tasks": cfg.tasks}, metrics=result.metrics)
+    result = train_local(models.get(cfg.task_tuple), msg.arrays, data, cfg, msg.state, models.flops)
+    return Message(arrays=result.weights, config={"tasks": cfg.tasks}, metrics=result.metrics,
+                   state=result.state, affinity=result.affinity)
 
 
 def _last_shared(encoder: torch.nn.Module) -> list[Tensor]:
@@ -170,13 +167,3 @@ def _to_cpu(t: Tensor) -> Tensor:
 def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
     g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.zeros((), device=loss.device)))
-
-
-def _gradnorm_update(w: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, cfg: LocalConfig) -> Tensor:
-    """GradNorm (Chen et al., ICML 2018) with its closed-form gradient for G_i = w_i·‖∇L_i‖."""
-    g = w * norms
-    ratio = losses / initial
-    target = g.mean() * (ratio / ratio.mean()) ** cfg.gradnorm_alpha
-    grad = torch.sign(g - target) * norms
-    w = (w - cfg.gradnorm_lr * grad).clamp_min(1e-3)
-    return w * (len(w) / w.sum())

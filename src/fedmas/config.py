@@ -108,8 +108,6 @@ class Config(_Strict):
         twice = [t for t in a.tasks if t in self.tasks]  # type: ignore[operator]
         if twice:
             raise ValueError(f"arrival.tasks names {twice}, which are among the starting tasks already")
-        if self.federation.task_weighting == "gradnorm":
-            raise ValueError("arrival.tasks is not supported with federation.task_weighting: gradnorm")
         late = {t: a.round_of(t, R) for t in a.tasks}
         bad = {t: r for t, r in late.items() if r >= R}
         if bad:

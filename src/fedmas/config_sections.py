@@ -123,9 +123,11 @@ class FederationConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, le=1e3)
     schedule: Literal["poly", "constant"] = "poly"
-    aggregation: Literal["fedavg", "fedprox"] = "fedavg"
+    aggregation: str = Field("fedavg", max_length=100, description="a registered aggregation: fedavg, fedprox "
+                                                                     "(or a plugin's)")
     prox_mu: float = Field(0.01, ge=0, le=1e6)
-    task_weighting: Literal["equal", "gradnorm"] = "equal"
+    task_weighting: str = Field("equal", max_length=100, description="a registered task weighting: equal, "
+                                                                       "gradnorm (or a plugin's)")
     gradnorm_alpha: float = Field(1.5, ge=0, le=100)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward passes of training and of the affinity lookahead under bfloat16 "

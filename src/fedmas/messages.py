@@ -18,7 +18,9 @@ Scalar = str | int | float | bool
 
 
 PRECISIONS = ("fp32", "bf16")
-_OPTIONAL = {"precision": "fp32"}  # keys a message may leave out (their defaults)
+_OPTIONAL = {"precision": "fp32", "weighting": "equal", "weighting_args": ""}  # keys a message may leave out
+AFFINITY = "@affinity"  # the wire names of a message's typed fields among its arrays (no weight starts with "@")
+STATE = "@state/"
 
 
 def autocast(precision: str, device: object):
@@ -43,9 +45,9 @@ class LocalConfig:
     weight_decay: float = 1e-4
     local_epochs: int = 1
     batch_size: int = 16
-    prox_mu: float = 0.0  # FedProx proximal term; 0 = FedAvg
-    gradnorm_alpha: float = -1.0  # < 0: equal task weights; ≥ 0: GradNorm with this α
-    gradnorm_lr: float = 0.025
+    prox_mu: float = 0.0  # the proximal term's weight (FedProx); 0 = none
+    weighting: str = "equal"  # the task weighting (a name registered in fedmas.weighting)
+    weighting_args: str = ""  # its parameters, as JSON ("" = none)
     lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
     encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
     seed: int = 0
@@ -86,9 +88,30 @@ class LocalConfig:
 
 @dataclass
 class Message:
+    """``arrays``: model weights only. ``state``: what the FL task's strategies keep between rounds (GradNorm's
+    task weights), averaged by the server like weights. ``affinity``: a reply's measured n×n affinity matrix."""
+
     arrays: dict[str, Tensor]
     config: dict[str, Scalar] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Tensor] = field(default_factory=dict)
+    affinity: Tensor | None = None
+
+    def wire_arrays(self) -> dict[str, Tensor]:
+        """Every tensor the message carries, by wire name: the weights as named, the state under ``@state/``,
+        the affinity as ``@affinity``."""
+        out = {**self.arrays, **{STATE + k: v for k, v in self.state.items()}}
+        if self.affinity is not None:
+            out[AFFINITY] = self.affinity
+        return out
+
+    @classmethod
+    def from_wire(cls, arrays: Mapping[str, Tensor], config: dict[str, Scalar],
+                  metrics: dict[str, float] | None = None) -> Message:
+        """The inverse of :meth:`wire_arrays`."""
+        weights = {k: v for k, v in arrays.items() if k != AFFINITY and not k.startswith(STATE)}
+        state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
+        return cls(weights, config, metrics or {}, state, arrays.get(AFFINITY))
 
 
 @dataclass
@@ -137,4 +160,4 @@ def _align(t: Tensor) -> int:
 
 def message_nbytes(msg: Message) -> int:
     meta = {k: str(v) for k, v in {**msg.config, **{f"m:{k}": v for k, v in msg.metrics.items()}}.items()}
-    return payload_nbytes(msg.arrays, meta)
+    return payload_nbytes(msg.wire_arrays(), meta)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedmas import arrivals, trivial
+from fedmas import arrivals, trivial, weighting
 from fedmas.accounting import CostLedger
 from fedmas.checks import check_config
 from fedmas.config import Config, ConfigError, format_error, load_config
@@ -196,9 +196,9 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
     if state is None:
         state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
     truncate_metrics(run_dir, state.round)
-    if data.holds is not None and cfg.federation.task_weighting == "gradnorm":
-        raise ConfigError("federation.task_weighting: gradnorm is not supported with partial labels "
-                          "(data.label_coverage < 1 or a dataset that declares holds); use 'equal'")
+    if data.holds is not None and not weighting.get(cfg.federation.task_weighting).supports_partial_labels:
+        raise ConfigError(f"federation.task_weighting: {cfg.federation.task_weighting} is not supported with "
+                          "partial labels (data.label_coverage < 1 or a dataset that declares holds); use 'equal'")
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()},
                     {c: data.held(c) for c in data.clients} if data.holds is not None else None)
     server.check_weights()

@@ -117,15 +117,16 @@ class FlowerEngine:
                 out[i] = Reply(job.client, job.fl_task, None, "node offline: its Flower SuperNode is not connected")
                 continue
             by_node.setdefault(node, []).append(i)
-        msgs, packed = [], {}  # the clients of one FL task share its weights (one dict): packed once
+        msgs, packed = [], {}  # the clients of one FL task share its weights and state: packed once
         for node, idx in by_node.items():
             rd = RecordDict({"bundle": ConfigRecord({"jobs": len(idx)})})
             for k, i in enumerate(idx):
                 job = jobs[i]
-                if id(job.message.arrays) not in packed:
-                    flat, layout = pack_torch(job.message.arrays)
-                    packed[id(job.message.arrays)] = Array(flat), layout
-                array, layout = packed[id(job.message.arrays)]
+                same = (id(job.message.arrays), id(job.message.state))
+                if same not in packed:
+                    flat, layout = pack_torch(job.message.wire_arrays())
+                    packed[same] = Array(flat), layout
+                array, layout = packed[same]
                 cfg = {**job.message.config, "client": job.client, "fedmas_config": self.cfg_yaml,
                        "fedmas_client_work": self.cfg.flower.client_work,
                        "fedmas_worker_idle_s": self.cfg.flower.worker_idle_s, LAYOUT: layout}
@@ -189,7 +190,7 @@ class FlowerEngine:
                              _payload(c, k))
             config = dict(c[part("config", k)])
             arrays = unpack_torch(c[part("arrays", k)][KEY].numpy(), str(config.pop(LAYOUT)))
-            msg = Message(arrays=arrays, config=config, metrics={m: float(v) for m, v in c[part("metrics", k)].items()})
+            msg = Message.from_wire(arrays, config, {m: float(v) for m, v in c[part("metrics", k)].items()})
         except Exception as e:  # noqa: BLE001 - an unreadable reply is a rejected client
             return Reply(job.client, job.fl_task, None, f"malformed Flower reply: {type(e).__name__}", down)
         return Reply(job.client, job.fl_task, msg, None, down, _payload(c, k))

@@ -57,8 +57,8 @@ def train_here(arrays: ArrayRecord, config: dict[str, Any]) -> tuple[ArrayRecord
     models = _models(model_spec(cfg, resolve_device(str(config.get(DEVICE_KEY) or cfg.device))))
     local = {k: v for k, v in config.items() if k not in ENGINE_KEYS}
     weights = unpack_torch(arrays[KEY].numpy(), str(config[LAYOUT]))
-    out = handle_train(Message(arrays=weights, config=local), data, models)
-    flat, layout = pack_torch(out.arrays)
+    out = handle_train(Message.from_wire(weights, local), data, models)
+    flat, layout = pack_torch(out.wire_arrays())
     return ArrayRecord({KEY: Array(flat)}), {**config_record(out.config), LAYOUT: layout}, dict(out.metrics)
 
 

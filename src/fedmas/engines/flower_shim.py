@@ -154,6 +154,7 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
     them already, does not move at all. One sample, and a zero affinity matrix when one is due, so the
     server accepts the reply and the round goes on."""
     from fedmas.engines.flower_pack import extend, perturbed
+    from fedmas.messages import AFFINITY
 
     layout, affinity = str(config[LAYOUT]), int(config.get("lookahead_step", 0)) > 0
     metrics = {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
@@ -164,7 +165,7 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
         import numpy as np
 
         n = len(str(config["tasks"]).split(","))
-        flat, layout = extend(flat, layout, "affinity", np.zeros((n, n), dtype=np.float32))
+        flat, layout = extend(flat, layout, AFFINITY, np.zeros((n, n), dtype=np.float32))
     return ArrayRecord({KEY: Array(flat)}), {"tasks": config["tasks"], LAYOUT: layout}, metrics
 
 

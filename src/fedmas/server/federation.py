@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedmas import aggregation, weighting
 from fedmas.messages import LocalConfig
 from fedmas.models import build_model, model_spec
 from fedmas.runtime import resolve_device
@@ -60,30 +61,29 @@ class Server:
         f = self.cfg.federation
         return max(1, (len(self.clients) * f.max_tasks_per_client) // f.clients_per_round)
 
-    def add_task(self, name: str, tasks: list[str], rounds: int, role: str = "final",
-                 measure_affinity: bool = False, init_from: str | None = None,
-                 schedule_offset: int = 0, schedule_total: int | None = None,
-                 affinity_rounds: int | None = None, affinity_skip: int = 0,
-                 needs: Sequence[str] = (), fresh: Sequence[str] = ()) -> FLTaskState:
+    def add_task(self, fl: FLTaskState, init_from: str | None = None, fresh: Sequence[str] = ()) -> FLTaskState:
+        """Start ``fl`` this round (its poly schedule over its own rounds unless it says otherwise), its model
+        copied from FL task ``init_from`` (but for the heads of ``fresh``) or newly initialised."""
+        name, tasks = fl.name, fl.tasks
         if any(t.name == name for t in self.state.active + self.state.finished):
             raise ValueError(f"FL task {name!r} exists already")
-        fl = FLTaskState(name=name, tasks=list(tasks), rounds=rounds, role=role, measure_affinity=measure_affinity,
-                         affinity_rounds=affinity_rounds, affinity_skip=affinity_skip, schedule_offset=schedule_offset,
-                         schedule_total=schedule_total or rounds, started_round=self.state.round, needs=list(needs))
+        fl.started_round, fl.schedule_total = self.state.round, fl.schedule_total or fl.rounds
         src = self.state.weights[init_from] if init_from else None
         self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name), fresh)
+        self.state.strategy[name] = self.initial_state(tasks)
         self.state.active.append(fl)
         return fl
 
     def initial_weights(self, tasks: list[str], init_from: dict[str, Tensor] | None = None,
                         seed: int = 0, fresh: Sequence[str] = ()) -> dict[str, Tensor]:
-        """An FL task's state: its model's weights (copied from ``init_from``, but for the heads of
-        ``fresh``), plus GradNorm's task weights when the config uses GradNorm on a multi-task model."""
+        """An FL task's model weights (copied from ``init_from``, but for the heads of ``fresh``)."""
         model = build_model(tasks, self.spec, init_from=init_from, seed=seed, fresh=fresh)
-        w = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if self.cfg.federation.task_weighting == "gradnorm" and len(tasks) > 1:
-            w["gradnorm.weights"] = torch.ones(len(tasks))
-        return w
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def initial_state(self, tasks: Sequence[str]) -> dict[str, Tensor]:
+        """What the task weighting keeps for an FL task of ``tasks`` (GradNorm's task weights on a multi-task
+        model; nothing for one task)."""
+        return weighting_of(self.cfg, len(tasks)).initial_state(len(tasks))
 
     def check_weights(self) -> None:
         """Every active FL task has the weights its model needs (names, shapes, dtypes), all finite:
@@ -102,12 +102,13 @@ class Server:
                 raise CheckpointError(f"{ck}: weights of {fl.name!r} do not fit its model "
                                       f"(missing {missing[:3]}, unexpected {extra[:3]})")
             for k, v in ref.items():
-                got = w[k]
-                if got.shape != v.shape or got.dtype != v.dtype:
-                    raise CheckpointError(f"{ck}: {fl.name}/{k} is {got.dtype} {tuple(got.shape)}, "
-                                          f"the model needs {v.dtype} {tuple(v.shape)}")
-                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-                    raise CheckpointError(f"{ck}: {fl.name}/{k} holds non-finite values")
+                _check_tensor(ck, fl.name, k, w[k], v, "the model")
+            state, ref = self.state.strategy.get(fl.name, {}), self.initial_state(fl.tasks)
+            if set(state) != set(ref):
+                raise CheckpointError(f"{ck}: the task weighting's state of {fl.name!r} is {sorted(state)}, "
+                                      f"expected {sorted(ref)}")
+            for k, v in ref.items():
+                _check_tensor(ck, fl.name, k, state[k], v, "the task weighting")
         for name, w in self.state.weights.items():  # finished FL tasks' and kept best-validation weights too
             bad = next((k for k, v in w.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
             if bad is not None:
@@ -115,6 +116,19 @@ class Server:
 
     def finished(self, name: str) -> FLTaskState | None:
         return next((t for t in self.state.finished if t.name == name), None)
+
+
+def _check_tensor(ck: Path, fl_task: str, name: str, got: Tensor, ref: Tensor, who: str) -> None:
+    if got.shape != ref.shape or got.dtype != ref.dtype:
+        raise CheckpointError(f"{ck}: {fl_task}/{name} is {got.dtype} {tuple(got.shape)}, "
+                              f"{who} needs {ref.dtype} {tuple(ref.shape)}")
+    if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+        raise CheckpointError(f"{ck}: {fl_task}/{name} holds non-finite values")
+
+
+def weighting_of(cfg: Config, n_tasks: int) -> type[weighting.Weighting]:
+    """The task weighting an FL task of ``n_tasks`` tasks uses (one task needs none: equal)."""
+    return weighting.get(cfg.federation.task_weighting) if n_tasks > 1 else weighting.Weighting
 
 
 def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
@@ -174,8 +188,9 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
     return LocalConfig(
         tasks=",".join(tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
         local_epochs=f.local_epochs, batch_size=f.batch_size,
-        prox_mu=f.prox_mu if f.aggregation == "fedprox" else 0.0,
-        gradnorm_alpha=f.gradnorm_alpha if f.task_weighting == "gradnorm" and len(fl.tasks) > 1 else -1.0,
+        prox_mu=aggregation.get(f.aggregation).prox_mu(f),
+        weighting=(kind := weighting_of(cfg, len(fl.tasks))).name,
+        weighting_args=weighting.encode_args(kind.local_args(f)),
         lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
         encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedmas import aggregation
 from fedmas.accounting import EnergyMeter
 from fedmas.evaluate import evaluate
 from fedmas.messages import Job, Message, Reply
 from fedmas.models import ModelCache
-from fedmas.server.aggregate import check_reply, fedavg, fedavg_partial
 from fedmas.server.bookkeeping import append_metrics, print_progress, progress_line, truncate_metrics  # noqa: F401
 from fedmas.server.federation import (  # noqa: F401 - the loop's parts, importable from here as before
     Server,
@@ -34,6 +34,7 @@ from fedmas.server.federation import (  # noqa: F401 - the loop's parts, importa
     schedule,
     stable_seed,
 )
+from fedmas.server.replies import check_reply
 from fedmas.server.state import FLTaskState, save_checkpoint
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class RoundLoop:
 
     def _evaluate(self, fl: FLTaskState, weights: dict[str, Tensor], data) -> dict[str, Any]:
         t0 = time.perf_counter()
-        ev: dict[str, Any] = evaluate(self.models.get(tuple(fl.tasks)), _model_weights(weights), data,
+        ev: dict[str, Any] = evaluate(self.models.get(tuple(fl.tasks)), weights, data,
                                       self.cfg.federation.eval_batch_size, self.models.flops)
         self.server.state.costs.add_eval(fl.name, time.perf_counter() - t0, ev.pop("flop"))
         ev["total_loss"] = sum(ev[f"loss/{t}"] for t in fl.tasks)
@@ -183,8 +184,9 @@ class RoundLoop:
         mine = {c: self.server.held(c, fl.tasks) for c in ask}  # the tasks each client holds labels for
         ask = [c for c in ask if mine[c] and set(fl.needs) <= set(mine[c])]  # a retry may draw one without
         sent = {c: weights if len(mine[c]) == len(fl.tasks) else restrict(weights, mine[c]) for c in ask}
+        state = self.server.state.strategy.get(fl.name, {})
         jobs = [Job(c, fl.name, Message(sent[c], local_config(self.cfg, fl, self.server.state.round, c, attempt,
-                                                              mine[c]).to_dict()))
+                                                              mine[c]).to_dict(), state=state))
                 for c in ask]
         return jobs, mine, sent
 
@@ -216,8 +218,9 @@ class RoundLoop:
         round, chosen by a seed of their own) in place of those that failed; the same ones only when no
         other client is free."""
         st, f = self.server.state, self.cfg.federation
-        weights = st.weights[fl.name]
+        weights, state = st.weights[fl.name], st.strategy.get(fl.name, {})
         good: list[tuple[dict[str, Tensor], float]] = []
+        states: list[tuple[dict[str, Tensor], float]] = []
         affs: list[tuple[Tensor, list[int], float]] = []
         tried, ask = set(clients), list(clients)
         partial = self.server.holds is not None
@@ -233,7 +236,7 @@ class RoundLoop:
                 try:
                     n_mine = len(mine[r.client])
                     why = check_reply(r, sent[r.client], n_mine, fl.measuring and n_mine > 1,
-                                      self.server.max_samples(r.client))
+                                      self.server.max_samples(r.client), state)
                 except Exception as e:  # noqa: BLE001 - no reply may raise in the server
                     why = f"malformed reply: {type(e).__name__}"
                 if why is not None:
@@ -250,21 +253,18 @@ class RoundLoop:
                 client_time[r.client] += m["compute_s"]
                 st.costs.add_train(fl.name, r.client, m["compute_s"], m["samples"], r.bytes_down, r.bytes_up,
                                    measured, m["flop"])
-                arrays = dict(r.message.arrays)
-                aff = arrays.pop("affinity", None)
-                good.append((arrays, m["samples"]))
-                if aff is not None and fl.measuring:
-                    affs.append((aff, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
+                good.append((r.message.arrays, m["samples"]))
+                states.append((r.message.state, m["samples"]))
+                if r.message.affinity is not None and fl.measuring:
+                    affs.append((r.message.affinity, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
                 dev = self.server.spec.device  # the sums where training runs (a GPU's), the state on the CPU
-                st.weights[fl.name] = fedavg_partial(good, weights, dev) if partial else fedavg(good, dev)
+                st.weights[fl.name] = aggregation.get(f.aggregation).aggregate(good, weights, partial, dev)
+                if state:  # the weighting's state (GradNorm's task weights): the sample-weighted mean
+                    st.strategy[fl.name] = aggregation.fedavg(states, dev)
                 if affs:
-                    if not partial:  # the full-label formula, kept so results stay bit-identical
-                        tot = sum(n for *_, n in affs)
-                        matrix = sum(a.double() * (n / tot) for a, _, n in affs).tolist()
-                    else:
-                        matrix = pairwise_mean(affs, len(fl.tasks))
-                    st.affinity.append(st.round, fl.name, fl.tasks, matrix, len(affs), sum(n for *_, n in affs))
+                    st.affinity.append(st.round, fl.name, fl.tasks, mean_affinity(affs, len(fl.tasks), partial),
+                                       len(affs), sum(n for *_, n in affs))
                 return len(good)
             if attempt < f.max_round_retries:
                 ask = self._replacements(sorted(failed), tried | (busy or set()), fl.name, attempt)
@@ -296,6 +296,16 @@ def restrict(weights: dict[str, Tensor], tasks: Sequence[str]) -> dict[str, Tens
     return {k: v for k, v in weights.items() if k.startswith(keep)}
 
 
+def mean_affinity(affs: list[tuple[Tensor, list[int], float]], n: int, partial: bool) -> list[list[float | None]]:
+    """The round's n×n affinity from the clients' matrices (``affs``: matrix, the FL task's indices of the
+    tasks the client holds, sample count): their sample-weighted mean; with partial labels each pair's own
+    mean (:func:`pairwise_mean`)."""
+    if partial:
+        return pairwise_mean(affs, n)
+    tot = sum(n for *_, n in affs)  # the full-label formula, kept so results stay bit-identical
+    return sum(a.double() * (n / tot) for a, _, n in affs).tolist()  # type: ignore[union-attr]
+
+
 def pairwise_mean(affs: list[tuple[Tensor, list[int], float]], n: int) -> list[list[float | None]]:
     """The round's n×n affinity: each pair (i, j) the sample-weighted mean over the clients that measured
     it (a client measures the pairs among the tasks it holds, ``idx`` in the FL task's order); a pair
@@ -316,9 +326,3 @@ def _unused(clients: list[str], taken: set[str]) -> list[str]:
 def best_key(fl_task: str) -> str:
     """Where the best-validation weights of ``fl_task`` are kept in the state (``federation.select: best_val``)."""
     return f"{fl_task}@best"
-
-
-def _model_weights(w: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v for k, v in w.items() if k != "gradnorm.weights"}
-
-

@@ -134,6 +134,7 @@ class ServerState:
     active: list[FLTaskState] = field(default_factory=list)
     finished: list[FLTaskState] = field(default_factory=list)
     weights: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    strategy: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # per FL task: the weighting's state
     plan: dict[str, Any] = field(default_factory=dict)
     affinity: AffinityLog = field(default_factory=AffinityLog)
     faults: dict[str, int] = field(default_factory=dict)
@@ -171,6 +172,7 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
     ck = run_dir / "checkpoint"
     ck.mkdir(parents=True, exist_ok=True)
     tensors = {f"{fl}/{k}": v.contiguous() for fl, w in state.weights.items() for k, v in w.items()}
+    tensors.update({f"{fl}/{STATE}{k}": v.contiguous() for fl, w in state.strategy.items() for k, v in w.items()})
     tensors["__rng__/torch"] = torch.get_rng_state()
     wname = f"weights-{state.round:05d}.safetensors"
     tmp = ck / (wname + ".tmp")
@@ -287,17 +289,23 @@ def load_checkpoint(run_dir: Path) -> ServerState:
 
 
 MAX_STATE_BYTES = 256 << 20
+STATE = "@state/"  # an FL task's weighting state among its tensors in the weights file
+_OLD_STATE_NAMES = ("gradnorm.weights",)  # kept among the model weights before the weighting had its own state
 MAX_ROUND = 10**9  # far above any schedule the schema admits (a tampered 10^20 is refused)
 
 
 def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
     weights: dict[str, dict[str, Tensor]] = {}
+    strategy: dict[str, dict[str, Tensor]] = {}
     torch_rng = flat.pop("__rng__/torch", None)
     if torch_rng is not None:
         torch.Generator().set_state(torch_rng)  # raises on a malformed state
     for key, v in flat.items():
         fl, name = key.split("/", 1)
-        weights.setdefault(fl, {})[name] = v
+        if name.startswith(STATE) or name in _OLD_STATE_NAMES:  # the latter: older checkpoints
+            strategy.setdefault(fl, {})[name.removeprefix(STATE)] = v
+        else:
+            weights.setdefault(fl, {})[name] = v
     if not isinstance(doc["round"], int) or isinstance(doc["round"], bool) or not 0 <= doc["round"] <= MAX_ROUND:
         raise ValueError(f"round must be an integer in [0, {MAX_ROUND}], got {doc['round']!r}")
     rng = doc["rng"]
@@ -312,6 +320,7 @@ def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
         raise ValueError("plan must be a mapping and affinity a list")
     n_active = len(doc["active"])
     return ServerState(
-        round=doc["round"], active=tasks[:n_active], finished=tasks[n_active:], weights=weights, plan=doc["plan"],
+        round=doc["round"], active=tasks[:n_active], finished=tasks[n_active:], weights=weights,
+        strategy={fl: strategy.get(fl, {}) for fl in weights}, plan=doc["plan"],
         affinity=AffinityLog(doc["affinity"]), faults=dict(doc.get("faults", {})),
         costs=CostLedger.from_json(doc["costs"]), rng=rng, torch_rng=torch_rng)
