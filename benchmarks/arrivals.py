@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/arrivals.py [--newcomers edge_texture] [--at 0.5] [--seeds 0,1,2]
                                             [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
+                                            [--out benchmarks/results/arrivals]
 
 The config's tasks minus the newcomer start; the newcomer arrives at round ``at``·R. Per seed:
 
@@ -13,11 +14,10 @@ The config's tasks minus the newcomer start; the newcomer arrives at round ``at`
               with every task for R rounds; its cost adds the rounds thrown away (measured by running
               the starting tasks up to the arrival).
 
-It prints, per policy, the total test loss over every task (mean ± 95% interval over seeds), the
-newcomer's own test loss, training FLOPs, traffic and rounds, and the paired differences of the probe
-against each alternative with a verdict; it writes ``benchmarks/results/arrivals.json`` and
-``benchmarks/results/arrivals.png``. Runs go to ``benchmarks/results/arrivals/`` and are reused when
-they are complete.
+It prints, per policy, the mean skill over every task and the total test loss (mean ± 95% interval over
+seeds), the newcomer's own test loss and skill, the tasks not learned, training FLOPs, traffic and rounds,
+and the paired differences of the probe against each alternative with a verdict; it writes ``<out>.json``
+and ``<out>.png``. Runs go to ``<out>/`` and are reused when they are complete.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _run(cfg, out: Path, stop_after: int | None = None) -> dict[str, Any]:
     return summary
 
 
-def one(base: str, sets: list[str], newcomer: str, at: float, seed: int) -> dict[str, dict[str, Any]]:
+def one(base: str, sets: list[str], newcomer: str, at: float, seed: int, root: Path = OUT) -> dict[str, dict[str, Any]]:
     from fedmas.config import load_config
 
     full = load_config(base, [*sets, f"seed={seed}", "method=mas"])
@@ -58,7 +58,7 @@ def one(base: str, sets: list[str], newcomer: str, at: float, seed: int) -> dict
     if len(start) == len(full.task_list):
         raise SystemExit(f"--newcomers {newcomer}: not among the config's tasks {list(full.task_list)}")
     common = [*sets, f"seed={seed}", "method=mas", f"tasks={','.join(start)}", f"arrival.tasks.{newcomer}={at}"]
-    where = OUT / newcomer / f"seed-{seed}"
+    where = root / newcomer / f"seed-{seed}"
     out: dict[str, dict[str, Any]] = {}
     for policy in ("probe", "alone"):
         cfg = load_config(base, [*common, f"arrival.policy={policy}"])
@@ -75,7 +75,8 @@ def one(base: str, sets: list[str], newcomer: str, at: float, seed: int) -> dict
         s = p["summary"]
         p.update(total_loss=s["total_test_loss"], newcomer_loss=s["test_loss"][newcomer],
                  start_loss=sum(v for t, v in s["test_loss"].items() if t != newcomer), groups=s["groups"],
-                 owner=s["owner"][newcomer])
+                 owner=s["owner"][newcomer], mean_skill=s.get("mean_skill"),
+                 newcomer_skill=(s.get("test_skill") or {}).get(newcomer), not_learned=s.get("not_learned", []))
     rec = json.loads((where / "probe" / "arrivals.json").read_text())[newcomer]
     out["probe"]["placed"] = rec["placed"]["how"] + " " + rec["placed"]["fl_task"]
     out["probe"]["gain"] = rec.get("gain")
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out", type=Path, default=OUT, help="folder of the runs (default %(default)s)")
     a = ap.parse_args(argv)
     from fedmas import stats
 
@@ -97,15 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     for newcomer in a.newcomers.split(","):
         runs = {}
         for seed in seeds:
-            runs[seed] = one(a.config, a.set, newcomer, a.at, seed)
+            runs[seed] = one(a.config, a.set, newcomer, a.at, seed, a.out)
             print(f"[arrivals] {newcomer} seed {seed}: " + " | ".join(
                 f"{p} {runs[seed][p]['total_loss']:.4f} ({runs[seed][p]['newcomer_loss']:.4f})" for p in POLICIES)
                 + f" | probe: {runs[seed]['probe']['placed']}", file=sys.stderr, flush=True)
         for policy in POLICIES:
             per = [runs[s][policy] for s in seeds]
             row: dict[str, Any] = {"newcomer": newcomer, "policy": policy}
-            for key in ("total_loss", "newcomer_loss", "start_loss"):
-                row[key], row[key + "_ci"] = stats.mean_ci([p[key] for p in per])
+            for key in ("total_loss", "newcomer_loss", "start_loss", "mean_skill", "newcomer_skill"):
+                vals = [p[key] for p in per if p.get(key) is not None]
+                row[key], row[key + "_ci"] = stats.mean_ci(vals) if vals else (None, None)
+            row["not_learned"] = sorted({t for p in per for t in p["not_learned"]})
             for key in ("train_flop", "bytes_down", "bytes_up", "train_s", "energy_j"):
                 row[key], row[key + "_ci"] = stats.mean_ci([p["costs"][key] for p in per])
             row["rounds"] = stats.mean_ci([p["rounds"] for p in per])[0]
@@ -116,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row["probe_minus"] = {key: stats.paired([(runs[s]["probe"][key], runs[s][policy][key]) for s in seeds])
                                       for key in ("total_loss", "newcomer_loss", "start_loss")}
+                if all(runs[s][p].get("mean_skill") is not None for s in seeds for p in ("probe", policy)):
+                    row["probe_minus"]["mean_skill"] = stats.paired(
+                        [(runs[s]["probe"]["mean_skill"], runs[s][policy]["mean_skill"]) for s in seeds])
                 row["probe_minus"]["train_flop"] = stats.paired(
                     [(runs[s]["probe"]["costs"]["train_flop"], runs[s][policy]["costs"]["train_flop"]) for s in seeds])
             rows.append(row)
     _print(rows, a)
-    _figure(rows, HERE / "results" / "arrivals.png")
-    (HERE / "results" / "arrivals.json").write_text(json.dumps(
+    _figure(rows, a.out.with_suffix(".png"))
+    a.out.with_suffix(".json").write_text(json.dumps(
         {"config": a.config, "seeds": seeds, "at": a.at, "set": a.set, "rows": rows}, indent=1))
     return 0
 
@@ -136,6 +143,11 @@ def _print(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
               f"start tasks {fmt(r['start_loss'], r['start_loss_ci'], 3)}  "
               f"{r['train_flop'] / 1e12:.3f} TFLOP  {(r['bytes_down'] + r['bytes_up']) / 1e6:.0f} MB  "
               f"{r['rounds']:.0f} rounds")
+        if r.get("mean_skill") is not None and r.get("newcomer_skill") is not None:
+            print(f"      mean skill {fmt(r['mean_skill'], r['mean_skill_ci'], 3)}, newcomer's skill "
+                  f"{fmt(r['newcomer_skill'], r['newcomer_skill_ci'], 3)}")
+        if r["not_learned"]:
+            print(f"      not learned in some seed: {', '.join(r['not_learned'])} — comparisons on them are noise")
         if "placed" in r:
             print(f"      placed: {', '.join(r['placed'])}")
         for key, d in r.get("probe_minus", {}).items():

@@ -1,13 +1,15 @@
 """MAS against all-in-one and one-by-one when clients hold labels for only some tasks.
 
-    .venv/bin/python benchmarks/partial_labels.py [--coverages 1.0,0.7,0.4] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/partial_labels.py [--coverages 1.0,0.7,0.4] [--seeds 0,1,2] [--jobs N]
                                                   [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
+                                                  [--out benchmarks/results/partial_labels]
 
 For each coverage c, ``fedmas compare`` runs the three methods over the seeds with
 ``data.label_coverage = c`` (each client holds each task's labels with probability c, drawn once per
-client from the data seed) into ``benchmarks/results/partial_labels/coverage-<c>/`` (resumable).
-Then it prints, per coverage, each method's total test loss (mean ± 95% interval), training FLOPs,
-and MAS's paired differences with a verdict, and draws ``benchmarks/results/partial_labels.png``.
+client from the data seed) into ``<out>/coverage-<c>/`` (resumable). Then it prints, per coverage, each
+method's mean skill and total test loss (mean ± 95% interval), the tasks not learned, training FLOPs, and
+MAS's paired differences (on mean skill and on the total) with a verdict, and writes ``<out>.json`` and
+``<out>.png``.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out", type=Path, default=OUT, help="folder of the comparisons (default %(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (fedmas compare --jobs)")
     a = ap.parse_args(argv)
     from fedmas import stats
 
     table, curves = [], {}
     for cov in (float(x) for x in a.coverages.split(",")):
-        out = OUT / f"coverage-{cov:g}"
+        out = a.out / f"coverage-{cov:g}"
         cmd = [sys.executable, "-m", "fedmas.cli", "compare", a.config, "--methods", METHODS, "--seeds", a.seeds,
-               "--out", str(out), "--quiet", "--set", f"data.label_coverage={cov}"]
+               "--out", str(out), "--quiet", "--jobs", str(a.jobs), "--set", f"data.label_coverage={cov}"]
         for s in a.set:
             cmd += ["--set", s]
         subprocess.run(cmd, check=True)
@@ -45,26 +49,41 @@ def main(argv: list[str] | None = None) -> int:
         mas = {r["seed"]: r["total_loss"] for r in res["mas:2"]["runs"]}
         for key, r in res.items():
             line = {"coverage": cov, "method": key, "total_loss": r["total_loss"], "ci": r["total_loss_ci"],
-                    "train_tflop": r["train_tflop"], "groups": r["groups"]}
+                    "mean_skill": r.get("mean_skill"), "mean_skill_ci": r.get("mean_skill_ci"),
+                    "skill": r.get("skill", {}), "train_tflop": r["train_tflop"], "groups": r["groups"],
+                    "not_learned": sorted(t for t, v in r.get("skill", {}).items() if v is not None and v < 0.05)}
             if key != "mas:2":
                 other = {x["seed"]: x["total_loss"] for x in r["runs"]}
                 seeds = sorted(set(mas) & set(other))
                 d = stats.paired([(mas[s], other[s]) for s in seeds])
                 line["mas_minus"] = d
+                ms = {x["seed"]: x.get("mean_skill") for x in res["mas:2"]["runs"]}
+                os_ = {x["seed"]: x.get("mean_skill") for x in r["runs"]}
+                pairs = [(ms[s], os_[s]) for s in seeds if ms.get(s) is not None and os_.get(s) is not None]
+                if len(pairs) >= 2:
+                    line["mas_minus_skill"] = stats.paired(pairs)
             table.append(line)
             curves.setdefault(key, []).append((cov, r["total_loss"], r["total_loss_ci"]))
-    print(f"{a.config}, seeds {a.seeds}; total test loss (mean ± 95% CI), training TFLOP")
+    print(f"{a.config}, seeds {a.seeds}; mean skill and total test loss (mean ± 95% CI), training TFLOP")
     for ln in table:
         extra = ""
         if "mas_minus" in ln:
             d = ln["mas_minus"]
             extra = (f" | MAS-2 − this {d['diff']:+.3f} ± {d['ci']:.3f}: {d['verdict']}" if d["ci"] is not None
                      else f" | {d['verdict']}")
-        print(f"  coverage {ln['coverage']:.1f}  {ln['method']:<11} {ln['total_loss']:.4f} ± {ln['ci']:.4f}  "
+        if "mas_minus_skill" in ln:
+            d = ln["mas_minus_skill"]
+            extra += f" | mean skill MAS-2 − this {d['diff']:+.3f}" + (f" ± {d['ci']:.3f}" if d["ci"] else "") \
+                + f": {d['verdict']}"
+        skill = "" if ln["mean_skill"] is None else \
+            f"skill {ln['mean_skill']:.3f} ± {ln['mean_skill_ci'] or 0:.3f}  "
+        print(f"  coverage {ln['coverage']:.1f}  {ln['method']:<11} {skill}{ln['total_loss']:.4f} ± {ln['ci']:.4f}  "
               f"{ln['train_tflop']:.3f} TFLOP{extra}")
-    _figure(curves, HERE / "results" / "partial_labels.png")
-    (HERE / "results" / "partial_labels.json").write_text(json.dumps({"config": a.config, "seeds": a.seeds,
-                                                                      "set": a.set, "rows": table}, indent=1))
+        if ln["not_learned"]:
+            print(f"      not learned (mean skill < 0.05): {', '.join(ln['not_learned'])} — a ranking on them is noise")
+    _figure(curves, a.out.with_suffix(".png"))
+    a.out.with_suffix(".json").write_text(json.dumps({"config": a.config, "seeds": a.seeds,
+                                                      "set": a.set, "rows": table}, indent=1))
     return 0
 
 

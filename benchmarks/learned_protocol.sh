@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every comparison under benchmarks/learned_protocol.yaml, in order. Each is resumable (finished runs are
+# reused), so run this again in a later session to go on where it stopped; commit the folders as they fill.
+#   bash benchmarks/learned_protocol.sh            # about 10+ hours on 2 cores in all
+set -euo pipefail
+cd "$(dirname "$0")/.."
+F=.venv/bin/fedmas
+P=benchmarks/learned_protocol.yaml
+R=benchmarks/results
+TEN=0,1,2,3,4,5,6,7,8,9
+# 1. the comparison: 10 seeds of six methods
+$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol --methods mas:2,mas:3,one-by-one,all-in-one,tag:2,random:2
+# 2. HOA on 3 seeds (its 15 full-length probes make it the most expensive method)
+$F compare $P --seeds 0,1,2 --jobs 2 --out $R/learned_protocol_hoa --methods hoa:2
+# 3. the split phase: the groups continue the merged model's schedule instead of restarting it (paired by
+#    seed with the restart runs of 1.)
+$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_continue --methods mas:2,mas:3 \
+  --set mas.split_schedule=continue
+# 4. partial labels and a task arriving mid-training, 5 seeds each
+.venv/bin/python benchmarks/partial_labels.py --config $P --seeds 0,1,2,3,4 --jobs 2 --out $R/partial_labels_learned
+.venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --out $R/arrivals_learned
