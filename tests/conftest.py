@@ -6,7 +6,23 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+
+def _pin_xdist_worker() -> int:
+    """Under ``pytest -n N`` (as ``./test`` runs), worker i keeps to its own share of this process's cores, so N
+    workers never oversubscribe them: runs with ``threads: auto`` and torch see that share. The threads torch
+    uses: that share (2 without workers)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return 2
+    cpus, i, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    if len(cpus) < n:
+        return max(1, len(cpus) // n)
+    mine = cpus[i::n]
+    os.sched_setaffinity(0, mine)
+    return len(mine)
+
+
+torch.set_num_threads(_pin_xdist_worker())
 
 
 @pytest.fixture(scope="session", autouse=True)
