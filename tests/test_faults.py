@@ -77,7 +77,7 @@ def _neg_samples(m: Message):
 
 
 def _bad_affinity(m: Message):
-    m.arrays["affinity"] = torch.zeros(2, 7)
+    m.affinity = torch.zeros(2, 7)
 
 
 def _cfg(tiny_raw, **fed) -> Config:

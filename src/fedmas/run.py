@@ -344,7 +344,7 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
         "owner": owner, "groups": plan.groups(server), "select": cfg.federation.select,
         "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
                       "started_round": t.started_round, "finished_round": t.finished_round,
-                      "selected_round": t.selected_round,
+                      "selected_round": t.selected_round, "start_val_total_loss": t.start_val,
                       "final_total_loss": t.last_eval.get("total_loss"),
                       "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
+import fedmas.methods.base as base
 from fedmas import grouping
-from fedmas.methods.base import (
-    MERGED,
-    Plan,
-    affinity_rounds,
-    affinity_skip,
-    group_name,
-    merge_rounds,
-    register,
-    split_count,
-    write_split,
-)
+from fedmas.methods.base import MERGED, Plan, register
 from fedmas.server.loop import Server
 from fedmas.server.state import FLTaskState
 
@@ -33,32 +24,32 @@ class TAG(Plan):
         """Rounds of the affinity phase: TAG discards its merged model, so it trains only while it measures
         (up to the end of the window: R0 rounds with ``mas.affinity_window: last``)."""
         if server.cfg.mas.affinity_window == "last":
-            return merge_rounds(server)
-        return affinity_rounds(server) or merge_rounds(server)
+            return base.merge_rounds(server)
+        return base.affinity_rounds(server) or base.merge_rounds(server)
 
     def update(self, server: Server) -> None:
         st, R = server.state, server.cfg.federation.rounds
         if not st.plan.get("started"):
             r0 = self._phase(server)
             server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged", measure_affinity=True,
-                                        schedule_total=r0, affinity_rounds=affinity_rounds(server),
-                                        affinity_skip=affinity_skip(server, r0)))
+                                        schedule_total=r0, affinity_rounds=base.affinity_rounds(server),
+                                        affinity_skip=base.affinity_skip(server, r0)))
             st.plan["started"] = True
         if server.finished(MERGED) is not None and "groups" not in st.plan:
-            tasks, z = server.state.affinity.mean(MERGED, affinity_rounds(server))
+            tasks, z = server.state.affinity.mean(MERGED, base.affinity_rounds(server))
             z = grouping.fill_missing(z)
-            k = split_count(server.cfg)
+            k = base.split_count(server.cfg)
             sel = grouping.tag_selection(z, k)
             assign = grouping.tag_assignment(z, sel.groups)
             used = sorted(set(assign.values()))  # at most k: a group that serves no task is not trained
             groups = [[tasks[i] for i in sel.groups[gi]] for gi in used]
             st.plan["groups"] = groups
-            st.plan["assignment"] = {tasks[t]: group_name(used.index(gi)) for t, gi in assign.items()}
-            write_split(server, tasks, z, [], {"k": len(groups), "groups": groups, "score": sel.score},
+            st.plan["assignment"] = {tasks[t]: base.group_name(used.index(gi)) for t, gi in assign.items()}
+            base.write_split(server, tasks, z, [], {"k": len(groups), "groups": groups, "score": sel.score},
                          f"TAG's overlapping selection of at most {k} groups; each task reported from its best "
                          f"group; groups that serve no task are dropped")
             for i, g in enumerate(groups):
-                server.add_task(FLTaskState(group_name(i), g, R))
+                server.add_task(FLTaskState(base.group_name(i), g, R))
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         return dict(server.state.plan["assignment"])

@@ -68,6 +68,7 @@ class Server:
         if any(t.name == name for t in self.state.active + self.state.finished):
             raise ValueError(f"FL task {name!r} exists already")
         fl.started_round, fl.schedule_total = self.state.round, fl.schedule_total or fl.rounds
+        fl.started_from = init_from
         src = self.state.weights[init_from] if init_from else None
         self.state.weights[name] = self.initial_weights(tasks, src, stable_seed(self.cfg.seed, "init", name), fresh)
         self.state.strategy[name] = self.initial_state(tasks)

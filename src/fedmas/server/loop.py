@@ -97,6 +97,8 @@ class RoundLoop:
                           self.server.holds)
         busy = {c for cs in assign.values() for c in cs}  # a retry asks only clients idle this round
         client_time: dict[str, float] = defaultdict(float)
+        for fl in st.active:
+            self._keep_start_if_best(fl)
         first = self._first_attempts(assign)
         lines = []
         for fl in list(st.active):
@@ -165,6 +167,17 @@ class RoundLoop:
             fl.best_val, fl.best_round = val, fl.done_rounds
             st = self.server.state
             st.weights[best_key(fl.name)] = {k: v.clone() for k, v in st.weights[fl.name].items()}
+
+    def _keep_start_if_best(self, fl: FLTaskState) -> None:
+        """A final FL task that starts from another's weights (a group from the merged model) has those weights
+        as its first best-validation candidate, round 0: with ``select: best_val`` it never reports a model
+        worse on validation than the one it started from."""
+        if (fl.started_from is None or fl.done_rounds > 0 or fl.start_val is not None or fl.role != "final"
+                or self.cfg.federation.select != "best_val" or not self._validates(fl)):
+            return
+        fl.last_val = self._evaluate(fl, self.server.state.weights[fl.name], self.val_data)
+        fl.start_val = fl.last_val["total_loss"]
+        self._keep_if_best(fl)  # the first candidate: best_round 0
 
     def _select(self, fl: FLTaskState) -> None:
         """The reported model of a finishing FL task: its last, or (best_val) its best-validation round's,

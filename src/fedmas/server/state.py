@@ -46,6 +46,8 @@ class FLTaskState:
     best_round: int | None = None
     selected_round: int | None = None  # the round whose model is reported
     needs: list[str] = field(default_factory=list)  # with partial labels, only clients holding these train it
+    started_from: str | None = None  # the FL task whose weights it started from (a group: the merged model)
+    start_val: float | None = None  # validation total of those starting weights (best_val: round 0's candidate)
 
     @property
     def measuring(self) -> bool:

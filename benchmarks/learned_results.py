@@ -1,0 +1,214 @@
+"""The comparison under ``benchmarks/learned_protocol.yaml``: skill per task and method, and the paper's
+findings point by point with paired 95% intervals over seeds.
+
+    .venv/bin/python benchmarks/learned_results.py        # any time: uses the runs finished so far
+
+Reads the finished runs (``summary.json``) under ``benchmarks/results/learned_protocol/`` (the six methods
+on 10 seeds), ``learned_protocol_hoa/`` (HOA on 3) and ``learned_protocol_continue/`` (MAS whose groups
+continue the merged schedule instead of restarting it) and writes ``benchmarks/results/learned_protocol.md``
+(the tables docs/results.md quotes), ``.json`` and ``.png``.
+
+Rules, fixed before any result was seen: a task is *learned* by a method when its mean test skill over
+seeds is ≥ 0.05. Losses and skills of methods are compared only on the tasks every method of the
+comparison learned (the others are named, never ranked). A comparison is made on the mean skill over
+those tasks (higher is better), paired by seed; its verdict is the 95% interval's: *holds* (the paper's
+direction, interval excluding 0), *refuted* (the other direction, interval excluding 0), or *cannot tell*.
+Costs are training FLOPs (deterministic). No decision here reads anything but the finished runs' files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import RESULTS
+
+from fedmas import stats
+
+NOT_LEARNED = 0.05
+SOURCES = [("", RESULTS / "learned_protocol"), ("", RESULTS / "learned_protocol_hoa"),
+           ("continue ", RESULTS / "learned_protocol_continue")]
+# (finding in the paper's words, method a, method b, direction the paper claims for mean skill a − b)
+FINDINGS = [
+    ("MAS has a lower total loss than all-in-one", "mas:2", "all-in-one", +1),
+    ("MAS beats one-by-one", "mas:2", "one-by-one", +1),
+    ("MAS beats TAG", "mas:2", "tag:2", +1),
+    ("MAS beats HOA", "mas:2", "hoa:2", +1),
+    ("MAS improves with more splits", "mas:3", "mas:2", +1),
+    ("one-by-one beats all-in-one", "one-by-one", "all-in-one", +1),
+    ("the affinity split beats a random split", "mas:2", "random:2", +1),
+]
+COSTS = [("one-by-one costs ~2.3x all-in-one", "one-by-one", "all-in-one"),
+         ("MAS costs about half of one-by-one", "mas:2", "one-by-one"),
+         ("MAS costs about half of TAG", "mas:2", "tag:2"),
+         ("MAS costs far less than HOA", "mas:2", "hoa:2")]
+SPLIT_PHASE = [("groups continue the merged schedule rather than restart it (2 groups)", "continue mas:2", "mas:2"),
+               ("groups continue the merged schedule rather than restart it (3 groups)", "continue mas:3", "mas:3")]
+
+
+def load() -> dict[str, dict[int, dict[str, Any]]]:
+    """{method key: {seed: summary}} of every finished run."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for prefix, folder in SOURCES:
+        for f in sorted(folder.glob("seed-*/*/summary.json")):
+            key = prefix + f.parent.name.replace("-", ":", 1) if f.parent.name[-1].isdigit() else \
+                prefix + f.parent.name
+            runs.setdefault(key, {})[int(f.parent.parent.name.split("-")[1])] = json.loads(f.read_text())
+    return runs
+
+
+def learned_tasks(runs: dict[str, dict[int, dict[str, Any]]], keys: list[str]) -> tuple[list[str], list[str]]:
+    """The tasks every method in ``keys`` learned (mean skill over its seeds ≥ 0.05), and the others."""
+    tasks = list(next(iter(runs[keys[0]].values()))["test_skill"])
+    ok, not_ok = [], []
+    for t in tasks:
+        means = [stats.mean_ci([s["test_skill"][t] for s in runs[k].values()])[0] for k in keys]
+        (ok if all(m is not None and m >= NOT_LEARNED for m in means) else not_ok).append(t)
+    return ok, not_ok
+
+
+def skill_over(summary: dict[str, Any], tasks: list[str]) -> float:
+    return sum(summary["test_skill"][t] for t in tasks) / len(tasks)
+
+
+def compare(runs, a: str, b: str, sign: int) -> dict[str, Any] | None:
+    if a not in runs or b not in runs:
+        return None
+    seeds = sorted(set(runs[a]) & set(runs[b]))
+    if not seeds:
+        return None
+    tasks, excluded = learned_tasks(runs, [a, b])
+    if not tasks:
+        return {"seeds": len(seeds), "tasks": [], "excluded": excluded, "verdict": "no task learned by both"}
+    d = stats.paired([(skill_over(runs[a][s], tasks), skill_over(runs[b][s], tasks)) for s in seeds])
+    d.update(tasks=tasks, excluded=excluded)
+    if d["ci"] is None:
+        d["finding"] = "cannot tell (one seed)"
+    elif d["diff"] - d["ci"] > 0:
+        d["finding"] = "holds" if sign > 0 else "refuted"
+    elif d["diff"] + d["ci"] < 0:
+        d["finding"] = "refuted" if sign > 0 else "holds"
+    else:
+        d["finding"] = "cannot tell"
+    return d
+
+
+def table(runs) -> tuple[list[str], list[dict[str, Any]]]:
+    tasks = list(next(iter(next(iter(runs.values())).values()))["test_skill"])
+    rows = []
+    for key, by_seed in runs.items():
+        ss = list(by_seed.values())
+        row: dict[str, Any] = {"method": key, "seeds": len(ss)}
+        for t in tasks:
+            row[t] = stats.mean_ci([s["test_skill"][t] for s in ss])
+        row["mean_skill"] = stats.mean_ci([s["mean_skill"] for s in ss])
+        row["total_loss"] = stats.mean_ci([s["total_test_loss"] for s in ss])
+        row["train_tflop"] = stats.mean_ci([s["costs"]["train_flop"] / 1e12 for s in ss])
+        row["not_converged"] = sum(bool(s.get("not_converged")) for s in ss)
+        row["groups"] = next(iter(by_seed.values())).get("groups")
+        rows.append(row)
+    return tasks, rows
+
+
+def markdown(runs) -> str:
+    from fedmas.report import short as short_name
+
+    tasks, rows = table(runs)
+    out = ["| method | seeds | " + " | ".join(short_name(t) for t in tasks)
+           + " | mean skill | total test loss | train TFLOP | runs not converged |",
+           "| --- | ---: | " + " | ".join("---" for _ in tasks) + " | --- | --- | ---: | ---: |"]
+    for r in rows:
+        cells = []
+        for t in tasks:
+            m, h = r[t]
+            mark = " (not learned)" if m < NOT_LEARNED else ""
+            cells.append(stats.fmt(m, h, 3) + mark)
+        out.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells)
+                   + f" | {stats.fmt(*r['mean_skill'], 3)} | {stats.fmt(*r['total_loss'], 3)} | "
+                   f"{stats.fmt_g(*r['train_tflop'])} | {r['not_converged']} of {r['seeds']} |")
+    out += ["", "Skill = 1 − test loss / the test loss of a constant fitted on the training data; mean ± 95% "
+            "interval over seeds. Not learned: mean skill < 0.05.", ""]
+    out += ["| the paper's finding | paired difference of mean skill over the tasks both learned | seeds | verdict |",
+            "| --- | --- | ---: | --- |"]
+    rows_of = [(text, a, b, sign, None) for text, a, b, sign in FINDINGS]
+    rows_of += [(text, a, b, +1, ("continue is better", "restart is better")) for text, a, b in SPLIT_PHASE]
+    for text, a, b, sign, words in rows_of:
+        if words and text == SPLIT_PHASE[0][0]:
+            out += ["", "| the split phase | paired difference of mean skill over the tasks both learned | seeds | "
+                    "verdict |", "| --- | --- | ---: | --- |"]
+        d = compare(runs, a, b, sign)
+        if d is not None and words and d.get("finding") in ("holds", "refuted"):
+            d["finding"] = words[0] if d["finding"] == "holds" else words[1]
+        if d is None:
+            out.append(f"| {text} | {a} − {b}: not run yet | 0 | — |")
+            continue
+        if not d["tasks"]:
+            out.append(f"| {text} | {a} − {b}: {d['verdict']} | {d['seeds']} | — |")
+            continue
+        half = "" if d["ci"] is None else f" ± {d['ci']:.3f}"
+        excl = f"; not compared on {', '.join(short_name(t) for t in d['excluded'])}" if d["excluded"] else ""
+        higher = d["seeds"] - d["lower_in"] - d["tied_in"]
+        out.append(f"| {text} | {a} − {b}: {d['diff']:+.3f}{half} (higher in {higher} of {d['seeds']}){excl} "
+                   f"| {d['seeds']} | **{d['finding']}** |")
+    out += ["", "| the paper's cost finding | training FLOPs, ratio of means | seeds |", "| --- | --- | ---: |"]
+    by = {r["method"]: r for r in rows}
+    for text, a, b in COSTS:
+        if a in by and b in by:
+            out.append(f"| {text} | {a} / {b} = {by[a]['train_tflop'][0] / by[b]['train_tflop'][0]:.2f} "
+                       f"| {min(by[a]['seeds'], by[b]['seeds'])} |")
+        else:
+            out.append(f"| {text} | not run yet | 0 |")
+    return "\n".join(out) + "\n"
+
+
+def figure(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedmas.report import short as short_name
+
+    tasks, rows = table(runs)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=130, gridspec_kw={"width_ratios": [2.2, 1]})
+    w = 0.8 / max(len(rows), 1)
+    for k, r in enumerate(rows):
+        xs = [i + (k - (len(rows) - 1) / 2) * w for i in range(len(tasks))]
+        ax.bar(xs, [r[t][0] for t in tasks], w, yerr=[r[t][1] or 0 for t in tasks], capsize=2, label=r["method"])
+        bx.errorbar(r["train_tflop"][0], r["mean_skill"][0], yerr=r["mean_skill"][1] or 0, fmt="o", capsize=3,
+                    label=r["method"])
+    ax.axhline(NOT_LEARNED, color="k", lw=0.8, ls=":")
+    ax.set_xticks(range(len(tasks)), [short_name(t) for t in tasks])
+    ax.set_ylabel("test skill (1 − L / L_constant)")
+    ax.set_title("skill per task, mean ± 95% CI over seeds (dotted: not-learned line)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    bx.set_xlabel("training TFLOP")
+    bx.set_ylabel("mean skill")
+    bx.set_title("mean skill against training compute", fontsize=9)
+    for a in (ax, bx):
+        a.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    runs = load()
+    if not runs:
+        print("no finished run under benchmarks/results/learned_protocol*/ yet", file=sys.stderr)
+        return 1
+    md = markdown(runs)
+    print(md)
+    (RESULTS / "learned_protocol.md").write_text(md)
+    tasks, rows = table(runs)
+    findings = {text: compare(runs, a, b, s) for text, a, b, s in FINDINGS + [(t, a, b, 1) for t, a, b in SPLIT_PHASE]}
+    (RESULTS / "learned_protocol.json").write_text(json.dumps({"tasks": tasks, "rows": rows, "findings": findings},
+                                                              indent=1))
+    figure(runs, RESULTS / "learned_protocol.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
