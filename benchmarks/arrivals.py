@@ -166,8 +166,14 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
     colors = {"probe": "#1f77b4", "alone": "#ff7f0e", "restart": "#2ca02c"}
     for i, n in enumerate(newcomers):
         mine = [r for r in rows if r["newcomer"] == n]
-        for ax, key, label in zip(axes[i], ("total_loss", "newcomer_loss", "train_flop"),
-                                  ("total test loss (Σ tasks)", f"test loss of {n}", "training TFLOP")):
+        skill = all(r.get("mean_skill") is not None and r.get("newcomer_skill") is not None for r in mine)
+        keys = (("mean_skill", "newcomer_skill", "train_flop") if skill
+                else ("total_loss", "newcomer_loss", "train_flop"))
+        labels = (("mean test skill (all tasks; dotted: not learned below)", f"test skill of {n}", "training TFLOP")
+                  if skill else ("total test loss (Σ tasks)", f"test loss of {n}", "training TFLOP"))
+        for ax, key, label in zip(axes[i], keys, labels):
+            if key.endswith("skill"):
+                ax.axhline(0.05, color="k", lw=0.8, ls=":")
             scale = 1e12 if key == "train_flop" else 1.0
             for k, r in enumerate(mine):
                 if key == "train_flop":  # a bar from 0: amounts

@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                 if len(pairs) >= 2:
                     line["mas_minus_skill"] = stats.paired(pairs)
             table.append(line)
-            curves.setdefault(key, []).append((cov, r["total_loss"], r["total_loss_ci"]))
+            if r.get("mean_skill") is not None:  # skill where the runs report it (higher is better)
+                curves.setdefault(key, []).append((cov, r["mean_skill"], r.get("mean_skill_ci") or 0.0))
+            else:
+                curves.setdefault(key, []).append((cov, r["total_loss"], r["total_loss_ci"]))
     print(f"{a.config}, seeds {a.seeds}; mean skill and total test loss (mean ± 95% CI), training TFLOP")
     for ln in table:
         extra = ""
@@ -81,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{ln['train_tflop']:.3f} TFLOP{extra}")
         if ln["not_learned"]:
             print(f"      not learned (mean skill < 0.05): {', '.join(ln['not_learned'])} — a ranking on them is noise")
-    _figure(curves, a.out.with_suffix(".png"))
+    _figure(curves, a.out.with_suffix(".png"), all(ln["mean_skill"] is not None for ln in table))
     a.out.with_suffix(".json").write_text(json.dumps({"config": a.config, "seeds": a.seeds,
                                                       "set": a.set, "rows": table}, indent=1))
     return 0
 
 
-def _figure(curves: dict[str, list[tuple[float, float, float]]], path: Path) -> None:
+def _figure(curves: dict[str, list[tuple[float, float, float]]], path: Path, skill: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +101,11 @@ def _figure(curves: dict[str, list[tuple[float, float, float]]], path: Path) -> 
         x = [p[0] + (k - 1) * 0.012 for p in pts]  # a small offset so the intervals do not hide each other
         ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=key)
     ax.set_xlabel("label coverage (probability a client holds a task's labels)")
-    ax.set_ylabel("total test loss (Σ tasks), mean ± 95% CI")
+    if skill:
+        ax.axhline(0.05, color="k", lw=0.8, ls=":")
+    ax.set_ylabel("mean test skill, mean ± 95% CI" if skill else "total test loss (Σ tasks), mean ± 95% CI")
+    if skill:
+        ax.set_title("dotted: the not-learned line (skill 0.05)", fontsize=8)
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
     ax.legend()
