@@ -24,6 +24,19 @@ def _pin_xdist_worker() -> int:
 
 torch.set_num_threads(_pin_xdist_worker())
 
+LONGEST = ("test_flower.py", "test_scale.py")  # real Flower processes: a minute or two each
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first (Flower's, then the other end-to-end ones), the quick ones last: with one worker
+    per core the quick tests fill in at the end instead of one long test running alone."""
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST:
+            return 0
+        return 1 if item.get_closest_marker("slow") is not None else 2
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

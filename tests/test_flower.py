@@ -143,22 +143,9 @@ def test_server_restart_resumes_from_the_last_checkpoint(tiny_raw, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
-def test_tls_deployment(tiny_raw, tmp_path):
-    cfg = _cfg(tiny_raw, rounds=2)
-    cfg.method = "all-in-one"
-    with Loopback(tmp_path / "flower", nodes=2, tls=True) as lb:
-        from fedmas.engines.flower_rehearsal import make_certificates
-
-        cfg.engine, cfg.flower.superlink, cfg.flower.nodes = "flower", lb.address, 2
-        cfg.flower.root_certificates = make_certificates(lb.root / "certs")["ca"]
-        assert submit(cfg, tmp_path / "fl", home=lb.root / "cli", timeout_s=400) == 0
-    assert (tmp_path / "fl" / "summary.json").exists()
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 def test_supernode_auth_over_tls(tiny_raw, tmp_path):
-    """--enable-supernode-auth over TLS: registered nodes join and train; a node whose key was never
-    registered is refused by the SuperLink (its process exits) and never gets work."""
+    """A TLS deployment with --enable-supernode-auth: registered nodes join and train over TLS; a node whose key
+    was never registered is refused by the SuperLink (its process exits) and never gets work."""
     from fedmas.engines.flower_rehearsal import make_certificates, make_node_key
 
     cfg = _cfg(tiny_raw, rounds=2, clients_per_round=4)
