@@ -158,3 +158,30 @@ def test_compare_jobs_2_gives_the_files_of_jobs_1(tiny_raw, tmp_path):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert yaml.safe_load((tmp_path / "par" / "seed-0" / "mas-2" / "config.yaml").read_text())["threads"] == 1
     assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "0"]) == 2
+
+
+KILLED_WORKER = '''
+import multiprocessing, os, signal
+from fedmas.data import load_federated
+
+
+def data(cfg, tasks):
+    if multiprocessing.parent_process() is not None:  # a worker of compare --jobs: killed from outside
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_federated(cfg.model_copy(update={"dataset": "scenes", "validation_fraction": 0.0}), tasks)
+'''
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_named_not_called_a_bug(tiny_raw, tmp_path, monkeypatch, capsys):
+    (tmp_path / "killedworker.py").write_text(KILLED_WORKER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the spawned workers import the plugin too
+    raw = {**tiny_raw, "data": {**tiny_raw["data"], "dataset": "python:killedworker:data"}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    rc = main(["compare", str(cfg), "--methods", "all-in-one,one-by-one", "--jobs", "2", "--quiet",
+               "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ended abruptly" in err and "the same command resumes" in err, err
+    assert "bug in fedmas" not in err

@@ -18,7 +18,7 @@ from fedmas.config import Config, ConfigError, read_yaml_mapping
 from fedmas.data import FederatedData, load_federated
 from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
-from fedmas.run import execute
+from fedmas.run import RunFailed, execute
 from fedmas.runfolder import holds_run
 from fedmas.stats import fmt, fmt_g, mean_ci, paired
 from fedmas.trivial import NOT_LEARNED_BELOW
@@ -220,6 +220,7 @@ def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: in
         return out
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     results: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -230,7 +231,13 @@ def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: in
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for f in done:
                 i = futures[f]
-                results[i] = f.result()  # a failed run raises here; the pool's exit waits for the others
+                try:
+                    results[i] = f.result()  # a failed run raises here; the pool's exit waits for the others
+                except BrokenProcessPool:
+                    label, seed, _, run_dir = todo[i]
+                    raise RunFailed(f"a worker process of --jobs {jobs} ended abruptly during {label} seed {seed} "
+                                    f"({run_dir}): killed from outside, or out of memory? Every finished run and "
+                                    f"every run's last checkpoint are kept: the same command resumes") from None
                 if progress:
                     label, seed, _, run_dir = todo[i]
                     print(f"[fedmas compare] {len(results)}/{total} done: {label} seed {seed} → {run_dir} "
