@@ -17,5 +17,6 @@ $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_continue --methods
 # 3. HOA on 3 seeds (its 15 full-length probes make it the most expensive method)
 $F compare $P --seeds 0,1,2 --jobs 2 --out $R/learned_protocol_hoa --methods hoa:2
 # 4. partial labels and a task arriving mid-training, 5 seeds each
-.venv/bin/python benchmarks/partial_labels.py --config $P --seeds 0,1,2,3,4 --jobs 2 --out $R/partial_labels_learned
+.venv/bin/python benchmarks/partial_labels.py --config $P --seeds 0,1,2,3,4 --jobs 2 --out $R/partial_labels_learned \
+  --reuse $R/learned_protocol  # coverage 1.0 is the comparison of 1.: its runs are reused
 .venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --out $R/arrivals_learned

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/partial_labels.py [--coverages 1.0,0.7,0.4] [--seeds 0,1,2] [--jobs N]
                                                   [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
-                                                  [--out benchmarks/results/partial_labels]
+                                                  [--out benchmarks/results/partial_labels] [--reuse DIR]
 
 For each coverage c, ``fedmas compare`` runs the three methods over the seeds with
 ``data.label_coverage = c`` (each client holds each task's labels with probability c, drawn once per
@@ -33,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", type=Path, default=OUT, help="folder of the comparisons (default %(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (fedmas compare --jobs)")
+    ap.add_argument("--reuse", type=Path, help="a comparison of the same config at full coverage (fedmas compare "
+                                               "--out DIR): its finished runs of these methods and seeds are "
+                                               "copied in as coverage 1.0's instead of being run again")
     a = ap.parse_args(argv)
     from fedmas import stats
 
     table, curves = [], {}
     for cov in (float(x) for x in a.coverages.split(",")):
         out = a.out / f"coverage-{cov:g}"
+        if cov == 1.0 and a.reuse is not None:
+            _reuse(a.reuse, out, [int(x) for x in a.seeds.split(",")])
         cmd = [sys.executable, "-m", "fedmas.cli", "compare", a.config, "--methods", METHODS, "--seeds", a.seeds,
                "--out", str(out), "--quiet", "--jobs", str(a.jobs), "--set", f"data.label_coverage={cov}"]
         for s in a.set:
@@ -88,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     a.out.with_suffix(".json").write_text(json.dumps({"config": a.config, "seeds": a.seeds,
                                                       "set": a.set, "rows": table}, indent=1))
     return 0
+
+
+def _reuse(src: Path, out: Path, seeds: list[int]) -> None:
+    """Copy ``src``'s finished runs of ``METHODS`` under ``seeds`` into ``out`` (a comparison folder: compare
+    reuses a finished run whose config is the one it would run, and refuses one that differs)."""
+    import shutil
+
+    for seed in seeds:
+        for method in METHODS.split(","):
+            run = src / f"seed-{seed}" / method.replace(":", "-")
+            dst = out / f"seed-{seed}" / method.replace(":", "-")
+            if (run / "summary.json").is_file() and not dst.exists():
+                shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint", "*.lock", "tensorboard"))
 
 
 def _figure(curves: dict[str, list[tuple[float, float, float]]], path: Path, skill: bool = False) -> None:
