@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/arrivals.py [--newcomers edge_texture] [--at 0.5] [--seeds 0,1,2]
                                             [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
-                                            [--out benchmarks/results/arrivals]
+                                            [--out benchmarks/results/arrivals] [--jobs N]
 
 The config's tasks minus the newcomer start; the newcomer arrives at round ``at``·R. Per seed:
 
@@ -91,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", type=Path, default=OUT, help="folder of the runs (default %(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds at once, each in its own process with its share "
+                                                       "of the cores (default 1)")
     a = ap.parse_args(argv)
     from fedmas import stats
 
     seeds = [int(s) for s in a.seeds.split(",")]
     rows: list[dict[str, Any]] = []
     for newcomer in a.newcomers.split(","):
-        runs = {}
+        runs = _all_seeds(a, newcomer, seeds)
         for seed in seeds:
-            runs[seed] = one(a.config, a.set, newcomer, a.at, seed, a.out)
             print(f"[arrivals] {newcomer} seed {seed}: " + " | ".join(
                 f"{p} {runs[seed][p]['total_loss']:.4f} ({runs[seed][p]['newcomer_loss']:.4f})" for p in POLICIES)
                 + f" | probe: {runs[seed]['probe']['placed']}", file=sys.stderr, flush=True)
@@ -131,6 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     a.out.with_suffix(".json").write_text(json.dumps(
         {"config": a.config, "seeds": seeds, "at": a.at, "set": a.set, "rows": rows}, indent=1))
     return 0
+
+
+def _all_seeds(a: argparse.Namespace, newcomer: str, seeds: list[int]) -> dict[int, dict[str, dict[str, Any]]]:
+    """Every seed's four runs: one seed after another, or ``--jobs`` seeds at a time in spawned processes."""
+    if a.jobs <= 1:
+        return {seed: one(a.config, a.set, newcomer, a.at, seed, a.out) for seed in seeds}
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, len(os.sched_getaffinity(0)) // a.jobs) if hasattr(os, "sched_getaffinity") else 1
+    sets = [*a.set, f"threads={threads}"]
+    with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {seed: pool.submit(one, a.config, sets, newcomer, a.at, seed, a.out) for seed in seeds}
+        return {seed: f.result() for seed, f in futures.items()}
 
 
 def _print(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:

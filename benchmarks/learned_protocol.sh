@@ -19,4 +19,4 @@ $F compare $P --seeds 0,1,2 --jobs 2 --out $R/learned_protocol_hoa --methods hoa
 # 4. partial labels and a task arriving mid-training, 5 seeds each
 .venv/bin/python benchmarks/partial_labels.py --config $P --seeds 0,1,2,3,4 --jobs 2 --out $R/partial_labels_learned \
   --reuse $R/learned_protocol  # coverage 1.0 is the comparison of 1.: its runs are reused
-.venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --out $R/arrivals_learned
+.venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --jobs 2 --out $R/arrivals_learned
