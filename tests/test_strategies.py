@@ -108,3 +108,22 @@ def test_the_wire_keeps_weights_state_and_affinity_apart():
     assert torch.equal(back.affinity, msg.affinity)
     odd = Message.from_wire({**wire, "@other": torch.ones(1)}, {})
     assert "@other" in odd.arrays  # an unknown wire name stays among the weights, where the reply check refuses it
+
+
+@pytest.mark.slow
+def test_the_own_strategy_example_runs_as_a_plugin(tiny_raw, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    raw = {**tiny_raw, "method": "all-in-one", "plugins": ["own_strategy"]}
+    raw["federation"] = {**raw["federation"], "rounds": 2, "task_weighting": "dwa"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    try:
+        assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    finally:
+        weighting.WEIGHTINGS.pop("dwa", None)
+        sys.modules.pop("own_strategy", None)
+    flat = load_file(str(next((tmp_path / "r" / "checkpoint").glob("weights-*.safetensors"))))
+    losses = flat["all-in-one/@state/dwa.losses"]
+    assert losses.shape == (3,) and bool((losses > 0).all()) and not bool((losses == 1).all())
