@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fedmas.accounting import CostLedger
+from fedmas.messages import STATE  # the weighting state's names: the same on the wire and in the weights file
 
 
 @dataclass
@@ -291,7 +292,6 @@ def load_checkpoint(run_dir: Path) -> ServerState:
 
 
 MAX_STATE_BYTES = 256 << 20
-STATE = "@state/"  # an FL task's weighting state among its tensors in the weights file
 _OLD_STATE_NAMES = ("gradnorm.weights",)  # kept among the model weights before the weighting had its own state
 MAX_ROUND = 10**9  # far above any schedule the schema admits (a tampered 10^20 is refused)
 
