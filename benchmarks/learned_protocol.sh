@@ -8,12 +8,13 @@ F=.venv/bin/fedmas
 P=benchmarks/learned_protocol.yaml
 R=benchmarks/results
 TEN=0,1,2,3,4,5,6,7,8,9
-# 1. the comparison: 10 seeds of six methods
-$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol --methods mas:2,mas:3,one-by-one,all-in-one,tag:2,random:2
-# 2. the split phase: the groups continue the merged model's schedule instead of restarting it (paired by
-#    seed with the restart runs of 1.; it decides the default, so it runs before HOA)
+# 1. the split phase first (it decides a default): MAS-2 and MAS-3 with the reference's restarted schedule,
+#    then the same runs with the groups continuing the merged model's schedule, paired by seed
+$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol --methods mas:2,mas:3
 $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_continue --methods mas:2,mas:3 \
   --set mas.split_schedule=continue
+# 2. the comparison: 10 seeds of six methods (the MAS runs of 1. are reused)
+$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol --methods mas:2,mas:3,one-by-one,all-in-one,tag:2,random:2
 # 3. HOA on 3 seeds (its 15 full-length probes make it the most expensive method)
 $F compare $P --seeds 0,1,2 --jobs 2 --out $R/learned_protocol_hoa --methods hoa:2
 # 4. partial labels and a task arriving mid-training, 5 seeds each
