@@ -14,6 +14,14 @@ comparison learned (the others are named, never ranked). A comparison is made on
 those tasks (higher is better), paired by seed; its verdict is the 95% interval's: *holds* (the paper's
 direction, interval excluding 0), *refuted* (the other direction, interval excluding 0), or *cannot tell*.
 Costs are training FLOPs (deterministic). No decision here reads anything but the finished runs' files.
+
+The default of ``mas.split_schedule`` is decided by validation data alone (fixed before any run with
+``split_schedule: continue`` finished): for each seed, the difference continue − restart of the mean
+*validation* skill over all tasks (1 − validation loss of the reported model / the constant's validation
+loss), averaged over MAS-2 and MAS-3 (the two share their merged phase, so they are one observation per
+seed). If the 95% interval of that difference over seeds lies above 0, the default becomes ``continue``;
+otherwise it stays ``restart`` (the reference's schedule; no evidence to depart from it). The test-skill rows
+of the split phase are reported beside it, never used for it.
 """
 
 from __future__ import annotations
@@ -49,14 +57,43 @@ SPLIT_PHASE = [("groups continue the merged schedule rather than restart it (2 g
 
 
 def load() -> dict[str, dict[int, dict[str, Any]]]:
-    """{method key: {seed: summary}} of every finished run."""
+    """{method key: {seed: summary}} of every finished run; each summary gains ``val_skill`` (per task, from
+    the reported model's validation loss and the constant's, in the run's trivial.json)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for prefix, folder in SOURCES:
         for f in sorted(folder.glob("seed-*/*/summary.json")):
             key = prefix + f.parent.name.replace("-", ":", 1) if f.parent.name[-1].isdigit() else \
                 prefix + f.parent.name
-            runs.setdefault(key, {})[int(f.parent.parent.name.split("-")[1])] = json.loads(f.read_text())
+            summary = json.loads(f.read_text())
+            trivial_val = json.loads((f.parent / "trivial.json").read_text())["val_loss"]
+            summary["val_skill"] = {t: 1.0 - m["val_loss"] / trivial_val[t]
+                                    for t, m in summary["test_metrics"].items()}
+            runs.setdefault(key, {})[int(f.parent.parent.name.split("-")[1])] = summary
     return runs
+
+
+def split_schedule_default(runs) -> dict[str, Any]:
+    """The rule of the docstring: continue − restart of mean validation skill, per seed averaged over MAS-2
+    and MAS-3, paired over the seeds where all four runs finished."""
+    keys = ["mas:2", "mas:3", "continue mas:2", "continue mas:3"]
+    if not all(k in runs for k in keys):
+        return {"seeds": 0, "default": "restart", "why": "not run yet"}
+    seeds = sorted(set.intersection(*(set(runs[k]) for k in keys)))
+    if not seeds:
+        return {"seeds": 0, "default": "restart", "why": "no seed with all four runs finished yet"}
+
+    def val(k: str, seed: int) -> float:
+        v = runs[k][seed]["val_skill"]
+        return sum(v.values()) / len(v)
+
+    pairs = [((val("continue mas:2", s) + val("continue mas:3", s)) / 2, (val("mas:2", s) + val("mas:3", s)) / 2)
+             for s in seeds]
+    d = stats.paired(pairs)
+    above = d["diff"] is not None and d["ci"] is not None and d["diff"] - d["ci"] > 0
+    d["default"] = "continue" if above else "restart"
+    d["why"] = ("the interval lies above 0" if above else
+                "the interval does not lie above 0" if d["ci"] is not None else "one seed")
+    return d
 
 
 def learned_tasks(runs: dict[str, dict[int, dict[str, Any]]], keys: list[str]) -> tuple[list[str], list[str]]:
@@ -152,6 +189,12 @@ def markdown(runs) -> str:
         higher = d["seeds"] - d["lower_in"] - d["tied_in"]
         out.append(f"| {text} | {a} − {b}: {d['diff']:+.3f}{half} (higher in {higher} of {d['seeds']}){excl} "
                    f"| {d['seeds']} | **{d['finding']}** |")
+    dd = split_schedule_default(runs)
+    if dd["seeds"]:
+        out += ["", f"Default of mas.split_schedule, decided on validation skill only (continue − restart, mean over "
+                f"the tasks, per seed averaged over MAS-2 and MAS-3): {dd['diff']:+.4f}"
+                + ("" if dd["ci"] is None else f" ± {dd['ci']:.4f}") + f" over {dd['seeds']} seeds: "
+                f"{dd['why']}, so **{dd['default']}**."]
     out += ["", "| the paper's cost finding | training FLOPs, ratio of means | seeds |", "| --- | --- | ---: |"]
     by = {r["method"]: r for r in rows}
     for text, a, b in COSTS:
@@ -204,8 +247,9 @@ def main() -> int:
     (RESULTS / "learned_protocol.md").write_text(md)
     tasks, rows = table(runs)
     findings = {text: compare(runs, a, b, s) for text, a, b, s in FINDINGS + [(t, a, b, 1) for t, a, b in SPLIT_PHASE]}
-    (RESULTS / "learned_protocol.json").write_text(json.dumps({"tasks": tasks, "rows": rows, "findings": findings},
-                                                              indent=1))
+    (RESULTS / "learned_protocol.json").write_text(json.dumps(
+        {"tasks": tasks, "rows": rows, "findings": findings, "split_schedule_default": split_schedule_default(runs)},
+        indent=1))
     figure(runs, RESULTS / "learned_protocol.png")
     return 0
 
