@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,3 +76,15 @@ def test_refuses_to_overwrite_a_run(cfg_file, tmp_path, capsys):
     (out / "checkpoint" / "state.json").write_text("{}")
     assert main(["run", str(cfg_file), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+SHIPPED = sorted(p for d in ("configs", "benchmarks") for p in (Path(__file__).parent.parent / d).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_are_valid(path):
+    from fedmas.checks import check_config
+    from fedmas.config import load_config
+
+    cfg = check_config(load_config(path), str(path))
+    assert cfg.tasks and cfg.federation.rounds >= 1
