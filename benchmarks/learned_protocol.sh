@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every comparison under benchmarks/learned_protocol.yaml, in order. Each is resumable (finished runs are
-# reused), so run this again in a later session to go on where it stopped; commit the folders as they fill.
+# reused), so run this again in a later session to go on where it stopped; commit the folders as they fill:
+#   .venv/bin/python benchmarks/stage_runs.py benchmarks/results/*_learned benchmarks/results/learned_protocol* && git commit
 #   bash benchmarks/learned_protocol.sh            # about 10+ hours on 2 cores in all
 set -euo pipefail
 cd "$(dirname "$0")/.."
