@@ -59,9 +59,9 @@ def main(argv: list[str]) -> int:
         return 2
     for name in argv:
         folder = Path(name)
-        if not folder.is_dir():
-            print(f"{name}: not a folder", file=sys.stderr)
-            return 2
+        if not folder.is_dir():  # a glob that matched files too, or nothing yet
+            print(f"{name}: not a folder, skipped")
+            continue
         finished, staged, skipped = stage(folder)
         print(f"{name}: {finished} finished, {staged} unfinished with their checkpoint"
               + "".join(f"\n  skipped {s}" for s in skipped))
