@@ -166,3 +166,31 @@ def test_tensorboard_curves_are_written_and_read_back(tiny_raw, tmp_path):
     assert [v for _, v in sc["run/fl_tasks_trained"]] == [1, 1, 2]  # the merged model, then two groups
     assert any(k.startswith("group") and "/test_loss/" in k for k in sc)
     assert sc["run/train_tflop"][-1][1] > sc["run/train_tflop"][0][1] > 0
+
+
+def test_loss_figure_draws_the_constant_and_the_reported_round(tmp_path):
+    """The constant's line and the circled reported rounds (one FL task's own round, and round 0: the
+    weights a group started from, circled where the merged curve ends) change the picture; without them it
+    is the plain figure."""
+    from PIL import Image
+
+    from fedmas.report import loss_curves
+
+    rows = [{"round": r, "fl_task": "merged", "fl_round": r + 1, "tasks": ["a", "b"], "total_loss": 2.0 - r / 10,
+             "loss/a": 1.0 - r / 20, "loss/b": 1.0 - r / 20} for r in range(4)]
+    rows += [{"round": r, "fl_task": f"g{i}", "fl_round": r - 3, "tasks": [t], "total_loss": 0.9 - r / 50,
+              f"loss/{t}": 0.9 - r / 50} for r in range(4, 7) for i, t in ((1, "a"), (2, "b"))]
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pics = {}
+    for name, args in {"plain": (None, None), "constant": ({"a": 1.2, "b": None}, None),
+                       "constant2": ({"a": 1.1, "b": None}, None), "reported": (None, {"g1": 2, "g2": 0}),
+                       "reported0": (None, {"g2": 0}), "no_such_round": (None, {"g1": 99})}.items():
+        loss_curves(m, tmp_path / f"{name}.png", *args)
+        pics[name] = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"), dtype=float)
+    assert pics["plain"].shape == pics["constant"].shape == pics["reported"].shape
+    def differ(a: str, b: str) -> bool:
+        return bool(np.abs(pics[a] - pics[b]).sum() > 0)
+
+    assert differ("constant", "plain") and differ("constant", "constant2")  # the line, where the constant is
+    assert differ("reported", "no_such_round") and differ("reported0", "no_such_round")  # the circles

@@ -114,9 +114,15 @@ def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-tas
     plt.close(fig)
 
 
-def loss_curves(metrics_path: Path, path: Path) -> None:
+def loss_curves(metrics_path: Path, path: Path, constant: dict[str, float | None] | None = None,
+                reported: dict[str, int | None] | None = None) -> None:
     """Each task's test loss per round (one panel per task, one line per FL task that trains it, rounds
-    numbered from 0 as in metrics.jsonl); a dashed line marks where the tasks were split or regrouped."""
+    numbered from 0 as in metrics.jsonl); a dashed line marks where the tasks were split or regrouped.
+    ``constant``: each task's test loss of the constant predictor, drawn as a grey dotted line (a curve
+    above it has skill below 0). ``reported``: each final FL task's reported round, counted in its own rounds
+    as ``fl_round`` (with ``select: best_val`` its best-validation round; 0: the weights it started from, such
+    as the merged model at the split, circled where the previous curve ends), circled in its colour."""
+    constant, reported = constant or {}, reported or {}
     rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if "total_loss" in r]
     if not rows:
@@ -134,6 +140,16 @@ def loss_curves(metrics_path: Path, path: Path) -> None:
             if rr:
                 ax.plot([r["round"] for r in rr], [r[f"loss/{t}"] for r in rr], marker=".", color=colours[f],
                         label=f)
+                k = reported.get(f)
+                at = [r for r in rr if r.get("fl_round") == k] if k else []
+                if k == 0:  # its starting weights: the last point just before its first round
+                    start = min(r["round"] for r in rows if r["fl_task"] == f)
+                    at = [r for r in rows if r["round"] == start - 1 and f"loss/{t}" in r][-1:]
+                if at:
+                    ax.plot([at[0]["round"]], [at[0][f"loss/{t}"]], "o", markersize=9, markerfacecolor="none",
+                            markeredgecolor=colours[f], markeredgewidth=1.4)
+        if constant.get(t) is not None:
+            ax.axhline(constant[t], color="grey", linestyle=":", linewidth=1.3)
         for x in firsts:
             ax.axvline(x - 0.5, color="black", linestyle="--", linewidth=0.9)
         ax.set_title(short(t), fontsize=10)
@@ -145,6 +161,11 @@ def loss_curves(metrics_path: Path, path: Path) -> None:
     handles = [plt.Line2D([], [], color=colours[f], marker=".", label=_fl_label(f, rows)) for f in fl_tasks]
     if firsts:
         handles.append(plt.Line2D([], [], color="black", linestyle="--", label="split / new FL tasks start"))
+    if any(constant.get(t) is not None for t in tasks):
+        handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="constant predictor (skill 0)"))
+    if reported:
+        handles.append(plt.Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="none",
+                                  label="reported model's round"))
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle("Test loss per task (each line: the FL task that trains it)", fontsize=10)
     fig.tight_layout(rect=(0, min(0.45, (0.3 + 0.28 * -(-len(handles) // 4)) / fig.get_figheight()), 1, 1))

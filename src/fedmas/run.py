@@ -357,7 +357,8 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {rounds} merged rounds",
                 st.plan.get("groups"))  # the split's groups (a newcomer placed later is not in this matrix)
-    loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png")
+    loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png", summary["trivial_test_loss"],
+                {t.name: t.selected_round for t in st.finished if t.role == "final"})
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     if progress:
         print(render_summary(summary, run_dir))
