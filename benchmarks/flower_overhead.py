@@ -1,6 +1,6 @@
 """Flower's own cost and fedmas's cost above it: round times side by side, measured in one run.
 
-Usage: python benchmarks/flower_overhead.py [--config configs/quickstart.yaml] [--method all-in-one]
+Usage: python benchmarks/flower_overhead.py [--config benchmarks/small_quickstart.yaml] [--method all-in-one]
                                              [--rounds 5] [--nodes 2] [--repeats 3] [--node-threads N]
 
 One config (its data; rounds cut to --rounds, merge rounds to half) runs four times. The method is
@@ -73,7 +73,7 @@ def one_repeat(cfg, a, tmp: Path) -> tuple[dict[str, list[float]], dict, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--config", default="benchmarks/small_quickstart.yaml")
     ap.add_argument("--method", default="all-in-one", choices=["all-in-one", "one-by-one"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--nodes", type=int, default=2)
