@@ -36,34 +36,43 @@ class FakeClock:
 class ScriptedGrid:
     """``nodes`` nodes; a node's message carries all its clients' jobs, and its reply appears at the fake
     time its slowest client's does (``arrive[client] = t``; None: never); ``leave[node] = t`` the time
-    the node drops off the SuperLink's node list."""
+    the node drops off the SuperLink's node list; ``answer[node] = t`` the time a node answers the question
+    which partition it holds (default: at once; None: never), counted from when it was asked."""
 
     def __init__(self, clock: FakeClock, arrive: dict[str, float | None], leave: dict[int, float] | None = None,
-                 nodes: int = 2):
+                 nodes: int = 2, answer: dict[int, float | None] | None = None):
         self.clock, self.arrive, self.leave, self.nodes = clock, arrive, leave or {}, nodes
+        self.answer = answer or {}
         self.sent: dict[str, tuple[list[str], RecordDict]] = {}
+        self.queries: dict[str, tuple[int, float]] = {}
 
     def get_node_ids(self) -> list[int]:
         return [n for n in range(1, self.nodes + 1) if self.clock() < self.leave.get(n, float("inf"))]
 
-    def send_and_receive(self, msgs, timeout):
-        return [SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
-                                content={"info": {"partition_id": m.metadata.dst_node_id - 1,
-                                                  "num_partitions": self.nodes}})
-                for m in msgs]
-
     def push_messages(self, msgs):
         ids = []
-        for k, m in enumerate(msgs):
-            mid = f"m{len(self.sent) + k}"
-            n = int(m.content["bundle"]["jobs"])
-            self.sent[mid] = ([str(m.content[f"config-{j}"]["client"]) for j in range(n)], m.content)
+        for m in msgs:
+            mid = f"m{len(self.sent) + len(self.queries)}"
+            if "q" in m.content:
+                self.queries[mid] = (m.metadata.dst_node_id, self.clock())
+            else:
+                n = int(m.content["bundle"]["jobs"])
+                self.sent[mid] = ([str(m.content[f"config-{j}"]["client"]) for j in range(n)], m.content)
             ids.append(mid)
         return ids
 
     def pull_messages(self, ids):
         out = []
         for mid in ids:
+            if mid in self.queries:
+                node, asked = self.queries[mid]
+                after = self.answer.get(node, 0.0)
+                if after is not None and self.clock() >= asked + after:
+                    out.append(SimpleNamespace(has_error=lambda: False,
+                                               metadata=SimpleNamespace(reply_to_message_id=mid),
+                                               content={"info": {"partition_id": node - 1,
+                                                                 "num_partitions": self.nodes}}))
+                continue
             clients, rd = self.sent[mid]
             times = [self.arrive[c] for c in clients]
             if all(t is not None and self.clock() >= t for t in times):
@@ -77,7 +86,7 @@ class ScriptedGrid:
         return out
 
 
-def _engine(tiny_raw, arrive, leave=None, nodes: int = 4, **flower) -> tuple[FlowerEngine, list[Job]]:
+def _engine(tiny_raw, arrive, leave=None, nodes: int = 4, answer=None, **flower) -> tuple[FlowerEngine, list[Job]]:
     """Four nodes by default: one client each (clients in sorted order, client k on node k mod nodes + 1)."""
     raw = dict(tiny_raw)
     raw["flower"] = {"nodes": nodes, "liveness_s": 1.0, "poll_s": 0.5, **flower}
@@ -85,7 +94,7 @@ def _engine(tiny_raw, arrive, leave=None, nodes: int = 4, **flower) -> tuple[Flo
     clock = FakeClock()
     eng = FlowerEngine.__new__(FlowerEngine)
     eng.clock, eng.sleep = clock, clock.sleep
-    FlowerEngine.__init__(eng, ScriptedGrid(clock, arrive, leave, nodes), cfg, list(arrive))
+    FlowerEngine.__init__(eng, ScriptedGrid(clock, arrive, leave, nodes, answer), cfg, list(arrive))
     arrays = {"w": torch.zeros(3)}
     jobs = [Job(c, "g0", Message(arrays=arrays, config={"round": 0})) for c in arrive]
     return eng, jobs
@@ -199,3 +208,30 @@ def test_straggler_settings_are_checked(tiny_raw):
     raw["flower"] = {"straggler_multiple": 0.5}
     with pytest.raises(ValueError, match="straggler_multiple"):
         Config.model_validate(raw)
+
+
+def test_mapping_waits_for_slow_answers_while_they_keep_coming(tiny_raw):
+    """A busy machine answers the partition question late, one node after another: 4 nodes answering at
+    100, 200, 300 and 400 s with a 120 s connect timeout are all mapped (no gap between answers reaches
+    it), and the round reaches every client."""
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, answer={1: 100.0, 2: 200.0, 3: 300.0,
+                                                                                      4: 400.0},
+                        connect_timeout_s=120.0)
+    assert len(eng.node_of) == 4 and eng.clock() >= 400.0
+    assert _errors(eng.run(jobs, 10_000)) == {"a": None, "b": None, "c": None, "d": None}
+
+
+def test_mapping_stops_waiting_for_a_silent_or_departed_node_and_asks_again(tiny_raw):
+    """Node 2 never answers and node 3 leaves while its answer is owed: the wait ends 120 s after the last
+    answer (node 3's departure is seen at the next liveness check), their clients are offline this round,
+    and the next round asks the silent node again."""
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, answer={2: None, 3: None},
+                        leave={3: 5.0}, connect_timeout_s=120.0)
+    assert set(eng.node_of) == {"a", "d"}
+    assert 120.0 <= eng.clock() < 125.0  # node 1 and 4 answered at once: 120 s of silence after them
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["a"] is None and got["d"] is None
+    assert "node offline" in got["b"] and "node offline" in got["c"]
+    eng.grid.answer[2] = 0.0  # node 2 answers now: the next round maps it and reaches its client
+    got = _errors(eng.run(jobs, 10_000))
+    assert got["b"] is None and "node offline" in got["c"]

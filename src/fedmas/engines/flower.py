@@ -85,14 +85,35 @@ class FlowerEngine:
         self._map_nodes(nodes)
 
     def _map_nodes(self, nodes: list[int]) -> None:
+        """Ask each node which partition it holds, and map the clients to nodes. Slow is not dead: the wait
+        ends when every node has answered or left the SuperLink (checked every ``flower.liveness_s``), or
+        when no answer at all came for ``flower.connect_timeout_s`` (a busy machine answers late, but it
+        answers); a node that did not answer is asked again at the next round."""
+        fc = self.cfg.flower
         msgs = [FlMessage(content=RecordDict({"q": ConfigRecord({"what": "partition"})}), dst_node_id=n,
                           message_type=QUERY, group_id="map") for n in nodes]
+        ids = self.grid.push_messages(msgs)
+        pending = {mid: n for mid, n in zip(ids, nodes) if mid}
         parts: dict[int, tuple[int, int]] = {}
-        for r in self.grid.send_and_receive(msgs, timeout=self.cfg.flower.connect_timeout_s):
-            if r.has_error():
-                continue
-            info = r.content["info"]
-            parts[r.metadata.src_node_id] = (int(info["partition_id"]), int(info["num_partitions"]))
+        last_answer = next_check = self.clock()
+        while pending and self.clock() - last_answer < fc.connect_timeout_s:
+            for r in self.grid.pull_messages(list(pending)):
+                node = pending.pop(r.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                last_answer = self.clock()
+                if not r.has_error():
+                    info = r.content["info"]
+                    parts[node] = (int(info["partition_id"]), int(info["num_partitions"]))
+            if pending and self.clock() >= next_check:
+                next_check = self.clock() + fc.liveness_s
+                alive = set(self.grid.get_node_ids())
+                pending = {m: n for m, n in pending.items() if n in alive}
+            if pending:
+                self.sleep(fc.poll_s)
+        if pending:
+            log.warning("Flower nodes that did not say their partition within %g s of the last answer: %d "
+                        "(asked again at the next round)", fc.connect_timeout_s, len(pending))
         self.node_of, self.known_nodes = {}, set(parts)
         for node, (pid, npart) in parts.items():
             for k, c in enumerate(self.clients):
