@@ -210,28 +210,35 @@ def test_straggler_settings_are_checked(tiny_raw):
         Config.model_validate(raw)
 
 
-def test_mapping_waits_for_slow_answers_while_they_keep_coming(tiny_raw):
-    """A busy machine answers the partition question late, one node after another: 4 nodes answering at
-    100, 200, 300 and 400 s with a 120 s connect timeout are all mapped (no gap between answers reaches
-    it), and the round reaches every client."""
-    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, answer={1: 100.0, 2: 200.0, 3: 300.0,
-                                                                                      4: 400.0},
-                        connect_timeout_s=120.0)
-    assert len(eng.node_of) == 4 and eng.clock() >= 400.0
+def test_mapping_waits_for_slow_answers_at_the_pace_they_come(tiny_raw):
+    """A busy machine answers the partition question late, one node after another (100, 200, 300, 400 s):
+    all four are mapped, since no answer is beyond the pace rule (5 × the median of 150 s) or the hard
+    deadline, and the round reaches every client."""
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
+                        answer={1: 100.0, 2: 200.0, 3: 300.0, 4: 400.0}, round_deadline_s=1000.0)
+    assert len(eng.node_of) == 4 and 400.0 <= eng.clock() < 410.0
     assert _errors(eng.run(jobs, 10_000)) == {"a": None, "b": None, "c": None, "d": None}
 
 
-def test_mapping_stops_waiting_for_a_silent_or_departed_node_and_asks_again(tiny_raw):
-    """Node 2 never answers and node 3 leaves while its answer is owed: the wait ends 120 s after the last
-    answer (node 3's departure is seen at the next liveness check), their clients are offline this round,
-    and the next round asks the silent node again."""
-    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, answer={2: None, 3: None},
-                        leave={3: 5.0}, connect_timeout_s=120.0)
+def test_mapping_leaves_a_straggler_or_departed_node_and_takes_its_late_answer(tiny_raw):
+    """Nodes 1 and 4 answer at once, node 2 only after 200 s, node 3 leaves at 5 s with its answer owed:
+    the wait ends at the pace rule's floor (straggler_min_s, 60 s), their clients are offline in the first
+    round, and node 2's late answer is taken at a later round without asking or waiting again."""
+    eng, jobs = _engine(tiny_raw, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, answer={2: 200.0, 3: None},
+                        leave={3: 5.0}, straggler_min_s=60.0)
     assert set(eng.node_of) == {"a", "d"}
-    assert 120.0 <= eng.clock() < 125.0  # node 1 and 4 answered at once: 120 s of silence after them
+    assert 60.0 <= eng.clock() < 62.0
     got = _errors(eng.run(jobs, 10_000))
     assert got["a"] is None and got["d"] is None
     assert "node offline" in got["b"] and "node offline" in got["c"]
-    eng.grid.answer[2] = 0.0  # node 2 answers now: the next round maps it and reaches its client
+    asked = len(eng.grid.queries)
+    eng.clock.t = 250.0
     got = _errors(eng.run(jobs, 10_000))
     assert got["b"] is None and "node offline" in got["c"]
+    assert len(eng.grid.queries) == asked  # node 2 was not asked twice
+
+
+def test_mapping_without_the_pace_rule_waits_until_the_hard_deadline(tiny_raw):
+    eng, _ = _engine(tiny_raw, {"a": 1.0, "b": 1.0}, nodes=2, answer={2: None}, straggler_multiple=None,
+                     round_deadline_s=500.0)
+    assert set(eng.node_of) == {"a"} and 500.0 <= eng.clock() < 502.0

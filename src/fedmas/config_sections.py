@@ -265,9 +265,8 @@ class FlowerConfig(_Strict):
     superlink: str = Field("127.0.0.1:9093", description="host:port of the SuperLink (engine: flower)")
     root_certificates: str | None = Field(None, description="CA certificate (PEM) for TLS; None = insecure")
     connect_timeout_s: float = Field(
-        120.0, gt=0, le=1e6, description="the wait for `nodes` SuperNodes to connect; and, while the nodes say "
-                                         "which partition they hold, the longest silence (no answer at all) "
-                                         "before the still silent ones are left to the next round")
+        120.0, gt=0, le=1e6, description="the wait for `nodes` SuperNodes to connect (their answers to which "
+                                         "partition they hold are then waited for under a round's rules)")
     round_deadline_s: float = Field(300.0, gt=0, le=1e7, description="used when federation.round_deadline_s is unset")
     liveness_s: float = Field(2.0, gt=0, le=3600, description="how often a round asks the SuperLink which nodes are "
                                                              "connected: a reply owed by a node that left is a "

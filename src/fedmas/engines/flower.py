@@ -17,7 +17,9 @@ death is found within seconds, whatever the deadlines); the node is a straggler
 ``flower.straggler_multiple`` × the round's median reply time, and at least
 ``flower.straggler_min_s``: a busy machine slows every client alike, so the pace
 rather than a fixed number of seconds sets the limit); or the round's hard
-deadline passed.
+deadline passed. The question each node is asked first (which partition it holds) is waited
+for under the same rules; a node still silent keeps its question, and its clients join at the
+first round after it answers.
 """
 
 from __future__ import annotations
@@ -70,8 +72,14 @@ class FlowerEngine:
         self.cfg_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
         self.clients = sorted(clients)
         self.node_of: dict[str, int] = {}
-        self.known_nodes: set[int] = set()
+        self.parts: dict[int, tuple[int, int]] = {}  # node → (partition-id, num-partitions), as it answered
+        self.asked: dict[int, str] = {}  # node → id of its unanswered partition question
         self._wait_for_nodes()
+
+    @property
+    def known_nodes(self) -> set[int]:
+        """Nodes that said their partition or were asked it."""
+        return set(self.parts) | set(self.asked)
 
     def _wait_for_nodes(self) -> None:
         want, end = self.cfg.flower.nodes, self.clock() + self.cfg.flower.connect_timeout_s
@@ -85,41 +93,69 @@ class FlowerEngine:
         self._map_nodes(nodes)
 
     def _map_nodes(self, nodes: list[int]) -> None:
-        """Ask each node which partition it holds, and map the clients to nodes. Slow is not dead: the wait
-        ends when every node has answered or left the SuperLink (checked every ``flower.liveness_s``), or
-        when no answer at all came for ``flower.connect_timeout_s`` (a busy machine answers late, but it
-        answers); a node that did not answer is asked again at the next round."""
+        """Ask the nodes not asked yet which partition they hold, wait for their answers under the rules of a
+        round's replies, and map the clients to the connected nodes. Slow is not dead: the wait for a node
+        ends when it answers, when it leaves the SuperLink (checked every ``flower.liveness_s``), when it is a
+        straggler (once half the answers are in, ``flower.straggler_multiple`` × their median time, and at
+        least ``flower.straggler_min_s``), or at the hard deadline ``flower.round_deadline_s``. A node still
+        silent then keeps its question: its answer is collected whenever it comes, without waiting again."""
         fc = self.cfg.flower
+        new = [n for n in nodes if n not in self.known_nodes]
         msgs = [FlMessage(content=RecordDict({"q": ConfigRecord({"what": "partition"})}), dst_node_id=n,
-                          message_type=QUERY, group_id="map") for n in nodes]
-        ids = self.grid.push_messages(msgs)
-        pending = {mid: n for mid, n in zip(ids, nodes) if mid}
-        parts: dict[int, tuple[int, int]] = {}
-        last_answer = next_check = self.clock()
-        while pending and self.clock() - last_answer < fc.connect_timeout_s:
-            for r in self.grid.pull_messages(list(pending)):
-                node = pending.pop(r.metadata.reply_to_message_id, None)
-                if node is None:
-                    continue
-                last_answer = self.clock()
-                if not r.has_error():
-                    info = r.content["info"]
-                    parts[node] = (int(info["partition_id"]), int(info["num_partitions"]))
-            if pending and self.clock() >= next_check:
+                          message_type=QUERY, group_id="map") for n in new]
+        self.asked.update({n: mid for n, mid in zip(new, self.grid.push_messages(msgs) if msgs else []) if mid})
+        start = next_check = self.clock()
+        took: list[float] = []
+        waiting = {n for n in new if n in self.asked}
+        while waiting and self.clock() - start < fc.round_deadline_s:
+            for node in self._collect():
+                if node in waiting:
+                    waiting.discard(node)
+                    took.append(self.clock() - start)
+            if waiting and self.clock() >= next_check:
                 next_check = self.clock() + fc.liveness_s
-                alive = set(self.grid.get_node_ids())
-                pending = {m: n for m, n in pending.items() if n in alive}
-            if pending:
+                left = waiting - set(self.grid.get_node_ids())
+                waiting -= left
+                for n in left:
+                    self.asked.pop(n, None)
+            if waiting and fc.straggler_multiple and len(took) >= (len(new) + 1) // 2 and \
+                    self.clock() - start > max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took)):
+                break
+            if waiting:
                 self.sleep(fc.poll_s)
-        if pending:
-            log.warning("Flower nodes that did not say their partition within %g s of the last answer: %d "
-                        "(asked again at the next round)", fc.connect_timeout_s, len(pending))
-        self.node_of, self.known_nodes = {}, set(parts)
-        for node, (pid, npart) in parts.items():
-            for k, c in enumerate(self.clients):
-                if k % npart == pid:
-                    self.node_of[c] = node
-        log.info("Flower nodes: %d; clients mapped: %d/%d", len(parts), len(self.node_of), len(self.clients))
+        if waiting:
+            log.warning("Flower nodes that have not said their partition yet: %d (their clients are offline "
+                        "until they do)", len(waiting))
+        self._assign(nodes)
+
+    def _collect(self) -> list[int]:
+        """The nodes whose answer to the partition question has come (recorded in ``parts``)."""
+        if not self.asked:
+            return []
+        node_of_mid = {mid: n for n, mid in self.asked.items()}
+        got = []
+        for r in self.grid.pull_messages(list(node_of_mid)):
+            node = node_of_mid.get(r.metadata.reply_to_message_id)
+            if node is None or node not in self.asked:
+                continue
+            del self.asked[node]
+            got.append(node)
+            if not r.has_error():
+                info = r.content["info"]
+                self.parts[node] = (int(info["partition_id"]), int(info["num_partitions"]))
+        return got
+
+    def _assign(self, nodes: list[int]) -> None:
+        """Each client to the connected node (of ``nodes``) that holds its partition."""
+        self.node_of = {}
+        for node in nodes:
+            if node in self.parts:
+                pid, npart = self.parts[node]
+                for k, c in enumerate(self.clients):
+                    if k % npart == pid:
+                        self.node_of[c] = node
+        log.info("Flower nodes: %d; clients mapped: %d/%d", len([n for n in nodes if n in self.parts]),
+                 len(self.node_of), len(self.clients))
 
     def run(self, jobs: list[Job], deadline_s: float | None) -> list[Reply]:
         """One Flower message per node, carrying all of that node's jobs (a *bundle*: ``arrays-k`` and
@@ -130,6 +166,8 @@ class FlowerEngine:
         alive = set(self.grid.get_node_ids())
         if not alive <= self.known_nodes:
             self._map_nodes(list(alive))  # a node joined or came back
+        elif self._collect() or not set(self.node_of.values()) <= alive:
+            self._assign(list(alive))  # a late answer came, or a node left
         out: dict[int, Reply] = {}
         by_node: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
