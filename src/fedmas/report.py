@@ -141,10 +141,10 @@ def loss_curves(metrics_path: Path, path: Path, constant: dict[str, float | None
                 ax.plot([r["round"] for r in rr], [r[f"loss/{t}"] for r in rr], marker=".", color=colours[f],
                         label=f)
                 k = reported.get(f)
-                at = [r for r in rr if r.get("fl_round") == k] if k else []
                 if k == 0:  # its starting weights: the last point just before its first round
-                    start = min(r["round"] for r in rows if r["fl_task"] == f)
-                    at = [r for r in rows if r["round"] == start - 1 and f"loss/{t}" in r][-1:]
+                    at = [r for r in rows if r["round"] == rr[0]["round"] - 1 and f"loss/{t}" in r][-1:]
+                else:
+                    at = [r for r in rr if k is not None and r.get("fl_round") == k]
                 if at:
                     ax.plot([at[0]["round"]], [at[0][f"loss/{t}"]], "o", markersize=9, markerfacecolor="none",
                             markeredgecolor=colours[f], markeredgewidth=1.4)

@@ -118,8 +118,8 @@ class FlowerEngine:
                 waiting -= left
                 for n in left:
                     self.asked.pop(n, None)
-            if waiting and fc.straggler_multiple and len(took) >= (len(new) + 1) // 2 and \
-                    self.clock() - start > max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took)):
+            limit = self._straggler_limit(took, len(new))
+            if waiting and limit is not None and self.clock() - start > limit:
                 break
             if waiting:
                 self.sleep(fc.poll_s)
@@ -127,6 +127,14 @@ class FlowerEngine:
             log.warning("Flower nodes that have not said their partition yet: %d (their clients are offline "
                         "until they do)", len(waiting))
         self._assign(nodes)
+
+    def _straggler_limit(self, took: list[float], asked: int) -> float | None:
+        """Seconds after which a node still owing its reply is a straggler, given the reply times ``took`` of
+        the ``asked`` nodes so far: None until half have replied (or with ``straggler_multiple`` null)."""
+        fc = self.cfg.flower
+        if not fc.straggler_multiple or len(took) < (asked + 1) // 2:
+            return None
+        return max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took))
 
     def _collect(self) -> list[int]:
         """The nodes whose answer to the partition question has come (recorded in ``parts``)."""
@@ -226,8 +234,8 @@ class FlowerEngine:
                 took.append(self.clock() - start)
                 for k, i in enumerate(sent[mid]):
                     out[i] = self._reply(jobs[i], r, k, out[i].bytes_down)
-            if pending and fc.straggler_multiple and len(took) >= (len(sent) + 1) // 2:
-                limit = max(fc.straggler_min_s, fc.straggler_multiple * statistics.median(took))
+            limit = self._straggler_limit(took, len(sent))
+            if pending and limit is not None:
                 if self.clock() - start > limit:
                     for mid in pending:
                         fail(mid, f"straggler: no reply within {limit:.0f} s ({fc.straggler_multiple:g}x the "
