@@ -422,3 +422,21 @@ def test_bad_data_beyond_the_first_checked_samples_stops_naming_the_sample(tiny_
     rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"])
     _one_line_refusal(capsys, rc, "building_001", "sample 12")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    from fedmas.files import atomic_write
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+
+    def half_then_fail(f):
+        f.write(b"new, but only half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert target.read_text() == "old"
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"] and target.read_text() == "new"

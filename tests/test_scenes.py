@@ -46,6 +46,31 @@ def test_cache_is_reused(monkeypatch, tmp_path):
     np.testing.assert_array_equal(first[0]["train"]["rgb"], second[0]["train"]["rgb"])
 
 
+def test_two_writers_of_one_cache_both_finish(monkeypatch, tmp_path):
+    """Two processes rendering the same data into one cache (two runs of ``compare --jobs 2`` on a fresh
+    machine): the second writes its file while the first is between writing and renaming its own."""
+    spec = SceneSpec(buildings=1, train_images=2, test_images=1, resolution=32)
+    real_savez = np.savez
+    inner: dict[str, object] = {}
+
+    def savez_then_the_other_writer(f, **arrays):
+        real_savez(f, **arrays)
+        if not inner:
+            inner["result"] = None  # the other writer runs once, while this one has not renamed its file
+            inner["result"] = load_or_render(spec, tmp_path)
+
+    monkeypatch.setattr(scenes.np, "savez", savez_then_the_other_writer)
+    outer = load_or_render(spec, tmp_path)
+    monkeypatch.undo()
+    assert inner["result"] is not None
+    again = load_or_render(spec, tmp_path)
+    for split in ("train", "test"):
+        for k in LABELS:
+            np.testing.assert_array_equal(outer[0][split][k], again[0][split][k])
+    assert sorted(p.name for p in (tmp_path / "scenes" / spec.key()).iterdir()) == [
+        "building_000_test.npz", "building_000_train.npz", "spec.json"]
+
+
 def _room_with_box() -> tuple[Room, Cameras]:
     box = Primitive("box", CLASSES.index("cabinet"), np.array([3.0, 2.0, 0.0]), np.array([1.0, 0.6, 1.5]),
                     angle=0.4, color=np.array([0.6, 0.3, 0.2]))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmas.data.render import CLASSES, Cameras, Primitive, Room, render_views
+from fedmas.files import atomic_write, atomic_write_bytes
 
 RENDER_VERSION = 2
 LABELS = ("rgb", "depth_zbuffer", "normal", "segment_semantic", "edge_occlusion",
@@ -234,7 +235,9 @@ def load_or_render(spec: SceneSpec, cache_dir: Path | None = None,
     """
     root = (cache_dir or default_cache_dir()) / "scenes" / spec.key()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    spec_text = json.dumps(asdict(spec), indent=1).encode()
+    if not (root / "spec.json").exists():
+        atomic_write_bytes(root / "spec.json", spec_text)
     result: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for b in (range(spec.buildings) if only is None else only):
         result[b] = {}
@@ -243,9 +246,9 @@ def load_or_render(spec: SceneSpec, cache_dir: Path | None = None,
             arrays = _read_cache(path)
             if arrays is None:
                 arrays = render_building(spec, b, split)
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, **arrays)
-                os.replace(tmp, path)
+                # another process may render the same building into the same cache at the same time (two
+                # runs of a comparison, two nodes on one machine): each writes its own temporary file
+                atomic_write(path, lambda f, a=arrays: np.savez(f, **a))
             result[b][split] = arrays
     return result
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from fedmas.accounting import CostLedger
+from fedmas.files import atomic_write_bytes
 from fedmas.messages import STATE  # the weighting state's names: the same on the wire and in the weights file
 
 
@@ -158,17 +159,8 @@ class ServerState:
         self.finished.append(fl)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(run_dir: Path, state: ServerState) -> None:
