@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 
 import pytest
 import torch
 import yaml
 
 from fedmas.cli import main
-from fedmas.compare import parse_methods
+from fedmas.compare import gather, parse_methods
 from fedmas.config import ConfigError
 from fedmas.stats import mean_ci
 
@@ -185,3 +186,37 @@ def test_a_killed_worker_is_named_not_called_a_bug(tiny_raw, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert rc == 2 and "ended abruptly" in err and "the same command resumes" in err, err
     assert "bug in fedmas" not in err
+
+
+def test_parallel_runs_are_reported_as_each_finishes_not_when_all_have():
+    first, second, third = Future(), Future(), Future()
+    futures = {first: 0, second: 1, third: 2}
+    for f in futures:
+        f.set_running_or_notify_cancel()
+    seen: list[tuple[int, str, int]] = []
+
+    def done(i, result, finished):
+        seen.append((i, result, finished))
+        if i == 1:  # the others still run while this one is reported
+            assert not first.done() and not third.done()
+            third.set_result("c")
+        elif i == 2:
+            assert not first.done()
+            first.set_result("a")
+
+    second.set_result("b")
+    assert gather(futures, done) == {0: "a", 1: "b", 2: "c"}
+    assert seen == [(1, "b", 1), (2, "c", 2), (0, "a", 3)]
+
+
+def test_a_failed_parallel_run_stops_the_runs_not_yet_started():
+    running, failing, queued = Future(), Future(), Future()
+    running.set_running_or_notify_cancel()
+    failing.set_running_or_notify_cancel()
+    failing.set_exception(ConfigError("seed 1 holds a run of another config"))
+    told: list[tuple[int, int, str]] = []
+    with pytest.raises(ConfigError, match="another config"):
+        gather({running: 0, failing: 1, queued: 2}, lambda *a: pytest.fail("nothing finished"),
+               lambda i, still_running, e: told.append((i, still_running, str(e))))
+    assert queued.cancelled() and not running.cancelled()
+    assert told == [(1, 1, "seed 1 holds a run of another config")]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -219,34 +221,58 @@ def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: in
             out.append(_run_one(run_cfg, run_dir, label, progress, data))
         return out
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    results: dict[int, dict[str, Any]] = {}
+    def done(i: int, summary: dict[str, Any], finished: int) -> None:
+        if progress:
+            label, seed, _, run_dir = todo[i]
+            print(f"[fedmas compare] {finished}/{total} done: {label} seed {seed} → {run_dir} "
+                  f"(total test loss {summary['total_test_loss']:.4f})", file=sys.stderr, flush=True)
+
+    def failed(i: int, running: int, error: BaseException) -> None:
+        label, seed, _, run_dir = todo[i]
+        if isinstance(error, BrokenProcessPool):  # every worker is gone: this one message instead
+            raise RunFailed(f"a worker process of --jobs {jobs} ended abruptly during {label} seed {seed} "
+                            f"({run_dir}): killed from outside, or out of memory? Every finished run and "
+                            f"every run's last checkpoint are kept: the same command resumes") from None
+        print(f"[fedmas compare] {label} seed {seed} ({run_dir}) failed; runs not yet started will not start"
+              + (f", the {running} running ones stop at their end (the same command resumes the comparison)"
+                 if running else ""), file=sys.stderr, flush=True)
+
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_in_worker, run_cfg.model_dump(), str(run_dir), label): i
-                   for i, (label, _, run_cfg, run_dir) in enumerate(todo)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                i = futures[f]
-                try:
-                    results[i] = f.result()  # a failed run raises here; the pool's exit waits for the others
-                except BrokenProcessPool:
-                    label, seed, _, run_dir = todo[i]
-                    raise RunFailed(f"a worker process of --jobs {jobs} ended abruptly during {label} seed {seed} "
-                                    f"({run_dir}): killed from outside, or out of memory? Every finished run and "
-                                    f"every run's last checkpoint are kept: the same command resumes") from None
-                if progress:
-                    label, seed, _, run_dir = todo[i]
-                    print(f"[fedmas compare] {len(results)}/{total} done: {label} seed {seed} → {run_dir} "
-                          f"(total test loss {results[i]['total_test_loss']:.4f})", file=sys.stderr, flush=True)
-    return [results[i] for i in range(total)]
+        futures = {pool.submit(_run_in_worker, run_cfg.model_dump(), str(run_dir), label, progress,
+                               f"{i + 1}/{total} {label} seed {seed} → {run_dir}"): i
+                   for i, (label, seed, run_cfg, run_dir) in enumerate(todo)}
+        results = gather(futures, done, failed)
+    return [results[i] for i in range(len(todo))]
 
 
-def _run_in_worker(raw_cfg: dict[str, Any], run_dir: str, label: str) -> dict[str, Any]:
+def gather(futures: dict[Future[Any], int], done: Callable[[int, Any, int], None],
+           failed: Callable[[int, int, BaseException], None] | None = None) -> dict[int, Any]:
+    """The results of ``futures`` by index, ``done(index, result, how many so far)`` called as each one
+    finishes (not when all have). When one fails, every future not yet started is cancelled, then
+    ``failed(index, how many are still running, its exception)`` is called (it may raise another exception
+    instead), and the exception is raised."""
+    results: dict[int, Any] = {}
+    for f in as_completed(futures):
+        i = futures[f]
+        try:
+            results[i] = f.result()
+        except BaseException as e:
+            cancelled = [g.cancel() for g in futures if not g.done()]
+            if failed is not None:
+                failed(i, cancelled.count(False), e)
+            raise
+        done(i, results[i], len(results))
+    return results
+
+
+def _run_in_worker(raw_cfg: dict[str, Any], run_dir: str, label: str, progress: bool = False,
+                   start: str = "") -> dict[str, Any]:
     """One run in a worker process of ``compare --jobs`` (its data loaded once per worker)."""
+    if progress:
+        print(f"[fedmas compare] {start}", file=sys.stderr, flush=True)
     return _run_one(Config.model_validate(raw_cfg), Path(run_dir), label, False, _WORKER_DATA)
 
 
