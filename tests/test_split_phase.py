@@ -29,8 +29,29 @@ def test_a_group_starts_with_the_merged_model_as_its_first_candidate(tiny_raw, t
         assert f["selected_round"] == f["best_round"]
     by_name = {f["name"]: f for f in s["fl_tasks"]}
     assert all(by_name[f["name"]]["start_val_total_loss"] == f["start_val"] for f in groups)
+    # the reported model's validation loss per task: round 0's is the start evaluation's, another round's is
+    # the one metrics.jsonl logged for that round
+    lines = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    trivial_val = json.loads((tmp_path / "r" / "trivial.json").read_text())["val_loss"]
+    for f in groups:
+        assert by_name[f["name"]]["start_val_loss"] == f["start_val_loss"]
+        assert sum(f["start_val_loss"].values()) == pytest.approx(f["start_val"])
+        if f["selected_round"] == 0:
+            expected = f["start_val_loss"]
+        else:
+            line = next(ln for ln in lines if ln["fl_task"] == f["name"] and ln["fl_round"] == f["selected_round"])
+            expected = {t: line[f"val_loss/{t}"] for t in f["tasks"]}
+        for t in f["tasks"]:
+            assert s["val_loss"][t] == expected[t]
+            assert s["val_skill"][t] == pytest.approx(1 - expected[t] / trivial_val[t])
+            assert "val_loss" not in s["test_metrics"][t]  # a validation number is not a test metric
+    assert s["mean_val_skill"] == pytest.approx(sum(s["val_skill"].values()) / len(s["val_skill"]))
 
 
 def test_with_select_last_nothing_is_evaluated_at_the_start(tiny_raw, tmp_path):
     s = execute(Config.model_validate(tiny_raw), tmp_path / "r", progress=False)
-    assert all(f["start_val_total_loss"] is None for f in s["fl_tasks"])
+    assert all(f["start_val_total_loss"] is None and f["start_val_loss"] is None for f in s["fl_tasks"])
+    lines = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for t, fl in s["owner"].items():  # the last round's model is reported: its validation loss
+        last = [ln for ln in lines if ln["fl_task"] == fl][-1]
+        assert s["val_loss"][t] == last[f"val_loss/{t}"]

@@ -31,7 +31,14 @@ from fedmas.report import heatmap, loss_curves
 from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
-from fedmas.server.state import CheckpointError, ServerState, atomic_write_text, load_checkpoint, restamp_config
+from fedmas.server.state import (
+    CheckpointError,
+    FLTaskState,
+    ServerState,
+    atomic_write_text,
+    load_checkpoint,
+    restamp_config,
+)
 from fedmas.tensorboard import RoundCurves
 
 
@@ -314,6 +321,23 @@ def learned(per_task: dict[str, float], triv: trivial.Trivial | None, val_curves
             "not_converged": [f for f, v in val_curves.items() if trivial.still_falling(v)]}
 
 
+def reported_val_loss(fl: FLTaskState, task: str) -> float | None:
+    """The validation loss of ``task`` under the model ``fl`` reports: its last round's, or its kept
+    best-validation model's; None without validation data (or for a best model kept by an older version)."""
+    if fl.selected_round == fl.done_rounds and f"loss/{task}" in fl.last_val:
+        return fl.last_val[f"loss/{task}"]
+    return fl.best_val_loss.get(task)
+
+
+def validation(owner: dict[str, str], st: ServerState, triv: trivial.Trivial | None) -> dict[str, Any]:
+    """The summary's validation account of the reported models: each task's validation loss and skill (the
+    numbers a decision between runs may read; the test losses are for reporting only)."""
+    val = {t: reported_val_loss(st.task(fl), t) for t, fl in owner.items()}
+    known = {t: v for t, v in val.items() if v is not None}
+    sk = trivial.skills(known, triv.val_loss if triv is not None else {})
+    return {"val_loss": val, "val_skill": {t: sk.get(t) for t in val}, "mean_val_skill": trivial.mean_skill(sk)}
+
+
 def _val_curves(run_dir: Path, fl_tasks: list[str]) -> dict[str, list[float]]:
     """Each final FL task's validation total per round, from metrics.jsonl."""
     out: dict[str, list[float]] = {f: [] for f in fl_tasks}
@@ -336,7 +360,7 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
                         + "; no summary is written: training diverged (a lower federation.lr?) or the data holds "
                           "non-finite values")
     metrics = {t: {k.split("/")[0]: v for k, v in st.task(fl).last_eval.items()
-                   if k.endswith(f"/{t}") and not k.startswith("loss/")} for t, fl in owner.items()}
+                   if k.endswith(f"/{t}") and not k.startswith(("loss/", "val_"))} for t, fl in owner.items()}
     totals = st.costs.totals()
     summary = {
         "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
@@ -345,10 +369,12 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
         "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
                       "started_round": t.started_round, "finished_round": t.finished_round,
                       "selected_round": t.selected_round, "start_val_total_loss": t.start_val,
+                      "start_val_loss": t.start_val_loss or None,
                       "final_total_loss": t.last_eval.get("total_loss"),
                       "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
         "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
         **learned(per_task, triv, _val_curves(run_dir, sorted(set(owner.values())))),
+        **validation(owner, st, triv),
     }
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
     measured = st.affinity.mean(MERGED, affinity_rounds(server))

@@ -165,6 +165,7 @@ class RoundLoop:
         val = fl.last_val["total_loss"]
         if fl.best_val is None or val < fl.best_val:
             fl.best_val, fl.best_round = val, fl.done_rounds
+            fl.best_val_loss = {t: fl.last_val[f"loss/{t}"] for t in fl.tasks}
             st = self.server.state
             st.weights[best_key(fl.name)] = {k: v.clone() for k, v in st.weights[fl.name].items()}
 
@@ -177,6 +178,7 @@ class RoundLoop:
             return
         fl.last_val = self._evaluate(fl, self.server.state.weights[fl.name], self.val_data)
         fl.start_val = fl.last_val["total_loss"]
+        fl.start_val_loss = {t: fl.last_val[f"loss/{t}"] for t in fl.tasks}
         self._keep_if_best(fl)  # the first candidate: best_round 0
 
     def _select(self, fl: FLTaskState) -> None:

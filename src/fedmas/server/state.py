@@ -50,6 +50,8 @@ class FLTaskState:
     needs: list[str] = field(default_factory=list)  # with partial labels, only clients holding these train it
     started_from: str | None = None  # the FL task whose weights it started from (a group: the merged model)
     start_val: float | None = None  # validation total of those starting weights (best_val: round 0's candidate)
+    start_val_loss: dict[str, float] = field(default_factory=dict)  # ... and per task
+    best_val_loss: dict[str, float] = field(default_factory=dict)  # validation losses of the kept best model
 
     @property
     def measuring(self) -> bool:
