@@ -17,7 +17,8 @@ This script recovers them without changing any run's files:
   re-run must reproduce the original: its merged rounds' training and test losses in ``metrics.jsonl`` and
   each group's start total (``start_val_total_loss``) must equal the original's exactly, or the script stops.
   MAS-K runs of one seed share their merged phase: one re-run serves every run of that folder whose merged
-  phase it reproduces, checked the same way.
+  phase it reproduces, checked the same way. A run is reproduced bit for bit only on a machine like the one
+  that made it (another CPU model gives other float sums): elsewhere the check fails and nothing is written.
 
 Writes ``<results folder>/reported_val_loss.json`` beside the runs: ``{"seed-S/method": {"val_loss": {task:
 loss}, "source": {task: how}}}``, resumable (runs already recovered are kept). Reads no test data to decide
