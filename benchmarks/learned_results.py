@@ -208,7 +208,9 @@ def markdown(runs) -> str:
         out.append(f"| {text} | {a} − {b}: {d['diff']:+.3f}{half} (higher in {higher} of {d['seeds']}){excl} "
                    f"| {d['seeds']} | **{d['finding']}** |")
     dd = split_schedule_default(runs)
-    if dd["seeds"]:
+    if dd["seeds"] and "diff" not in dd:
+        out += ["", f"Default of mas.split_schedule: not decided ({dd['why']})."]
+    elif dd["seeds"]:
         out += ["", f"Default of mas.split_schedule, decided on validation skill only (continue − restart, mean over "
                 f"the tasks, per seed averaged over MAS-2 and MAS-3): {dd['diff']:+.4f}"
                 + ("" if dd["ci"] is None else f" ± {dd['ci']:.4f}") + f" over {dd['seeds']} seeds: "
