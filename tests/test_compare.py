@@ -220,3 +220,16 @@ def test_a_failed_parallel_run_stops_the_runs_not_yet_started():
                lambda i, still_running, e: told.append((i, still_running, str(e))))
     assert queued.cancelled() and not running.cancelled()
     assert told == [(1, 1, "seed 1 holds a run of another config")]
+
+
+def test_an_interrupted_parallel_comparison_starts_nothing_more():
+    finished, queued = Future(), Future()
+    finished.set_running_or_notify_cancel()
+    finished.set_result("a")
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gather({finished: 0, queued: 1}, interrupted)
+    assert queued.cancelled()

@@ -255,16 +255,21 @@ def gather(futures: dict[Future[Any], int], done: Callable[[int, Any, int], None
     ``failed(index, how many are still running, its exception)`` is called (it may raise another exception
     instead), and the exception is raised."""
     results: dict[int, Any] = {}
-    for f in as_completed(futures):
-        i = futures[f]
-        try:
-            results[i] = f.result()
-        except BaseException as e:
-            cancelled = [g.cancel() for g in futures if not g.done()]
-            if failed is not None:
-                failed(i, cancelled.count(False), e)
-            raise
-        done(i, results[i], len(results))
+    try:
+        for f in as_completed(futures):
+            i = futures[f]
+            try:
+                results[i] = f.result()
+            except BaseException as e:
+                cancelled = [g.cancel() for g in futures if not g.done()]
+                if failed is not None:
+                    failed(i, cancelled.count(False), e)
+                raise
+            done(i, results[i], len(results))
+    except BaseException:  # also Ctrl-C while waiting: nothing more starts
+        for g in futures:
+            g.cancel()
+        raise
     return results
 
 
