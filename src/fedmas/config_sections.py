@@ -159,8 +159,9 @@ class MASConfig(_Strict):
     split_rounds: int | None = Field(None, ge=1, le=1_000_000,
                                      description="rounds each group trains after the split; None = R − R0")
     split_schedule: Literal["restart", "continue"] = Field(
-        "restart", description="restart: each group runs the poly schedule afresh over its rounds from the base "
-                               "lr; continue: the groups take the schedule on from round R0 of R")
+        "continue", description="continue (default, chosen on validation evidence: docs/results.md): the groups "
+                                "take the poly schedule on from round R0 of R; restart (the reference "
+                                "implementation): each group runs it afresh over its rounds from the base lr")
     lookahead_step: int = Field(10, ge=1, le=1_000_000)
     max_splits: int = Field(4, ge=1, le=64)
     auto_epsilon: float = Field(0.05, ge=0, le=100, description="splits: auto — smallest k within ε·|best| of the best")
