@@ -150,6 +150,16 @@ def compare(runs, a: str, b: str, sign: int) -> dict[str, Any] | None:
     return d
 
 
+def per_task(runs, a: str, b: str) -> dict[str, dict[str, Any]]:
+    """Each task's paired difference of test skill a − b over the seeds both ran (described, never decided on)."""
+    if a not in runs or b not in runs:
+        return {}
+    seeds = sorted(set(runs[a]) & set(runs[b]))
+    tasks = list(runs[a][seeds[0]]["test_skill"]) if seeds else []
+    return {t: stats.paired([(runs[a][s]["test_skill"][t], runs[b][s]["test_skill"][t]) for s in seeds])
+            for t in tasks}
+
+
 def table(runs) -> tuple[list[str], list[dict[str, Any]]]:
     tasks = list(next(iter(next(iter(runs.values())).values()))["test_skill"])
     rows = []
@@ -207,6 +217,12 @@ def markdown(runs) -> str:
         higher = d["seeds"] - d["lower_in"] - d["tied_in"]
         out.append(f"| {text} | {a} − {b}: {d['diff']:+.3f}{half} (higher in {higher} of {d['seeds']}){excl} "
                    f"| {d['seeds']} | **{d['finding']}** |")
+    for _text, a, b in SPLIT_PHASE:
+        per = per_task(runs, a, b)
+        if per:
+            out.append(f"\nPer task, {a} − {b} (paired test skill): " + "; ".join(
+                f"{short_name(t)} {d['diff']:+.3f}" + ("" if d["ci"] is None else f" ± {d['ci']:.3f}")
+                for t, d in per.items()))
     dd = split_schedule_default(runs)
     if dd["seeds"] and "diff" not in dd:
         out += ["", f"Default of mas.split_schedule: not decided ({dd['why']})."]
