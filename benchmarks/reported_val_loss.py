@@ -41,6 +41,10 @@ from fedmas.run import execute
 OUT = "reported_val_loss.json"
 
 
+class NotTheSameRun(Exception):
+    """A re-run that does not reproduce the original run (another machine, another code): nothing is recovered."""
+
+
 def _lines(run: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
@@ -72,17 +76,18 @@ def _check_same_run(run: Path, rerun: dict[str, Any]) -> None:
     first = rerun["first"]
     mine, theirs = _merged_part(_lines(run), first), _merged_part(rerun["lines"], first)
     if mine != theirs:
-        raise SystemExit(f"{run}: the re-run's merged rounds differ from the original's; nothing recovered")
+        raise NotTheSameRun(f"{run}: the re-run's merged rounds differ from the original's; nothing recovered")
     summary = json.loads((run / "summary.json").read_text())
     for f in summary["fl_tasks"]:
         if f["role"] != "final" or f.get("start_val_total_loss") is None:
             continue
         if not set(f["tasks"]) <= set(rerun["start"]):
-            raise SystemExit(f"{run}: the re-run's groups do not evaluate {f['name']}'s tasks at the start")
+            raise NotTheSameRun(f"{run}: the re-run's groups do not evaluate {f['name']}'s tasks at the start")
         start = {t: rerun["start"][t] for t in f["tasks"]}
-        if abs(sum(start.values()) - f["start_val_total_loss"]) > 1e-9 * max(1.0, abs(f["start_val_total_loss"])):
-            raise SystemExit(f"{run}: {f['name']}'s start evaluation re-run gives a total of {sum(start.values())!r}, "
-                             f"the original {f['start_val_total_loss']!r}; nothing recovered")
+        total, original = sum(start.values()), f["start_val_total_loss"]
+        if abs(total - original) > 1e-9 * max(1.0, abs(original)):
+            raise NotTheSameRun(f"{run}: {f['name']}'s start evaluation re-run gives a total of {total!r}, "
+                                f"the original {original!r}; nothing recovered")
 
 
 def _start_of(run: Path, key: str, reruns: list[dict[str, Any]], scratch: Path) -> dict[str, Any]:
@@ -91,7 +96,7 @@ def _start_of(run: Path, key: str, reruns: list[dict[str, Any]], scratch: Path) 
         try:
             _check_same_run(run, r)
             return r
-        except SystemExit:
+        except NotTheSameRun:
             continue
     r = _rerun_start(run, scratch)
     r["start"] = {t: v for g in r["groups"].values() if g.get("started_from") for t, v in
@@ -141,8 +146,12 @@ def main() -> int:
     p.add_argument("--scratch", type=Path, help="where the re-runs go (default: a temporary folder)")
     a = p.parse_args()
     scratch = a.scratch or Path(tempfile.mkdtemp(prefix="fedmas-reported-val-"))
-    for folder in a.folders:
-        recover(folder, scratch)
+    try:
+        for folder in a.folders:
+            recover(folder, scratch)
+    except NotTheSameRun as e:
+        print(f"[reported_val_loss] {e}", file=sys.stderr)
+        return 2
     return 0
 
 

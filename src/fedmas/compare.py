@@ -245,7 +245,7 @@ def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: in
                                f"{i + 1}/{total} {label} seed {seed} → {run_dir}"): i
                    for i, (label, seed, run_cfg, run_dir) in enumerate(todo)}
         results = gather(futures, done, failed)
-    return [results[i] for i in range(len(todo))]
+    return [results[i] for i in range(total)]
 
 
 def gather(futures: dict[Future[Any], int], done: Callable[[int, Any, int], None],

@@ -235,9 +235,8 @@ def load_or_render(spec: SceneSpec, cache_dir: Path | None = None,
     """
     root = (cache_dir or default_cache_dir()) / "scenes" / spec.key()
     root.mkdir(parents=True, exist_ok=True)
-    spec_text = json.dumps(asdict(spec), indent=1).encode()
     if not (root / "spec.json").exists():
-        atomic_write_bytes(root / "spec.json", spec_text)
+        atomic_write_bytes(root / "spec.json", json.dumps(asdict(spec), indent=1).encode())
     result: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for b in (range(spec.buildings) if only is None else only):
         result[b] = {}
