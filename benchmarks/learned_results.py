@@ -205,6 +205,33 @@ def _finding_row(runs, text: str, a: str, b: str, sign: int, words: tuple[str, s
             f"| {d['seeds']} | **{d['finding']}** |")
 
 
+def per_task_table(runs, tasks: list[str]) -> list[str]:
+    """The planned findings' paired differences task by task (described beside the verdicts, never decided on):
+    which tasks a verdict on the mean skill comes from."""
+    from fedmas.report import short as short_name
+
+    lines = []
+    for _text, a, b, _sign in FINDINGS:
+        per = per_task(runs, a, b)
+        if not per:
+            continue
+        n = next(iter(per.values()))["seeds"]
+        cells = []
+        for t in tasks:
+            d = per[t]
+            cell = f"{d['diff']:+.3f}" + ("" if d["ci"] is None else f" ± {d['ci']:.3f}")
+            if d["ci"] is not None and abs(d["diff"]) > d["ci"]:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + f" | {n} |")
+    if not lines:
+        return []
+    return ["", "Per task, the same pairs (paired difference of test skill, mean ± 95% interval; bold: the interval "
+            "excludes 0). Described beside the verdicts above, not a verdict of its own:", "",
+            "| pair | " + " | ".join(short_name(t) for t in tasks) + " | seeds |",
+            "| --- | " + " | ".join("---" for _ in tasks) + " | ---: |", *lines]
+
+
 def markdown(runs) -> str:
     from fedmas.report import short as short_name
 
@@ -237,6 +264,7 @@ def markdown(runs) -> str:
             "| the paper's finding, MAS with the default schedule | paired difference of mean skill over the tasks "
             "both learned | seeds | verdict |", *header]
     out += [_finding_row(runs, text, a, b, sign) for text, a, b, sign in DEFAULT_FINDINGS]
+    out += per_task_table(runs, tasks)
     for _text, a, b in SPLIT_PHASE:
         per = per_task(runs, a, b)
         if per:
