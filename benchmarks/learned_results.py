@@ -232,6 +232,26 @@ def per_task_table(runs, tasks: list[str]) -> list[str]:
             "| --- | " + " | ".join("---" for _ in tasks) + " | ---: |", *lines]
 
 
+def groupings(runs) -> list[str]:
+    """Which groups each splitting method chose, and in how many of its seeds (described)."""
+    from fedmas.report import short as short_name
+
+    lines = []
+    for key, by_seed in runs.items():
+        counts: dict[str, int] = {}
+        for s in by_seed.values():
+            if len(s.get("groups") or []) < 2:
+                continue
+            text = "; ".join("{" + ", ".join(short_name(t) for t in g) + "}" for g in s["groups"])
+            counts[text] = counts.get(text, 0) + 1
+        if counts:
+            top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            lines.append(f"| {key} | " + "<br>".join(f"{g}: {n}" for g, n in top) + f" | {len(by_seed)} |")
+    if not lines:
+        return []
+    return ["", "| method | groups chosen: in how many seeds | seeds |", "| --- | --- | ---: |", *lines]
+
+
 def markdown(runs) -> str:
     from fedmas.report import short as short_name
 
@@ -279,6 +299,7 @@ def markdown(runs) -> str:
                 f"the tasks, per seed averaged over MAS-2 and MAS-3): {dd['diff']:+.4f}"
                 + ("" if dd["ci"] is None else f" ± {dd['ci']:.4f}") + f" over {dd['seeds']} seeds: "
                 f"{dd['why']}, so **{dd['default']}**."]
+    out += groupings(runs)
     out += ["", "| the paper's cost finding | training FLOPs, ratio of means | seeds |", "| --- | --- | ---: |"]
     by = {r["method"]: r for r in rows}
     for text, a, b in COSTS:
