@@ -226,8 +226,8 @@ def per_task_table(runs, tasks: list[str]) -> list[str]:
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + f" | {n} |")
     if not lines:
         return []
-    return ["", "Per task, the same pairs (paired difference of test skill, mean ± 95% interval; bold: the interval "
-            "excludes 0). Described beside the verdicts above, not a verdict of its own:", "",
+    return ["", "Per task, the pairs of the findings above (paired difference of test skill, mean ± 95% interval; "
+            "bold: the interval excludes 0). Described beside the verdicts above, not a verdict of its own:", "",
             "| pair | " + " | ".join(short_name(t) for t in tasks) + " | seeds |",
             "| --- | " + " | ".join("---" for _ in tasks) + " | ---: |", *lines]
 
@@ -274,6 +274,7 @@ def markdown(runs) -> str:
             "| --- | --- | ---: | --- |"]
     header = ["| --- | --- | ---: | --- |"]
     out += [_finding_row(runs, text, a, b, sign) for text, a, b, sign in FINDINGS]
+    out += per_task_table(runs, tasks)
     out += ["", "| the split phase | paired difference of mean skill over the tasks both learned | seeds | verdict |",
             *header]
     out += [_finding_row(runs, text, a, b, +1, ("continue is better", "restart is better"))
@@ -284,7 +285,6 @@ def markdown(runs) -> str:
             "| the paper's finding, MAS with the default schedule | paired difference of mean skill over the tasks "
             "both learned | seeds | verdict |", *header]
     out += [_finding_row(runs, text, a, b, sign) for text, a, b, sign in DEFAULT_FINDINGS]
-    out += per_task_table(runs, tasks)
     for _text, a, b in SPLIT_PHASE:
         per = per_task(runs, a, b)
         if per:
