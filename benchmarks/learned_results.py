@@ -242,7 +242,9 @@ def groupings(runs) -> list[str]:
         for s in by_seed.values():
             if len(s.get("groups") or []) < 2:
                 continue
-            text = "; ".join("{" + ", ".join(short_name(t) for t in g) + "}" for g in s["groups"])
+            order = list(s["tasks"])  # one order of tasks and of groups, so a partition is counted once
+            canon = sorted((sorted(g, key=order.index) for g in s["groups"]), key=lambda g: [order.index(t) for t in g])
+            text = "; ".join("{" + ", ".join(short_name(t) for t in g) + "}" for g in canon)
             counts[text] = counts.get(text, 0) + 1
         if counts:
             top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -353,8 +355,10 @@ def main() -> int:
     tasks, rows = table(runs)
     findings = {text: compare(runs, a, b, s) for text, a, b, s in FINDINGS + [(t, a, b, 1) for t, a, b in SPLIT_PHASE]}
     findings_default = {text: compare(runs, a, b, s) for text, a, b, s in DEFAULT_FINDINGS}
+    per_task_findings = {f"{a} − {b}": per_task(runs, a, b) for _text, a, b, _s in FINDINGS}
     (RESULTS / "learned_protocol.json").write_text(json.dumps(
-        {"tasks": tasks, "rows": rows, "findings": findings, "findings_with_default_schedule": findings_default,
+        {"tasks": tasks, "rows": rows, "findings": findings, "findings_per_task": per_task_findings,
+         "findings_with_default_schedule": findings_default,
          "split_schedule_default": split_schedule_default(runs)},
         indent=1))
     figure(runs, RESULTS / "learned_protocol.png")

@@ -25,8 +25,8 @@ def lr():
 
 def _run(skill: dict[str, float], val: dict[str, float] | None = None,
          groups: list[list[str]] | None = None) -> dict[str, Any]:
-    return {"test_skill": dict(skill), "mean_skill": sum(skill.values()) / len(skill), "total_test_loss": 1.0,
-            "costs": {"train_flop": 1e12}, "groups": groups, "val_skill": dict(val or skill)}
+    return {"tasks": sorted(skill), "test_skill": dict(skill), "mean_skill": sum(skill.values()) / len(skill),
+            "total_test_loss": 1.0, "costs": {"train_flop": 1e12}, "groups": groups, "val_skill": dict(val or skill)}
 
 
 def test_a_consistent_gain_holds_and_its_opposite_is_refuted(lr) -> None:
@@ -84,13 +84,14 @@ def test_the_per_task_table_bolds_only_intervals_that_exclude_zero(lr, monkeypat
 
 
 def test_groupings_count_the_partitions_over_seeds(lr) -> None:
-    g1, g2 = [["x", "y"], ["z"]], [["x"], ["y", "z"]]
-    runs = {"mas:2": {0: _run({"x": 0.4}, groups=g1), 1: _run({"x": 0.4}, groups=g1),
-                      2: _run({"x": 0.4}, groups=g2)},
+    g1, g1_reordered, g2 = [["x", "y"], ["z"]], [["z"], ["y", "x"]], [["x"], ["y", "z"]]
+    xyz = {"x": 0.4, "y": 0.4, "z": 0.4}
+    runs = {"mas:2": {0: _run(xyz, groups=g1), 1: _run(xyz, groups=g1_reordered), 2: _run(xyz, groups=g2)},
             "all-in-one": {0: _run({"x": 0.4}, groups=[["x", "y", "z"]])}}
     lines = lr.groupings(runs)
     rows = [line for line in lines if line.startswith("| mas:2 |")]
     assert len(rows) == 1 and not any(line.startswith("| all-in-one |") for line in lines)
+    assert "{x, y}; {z}: 2" in rows[0]  # the same partition in another order is counted once
     assert rows[0].index(": 2") < rows[0].index(": 1")  # the most frequent partition first
     assert rows[0].rstrip().endswith("| 3 |")
 
