@@ -34,6 +34,7 @@ from typing import Any
 from _common import RESULTS
 
 from fedmas import stats
+from fedmas.report import short as short_name
 
 NOT_LEARNED = 0.05
 RECOVERED = "reported_val_loss.json"  # benchmarks/reported_val_loss.py: validation losses older runs did not record
@@ -188,9 +189,12 @@ def table(runs) -> tuple[list[str], list[dict[str, Any]]]:
     return tasks, rows
 
 
-def _finding_row(runs, text: str, a: str, b: str, sign: int, words: tuple[str, str] | None = None) -> str:
-    from fedmas.report import short as short_name
+def _pm(d: dict[str, Any]) -> str:
+    """A paired difference as text: its mean, and ± its 95% half-width where there is one."""
+    return f"{d['diff']:+.3f}" + ("" if d["ci"] is None else f" ± {d['ci']:.3f}")
 
+
+def _finding_row(runs, text: str, a: str, b: str, sign: int, words: tuple[str, str] | None = None) -> str:
     d = compare(runs, a, b, sign)
     if d is not None and words and d.get("finding") in ("holds", "refuted"):
         d["finding"] = words[0] if d["finding"] == "holds" else words[1]
@@ -198,18 +202,15 @@ def _finding_row(runs, text: str, a: str, b: str, sign: int, words: tuple[str, s
         return f"| {text} | {a} − {b}: not run yet | 0 | — |"
     if not d["tasks"]:
         return f"| {text} | {a} − {b}: {d['verdict']} | {d['seeds']} | — |"
-    half = "" if d["ci"] is None else f" ± {d['ci']:.3f}"
     excl = f"; not compared on {', '.join(short_name(t) for t in d['excluded'])}" if d["excluded"] else ""
     higher = d["seeds"] - d["lower_in"] - d["tied_in"]
-    return (f"| {text} | {a} − {b}: {d['diff']:+.3f}{half} (higher in {higher} of {d['seeds']}){excl} "
+    return (f"| {text} | {a} − {b}: {_pm(d)} (higher in {higher} of {d['seeds']}){excl} "
             f"| {d['seeds']} | **{d['finding']}** |")
 
 
 def per_task_table(runs, tasks: list[str]) -> list[str]:
     """The planned findings' paired differences task by task (described beside the verdicts, never decided on):
     which tasks a verdict on the mean skill comes from."""
-    from fedmas.report import short as short_name
-
     lines = []
     for _text, a, b, _sign in FINDINGS:
         per = per_task(runs, a, b)
@@ -219,7 +220,7 @@ def per_task_table(runs, tasks: list[str]) -> list[str]:
         cells = []
         for t in tasks:
             d = per[t]
-            cell = f"{d['diff']:+.3f}" + ("" if d["ci"] is None else f" ± {d['ci']:.3f}")
+            cell = _pm(d)
             if d["ci"] is not None and abs(d["diff"]) > d["ci"]:
                 cell = f"**{cell}**"
             cells.append(cell)
@@ -234,8 +235,6 @@ def per_task_table(runs, tasks: list[str]) -> list[str]:
 
 def groupings(runs) -> list[str]:
     """Which groups each splitting method chose, and in how many of its seeds (described)."""
-    from fedmas.report import short as short_name
-
     lines = []
     for key, by_seed in runs.items():
         counts: dict[str, int] = {}
@@ -255,8 +254,6 @@ def groupings(runs) -> list[str]:
 
 
 def markdown(runs) -> str:
-    from fedmas.report import short as short_name
-
     tasks, rows = table(runs)
     out = ["| method | seeds | " + " | ".join(short_name(t) for t in tasks)
            + " | mean skill | total test loss | train TFLOP | runs not converged |",
@@ -291,7 +288,7 @@ def markdown(runs) -> str:
         per = per_task(runs, a, b)
         if per:
             out.append(f"\nPer task, {a} − {b} (paired test skill): " + "; ".join(
-                f"{short_name(t)} {d['diff']:+.3f}" + ("" if d["ci"] is None else f" ± {d['ci']:.3f}")
+                f"{short_name(t)} {_pm(d)}"
                 for t, d in per.items()))
     dd = split_schedule_default(runs)
     if dd["seeds"] and "diff" not in dd:
@@ -318,8 +315,6 @@ def figure(runs, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fedmas.report import short as short_name
 
     tasks, rows = table(runs)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=130, gridspec_kw={"width_ratios": [2.2, 1]})
