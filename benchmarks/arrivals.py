@@ -17,7 +17,8 @@ The config's tasks minus the newcomer start; the newcomer arrives at round ``at`
 It prints, per policy, the mean skill over every task and the total test loss (mean ± 95% interval over
 seeds), the newcomer's own test loss and skill, the tasks not learned, training FLOPs, traffic and rounds,
 and the paired differences of the probe against each alternative with a verdict; it writes ``<out>.json``
-and ``<out>.png``. Runs go to ``<out>/`` and are reused when they are complete.
+and ``<out>.png``. Runs go to ``<out>/``: a finished one is reused, an interrupted one resumed from its last
+checkpoint, so the command itself is resumable.
 """
 
 from __future__ import annotations
@@ -34,20 +35,40 @@ POLICIES = ("probe", "alone", "restart")
 
 
 def _run(cfg, out: Path, stop_after: int | None = None) -> dict[str, Any]:
-    """The run's summary (or, with ``stop_after``, its costs so far), reusing a finished run folder."""
+    """The run's summary (or, with ``stop_after``, its costs so far): a finished run folder is reused and an
+    interrupted one resumed; a folder holding a run of another config is refused."""
     from fedmas.run import execute
     from fedmas.server.state import load_checkpoint
 
+    _check_same_config(cfg, out)
+    ck = out / "checkpoint" / "state.json"
+    done = json.loads(ck.read_text())["round"] if ck.exists() else None
     if stop_after is not None:
-        ck = out / "checkpoint" / "state.json"
-        if not (ck.exists() and json.loads(ck.read_text())["round"] == stop_after):
-            execute(cfg, out, progress=False, force=True, stop_after=stop_after)
+        if done != stop_after:  # stop_after counts the rounds of this call
+            execute(None if done is not None else cfg, out, resume=done is not None, progress=False,
+                    stop_after=stop_after - (done or 0), force=done is None)
         return {"costs": load_checkpoint(out).costs.totals(), "rounds": stop_after}
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    summary = execute(cfg, out, progress=False, force=True)
+    summary = execute(None if done is not None else cfg, out, resume=done is not None, progress=False,
+                      force=done is None)
     assert summary is not None
     return summary
+
+
+def _check_same_config(cfg, out: Path) -> None:
+    """Refuse ``out`` when it holds a run of another config (torch threads aside: they change float order only)."""
+    from fedmas.config import Config, read_yaml_mapping
+
+    saved = out / "config.yaml"
+    if not saved.exists():
+        return
+    old = Config.model_validate(read_yaml_mapping(saved, "run config")).model_dump()
+    new = cfg.model_dump()
+    changed = sorted(k for k in set(old) | set(new) if k != "threads" and old.get(k) != new.get(k))
+    if changed:
+        raise SystemExit(f"{out} holds a run of another config (differs in: {', '.join(changed)}); "
+                         f"choose another --out")
 
 
 def one(base: str, sets: list[str], newcomer: str, at: float, seed: int, root: Path = OUT) -> dict[str, dict[str, Any]]:
