@@ -317,7 +317,7 @@ def figure(runs, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks, rows = table(runs)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=130, gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=130, gridspec_kw={"width_ratios": [2.2, 1]})
     w = 0.8 / max(len(rows), 1)
     for k, r in enumerate(rows):
         xs = [i + (k - (len(rows) - 1) / 2) * w for i in range(len(tasks))]
@@ -328,7 +328,7 @@ def figure(runs, path: Path) -> None:
     ax.set_xticks(range(len(tasks)), [short_name(t) for t in tasks])
     ax.set_ylabel("test skill (1 − L / L_constant)")
     ax.set_title("skill per task, mean ± 95% CI over seeds (dotted: not-learned line)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.09))  # below: clear of the bars
     bx.set_xlabel("training TFLOP")
     bx.set_ylabel("mean skill")
     bx.set_title("mean skill against training compute", fontsize=9)
