@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,17 @@ def _assert_clean_exit(rc: int, err: str) -> None:
         assert len(lines) == 1 and lines[0].startswith("fedmas: error:"), err
 
 
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    """Run in ``folder``, an empty folder of the test's own (the checkout may change under other processes)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -100,12 +112,13 @@ def test_fuzz_configs(tmp_path_factory, mutations):
         node[leaf] = value
     cfg = work / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw, allow_unicode=True))
-    cwd_before, work_before = _listing(Path.cwd()), _listing(work)
-    rc, err = _cli(["run", str(cfg), "--out", str(work / "run"), "--quiet"])
+    (work / "cwd").mkdir()  # the working directory of the run: nothing may appear there either
+    work_before = _listing(work)
+    with _inside(work / "cwd"):
+        rc, err = _cli(["run", str(cfg), "--out", str(work / "run"), "--quiet"])
     _assert_clean_exit(rc, err)
     touched = _listing(work) - work_before
     assert all(t == "run" or t.startswith("run/") for t in touched), touched
-    assert _listing(Path.cwd()) == cwd_before
     if rc == 2:
         assert not (work / "run").exists(), err
 
