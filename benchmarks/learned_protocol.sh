@@ -16,13 +16,13 @@ $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_continue --methods
   --set mas.split_schedule=continue
 # 2. the comparison: 10 seeds of six methods (the MAS runs of 1. are reused)
 $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol --methods mas:2,mas:3,one-by-one,all-in-one,tag:2,random:2
-# 3.-4. HOA on 3 seeds (its 15 full-length probes make it the most expensive method) on one core, beside
-#    partial labels and a task arriving mid-training (5 seeds each) on the other; one torch thread per run, as
-#    in 2.: two processes in all, so no core idles while HOA's third seed runs alone
-$F compare $P --seeds 0,1,2 --jobs 1 --set threads=1 --out $R/learned_protocol_hoa --methods hoa:2 &
-HOA=$!
+# 3. HOA on 3 seeds (its 15 full-length probes make it the most expensive method; finished, so reused)
+$F compare $P --seeds 0,1,2 --jobs 1 --set threads=1 --out $R/learned_protocol_hoa --methods hoa:2
+# 4. partial labels and a task arriving mid-training (5 seeds each), side by side, one process and one torch
+#    thread each, as in 2.
 .venv/bin/python benchmarks/partial_labels.py --config $P --seeds 0,1,2,3,4 --jobs 1 --set threads=1 --out $R/partial_labels_learned \
-  --reuse $R/learned_protocol  # coverage 1.0 is the comparison of 2.: its runs are reused
+  --reuse $R/learned_protocol &  # coverage 1.0 is the comparison of 2.: its runs are reused
+LABELS=$!
 .venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --jobs 1 --set threads=1 \
   --out $R/arrivals_learned
-wait $HOA
+wait $LABELS
