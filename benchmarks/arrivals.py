@@ -16,9 +16,10 @@ The config's tasks minus the newcomer start; the newcomer arrives at round ``at`
 
 It prints, per policy, the mean skill over every task and the total test loss (mean ± 95% interval over
 seeds), the newcomer's own test loss and skill, the tasks not learned, training FLOPs, traffic and rounds,
-and the paired differences of the probe against each alternative with a verdict; it writes ``<out>.json``
-and ``<out>.png``. Runs go to ``<out>/``: a finished one is reused, an interrupted one resumed from its last
-checkpoint, so the command itself is resumable.
+and the paired differences of the probe against each alternative with a verdict (mean skill over the tasks
+both policies learned — mean skill ≥ 0.05 — naming the others; each task's difference in the JSON); it
+writes ``<out>.json`` and ``<out>.png``. Runs go to ``<out>/``: a finished one is reused, an interrupted one
+resumed from its last checkpoint, so the command itself is resumable.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from learned_results import compare as compare_learned
+from learned_results import per_task
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "arrivals"
@@ -142,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row["probe_minus"] = {key: stats.paired([(runs[s]["probe"][key], runs[s][policy][key]) for s in seeds])
                                       for key in ("total_loss", "newcomer_loss", "start_loss")}
-                if all(runs[s][p].get("mean_skill") is not None for s in seeds for p in ("probe", policy)):
-                    row["probe_minus"]["mean_skill"] = stats.paired(
-                        [(runs[s]["probe"]["mean_skill"], runs[s][policy]["mean_skill"]) for s in seeds])
+                by_policy = {p: {s: runs[s][p]["summary"] for s in seeds} for p in ("probe", policy)}
+                if len(seeds) >= 2 and all("test_skill" in x for v in by_policy.values() for x in v.values()):
+                    learned = compare_learned(by_policy, "probe", policy, +1)  # over the tasks both learned
+                    if learned is not None:
+                        row["probe_minus"]["mean_skill"] = learned
+                        row["probe_minus_per_task"] = per_task(by_policy, "probe", policy)
                 row["probe_minus"]["train_flop"] = stats.paired(
                     [(runs[s]["probe"]["costs"]["train_flop"], runs[s][policy]["costs"]["train_flop"]) for s in seeds])
             rows.append(row)
@@ -188,8 +195,12 @@ def _print(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
         if "placed" in r:
             print(f"      placed: {', '.join(r['placed'])}")
         for key, d in r.get("probe_minus", {}).items():
+            if d.get("diff") is None:  # no task learned by both
+                print(f"      probe − {r['policy']} on {key}: {d['verdict']}")
+                continue
             half = "" if d["ci"] is None else f" ± {d['ci']:.3g}"
-            print(f"      probe − {r['policy']} on {key}: {d['diff']:+.3g}{half}: {d['verdict']}")
+            excl = f" (not compared on {', '.join(d['excluded'])}: not learned by both)" if d.get("excluded") else ""
+            print(f"      probe − {r['policy']} on {key}: {d['diff']:+.3g}{half}: {d['verdict']}{excl}")
 
 
 def _figure(rows: list[dict[str, Any]], path: Path) -> None:

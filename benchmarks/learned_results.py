@@ -70,18 +70,27 @@ SPLIT_PHASE = [("groups continue the merged schedule rather than restart it (2 g
 
 
 def load() -> dict[str, dict[int, dict[str, Any]]]:
-    """{method key: {seed: summary}} of every finished run; each summary gains ``val_skill`` (per task, from
-    the reported model's validation loss and the constant's, in the run's trivial.json)."""
+    """{method key: {seed: summary}} of every finished run of ``SOURCES``."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for prefix, folder in SOURCES:
-        recovered = json.loads((folder / RECOVERED).read_text()) if (folder / RECOVERED).exists() else {}
-        for f in sorted(folder.glob("seed-*/*/summary.json")):
-            key = prefix + f.parent.name.replace("-", ":", 1) if f.parent.name[-1].isdigit() else \
-                prefix + f.parent.name
-            summary = json.loads(f.read_text())
-            mine = recovered.get(f"{f.parent.parent.name}/{f.parent.name}")
-            summary["val_skill"] = val_skill(summary, f.parent, mine)
-            runs.setdefault(key, {})[int(f.parent.parent.name.split("-")[1])] = summary
+        load_folder(folder, prefix, runs)
+    return runs
+
+
+def load_folder(folder: Path, prefix: str = "",
+                runs: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """The finished runs of one comparison folder (``fedmas compare --out``, several seeds), added to ``runs``
+    as {``prefix`` + method key: {seed: summary}}; each summary gains ``val_skill`` (per task, from the
+    reported model's validation loss and the constant's, in the run's trivial.json)."""
+    runs = {} if runs is None else runs
+    recovered = json.loads((folder / RECOVERED).read_text()) if (folder / RECOVERED).exists() else {}
+    for f in sorted(folder.glob("seed-*/*/summary.json")):
+        key = prefix + f.parent.name.replace("-", ":", 1) if f.parent.name[-1].isdigit() else \
+            prefix + f.parent.name
+        summary = json.loads(f.read_text())
+        mine = recovered.get(f"{f.parent.parent.name}/{f.parent.name}")
+        summary["val_skill"] = val_skill(summary, f.parent, mine)
+        runs.setdefault(key, {})[int(f.parent.parent.name.split("-")[1])] = summary
     return runs
 
 

@@ -8,8 +8,9 @@ For each coverage c, ``fedmas compare`` runs the three methods over the seeds wi
 ``data.label_coverage = c`` (each client holds each task's labels with probability c, drawn once per
 client from the data seed) into ``<out>/coverage-<c>/`` (resumable). Then it prints, per coverage, each
 method's mean skill and total test loss (mean ± 95% interval), the tasks not learned, training FLOPs, and
-MAS's paired differences (on mean skill and on the total) with a verdict, and writes ``<out>.json`` and
-``<out>.png``.
+MAS's paired differences (on the total, and on the mean skill over the tasks both methods learned — mean
+skill ≥ 0.05 — naming the others, with each task's difference in the JSON) with a verdict, and writes
+``<out>.json`` and ``<out>.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from learned_results import compare as compare_learned
+from learned_results import load_folder, per_task
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "partial_labels"
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, check=True)
         doc = json.loads((out / "comparison.json").read_text())
         res = {r["key"]: r for r in doc["results"]}
+        runs = load_folder(out)  # {method key: {seed: summary}} (several seeds: seed-N folders)
         mas = {r["seed"]: r["total_loss"] for r in res["mas:2"]["runs"]}
         for key, r in res.items():
             line = {"coverage": cov, "method": key, "total_loss": r["total_loss"], "ci": r["total_loss_ci"],
@@ -62,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                 seeds = sorted(set(mas) & set(other))
                 d = stats.paired([(mas[s], other[s]) for s in seeds])
                 line["mas_minus"] = d
-                ms = {x["seed"]: x.get("mean_skill") for x in res["mas:2"]["runs"]}
-                os_ = {x["seed"]: x.get("mean_skill") for x in r["runs"]}
-                pairs = [(ms[s], os_[s]) for s in seeds if ms.get(s) is not None and os_.get(s) is not None]
-                if len(pairs) >= 2:
-                    line["mas_minus_skill"] = stats.paired(pairs)
+                learned = compare_learned(runs, "mas:2", key, +1) if len(seeds) >= 2 else None
+                if learned is not None:  # mean skill over the tasks both learned (or: none was)
+                    line["mas_minus_skill"] = learned
+                    line["mas_minus_skill_per_task"] = per_task(runs, "mas:2", key)
             table.append(line)
             if r.get("mean_skill") is not None:  # skill where the runs report it (higher is better)
                 curves.setdefault(key, []).append((cov, r["mean_skill"], r.get("mean_skill_ci") or 0.0))
@@ -79,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             d = ln["mas_minus"]
             extra = (f" | MAS-2 − this {d['diff']:+.3f} ± {d['ci']:.3f}: {d['verdict']}" if d["ci"] is not None
                      else f" | {d['verdict']}")
-        if "mas_minus_skill" in ln:
+        if "mas_minus_skill" in ln and not ln["mas_minus_skill"]["tasks"]:
+            extra += f" | mean skill: {ln['mas_minus_skill']['verdict']}"
+        elif "mas_minus_skill" in ln:
             d = ln["mas_minus_skill"]
             extra += f" | mean skill MAS-2 − this {d['diff']:+.3f}" + (f" ± {d['ci']:.3f}" if d["ci"] else "") \
-                + f": {d['verdict']}"
+                + f": {d['verdict']}" + (f" (not compared on {', '.join(d['excluded'])}: not learned by both)"
+                                        if d["excluded"] else "")
         skill = "" if ln["mean_skill"] is None else \
             f"skill {ln['mean_skill']:.3f} ± {ln['mean_skill_ci'] or 0:.3f}  "
         print(f"  coverage {ln['coverage']:.1f}  {ln['method']:<11} {skill}{ln['total_loss']:.4f} ± {ln['ci']:.4f}  "
