@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,24 @@ def _run(cfg, out: Path, stop_after: int | None = None) -> dict[str, Any]:
     done = json.loads(ck.read_text())["round"] if ck.exists() else None
     if stop_after is not None:
         if done != stop_after:  # stop_after counts the rounds of this call
+            _say(out, done, stop_after)
             execute(None if done is not None else cfg, out, resume=done is not None, progress=False,
                     stop_after=stop_after - (done or 0), force=done is None)
         return {"costs": load_checkpoint(out).costs.totals(), "rounds": stop_after}
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
+    _say(out, done, None)
     summary = execute(None if done is not None else cfg, out, resume=done is not None, progress=False,
                       force=done is None)
     assert summary is not None
     return summary
+
+
+def _say(out: Path, done: int | None, until: int | None) -> None:
+    """One progress line per run started or resumed (the runs themselves are quiet)."""
+    what = f"resuming after {done} rounds" if done else "starting"
+    end = "to its end" if until is None else f"up to {until} rounds"
+    print(f"[arrivals] {out}: {what}, {end} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
 
 
 def _check_same_config(cfg, out: Path) -> None:
