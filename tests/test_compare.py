@@ -101,6 +101,16 @@ def test_compare_over_seeds_reports_intervals_and_refuses_a_changed_config(tiny_
     err = capsys.readouterr().err
     assert "another config" in err and "federation.lr: 0.1 → 0.05" in err
     assert (out / "seed-0" / "mas-2" / "summary.json").stat().st_mtime_ns == before
+    # run again with one of its seeds: that seed's runs are reused from seed-<s>/ (not run again elsewhere)
+    one = ["compare", str(cfg), "--methods", "mas:2,one-by-one", "--out", str(out), "--quiet", "--seeds"]
+    seed1 = (out / "seed-1" / "mas-2" / "summary.json").stat().st_mtime_ns
+    assert main([*one, "1"]) == 0
+    assert (out / "seed-1" / "mas-2" / "summary.json").stat().st_mtime_ns == seed1 and not (out / "mas-2").exists()
+    # a one-seed comparison made before that rule kept its run in <out>/<method>: used where it is
+    (out / "seed-2" / "mas-2").rename(out / "mas-2")
+    seed2 = (out / "mas-2" / "summary.json").stat().st_mtime_ns
+    assert main([*one, "2"]) == 0
+    assert (out / "mas-2" / "summary.json").stat().st_mtime_ns == seed2 and not (out / "seed-2" / "mas-2").exists()
 
 
 def test_interval_arithmetic_on_a_known_sample():

@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="mas:2,one-by-one,all-in-one,tag:2,random:2",
                    help="comma list of method[:splits], e.g. mas:2,mas:3,one-by-one,all-in-one-fedprox,hoa:3")
     c.add_argument("--seeds", help="run every method under each of these training seeds (e.g. 0,1,2) and report "
-                                    "means with 95%% confidence intervals")
+                                    "means with 95%% confidence intervals; runs go to OUT/seed-<s>/<method>, reused "
+                                    "when the same --out is run again with other seeds")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     c.add_argument("--out", help="comparison folder (default runs/<name>-compare); resumable")
     c.add_argument("--jobs", type=int, default=1, metavar="N",

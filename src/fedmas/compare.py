@@ -94,6 +94,20 @@ def _data_for(run_cfg: Config, cache: dict[str, FederatedData]) -> FederatedData
     return cache[key]
 
 
+def _run_dir(out: Path, folder: str, seed: int, by_seed: bool) -> Path:
+    """A run's folder: ``<out>/seed-<s>/<method>`` when the seeds were given, ``<out>/<method>`` when the
+    config's seed was used. A one-seed comparison with ``--seeds`` made before this rule put its runs in
+    ``<out>/<method>``: such a run of this seed is used where it is (reused or resumed, not run again)."""
+    nested, flat = out / f"seed-{seed}" / folder, out / folder
+    if not by_seed:
+        return flat
+    if not nested.exists() and (flat / "config.yaml").is_file():
+        saved = read_yaml_mapping(flat / "config.yaml", "run config")
+        if saved.get("seed") == seed:
+            return flat
+    return nested
+
+
 def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
              data: dict[str, FederatedData] | None = None) -> dict[str, Any]:
     """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
@@ -133,6 +147,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
     each in its own process with ``max(1, threads // jobs)`` torch threads (recorded in its config.yaml);
     a run's results do not depend on ``jobs`` at a given thread count."""
     plan = parse_methods(methods, len(cfg.task_list))
+    by_seed = bool(seeds)  # runs in seed-<s>/ folders, so that a comparison run again with other seeds reuses them
     seeds = seeds or [cfg.seed]
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: expected a number of parallel runs ≥ 1")
@@ -145,8 +160,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
             run_cfg = check_config(Config.model_validate(_merge({**base, "method": method, "seed": seed,
                                                                  "threads": threads, "name": f"{cfg.name}-{label}"},
                                                                 over)), f"--methods {label}")
-            folder = label.replace(":", "-")
-            todo.append((label, seed, run_cfg, out / folder if len(seeds) == 1 else out / f"seed-{seed}" / folder))
+            todo.append((label, seed, run_cfg, _run_dir(out, label.replace(":", "-"), seed, by_seed)))
     summaries = _run_all(todo, progress, jobs)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
     for (label, seed, _, _), summary in zip(todo, summaries):
