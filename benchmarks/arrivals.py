@@ -72,14 +72,9 @@ def _say(out: Path, done: int | None, until: int | None) -> None:
 
 def _check_same_config(cfg, out: Path) -> None:
     """Refuse ``out`` when it holds a run of another config (torch threads aside: they change float order only)."""
-    from fedmas.config import Config, read_yaml_mapping
+    from fedmas.compare import config_changes
 
-    saved = out / "config.yaml"
-    if not saved.exists():
-        return
-    old = Config.model_validate(read_yaml_mapping(saved, "run config")).model_dump()
-    new = cfg.model_dump()
-    changed = sorted(k for k in set(old) | set(new) if k != "threads" and old.get(k) != new.get(k))
+    changed = sorted({d.split(":", 1)[0].split(".", 1)[0] for d in config_changes(out, cfg)})
     if changed:
         raise SystemExit(f"{out} holds a run of another config (differs in: {', '.join(changed)}); "
                          f"choose another --out")

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -72,3 +76,16 @@ def flower_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+
+@pytest.fixture(scope="session")
+def benchmark() -> Iterator[Callable[[str], ModuleType]]:
+    """Imports a script of benchmarks/ as a module, ``benchmark("arrivals")``: the folder is on sys.path for the
+    session, as it is when a script runs."""
+    folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(folder)

@@ -4,27 +4,19 @@ of another config is refused."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from fedmas import run as fedmas_run
 from fedmas.config import Config
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("arrivals")
-    finally:
-        sys.path.remove(str(BENCH))
+def bench(benchmark):
+    return benchmark("arrivals")
 
 
 @pytest.fixture

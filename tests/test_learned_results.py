@@ -4,23 +4,14 @@ the per-task table marks only intervals that exclude 0; the split-schedule defau
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def lr():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("learned_results")
-    finally:
-        sys.path.remove(str(BENCH))
+def lr(benchmark):
+    return benchmark("learned_results")
 
 
 def _run(skill: dict[str, float], val: dict[str, float] | None = None,

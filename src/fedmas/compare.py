@@ -108,27 +108,34 @@ def _run_dir(out: Path, folder: str, seed: int, by_seed: bool) -> Path:
     return nested
 
 
+def config_changes(run_dir: Path, run_cfg: Config) -> list[str]:
+    """How the run saved in ``run_dir`` differs from ``run_cfg`` (``"key.path: old → new"``; empty when the
+    folder holds no run or a run of this config). Torch threads are left out: they change float order only."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return []
+    old = read_yaml_mapping(saved, "run config")
+    try:  # as this version reads it: a key added since then takes its default, like --resume does
+        old = Config.model_validate(old).model_dump()
+    except ValueError:
+        pass  # not a valid config any more: compared as written, so the difference is named
+    return [d for d in _diff(old, run_cfg.model_dump()) if not d.startswith("threads:")]
+
+
 def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
              data: dict[str, FederatedData] | None = None) -> dict[str, Any]:
     """Run (or resume, or reuse) one method's run; refuses a folder that holds a run of another config."""
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        old = read_yaml_mapping(saved, "run config")
-        try:  # as this version reads it: a key added since then takes its default, like --resume does
-            old = Config.model_validate(old).model_dump()
-        except ValueError:
-            pass  # not a valid config any more: compared as written, so the difference is named
-        changed = [d for d in _diff(old, run_cfg.model_dump()) if not d.startswith("threads:")]  # float order only
-        if changed:
-            raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
-                              f"choose another --out for this comparison")
+    changed = config_changes(run_dir, run_cfg)
+    if changed:
+        raise ConfigError(f"{run_dir} holds a run of {label} with another config ({'; '.join(changed[:3])}); "
+                          f"choose another --out for this comparison")
     if (run_dir / "summary.json").exists():  # finished: its summary comes back at once
         return execute(None, run_dir, resume=True, progress=False)  # type: ignore[return-value]
     loaded = _data_for(run_cfg, data if data is not None else {})
     if holds_run(run_dir):  # interrupted
         summary = execute(None, run_dir, resume=True, progress=progress, data=loaded)
     else:  # new, or a run of this config that never checkpointed
-        summary = execute(run_cfg, run_dir, progress=progress, force=saved.exists(), data=loaded)
+        summary = execute(run_cfg, run_dir, progress=progress, force=(run_dir / "config.yaml").exists(), data=loaded)
     assert summary is not None
     return summary
 
