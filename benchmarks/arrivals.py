@@ -235,7 +235,6 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
                                 color=colors[r["policy"]])
             ax.set_xticks(range(len(mine)), [r["policy"] for r in mine])
             ax.set_xlim(-0.6, len(mine) - 0.4)
-            ax.set_title(label, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
             if key != "train_flop":
                 lo = min(r[key] - (r[key + "_ci"] or 0) for r in mine)
@@ -246,7 +245,7 @@ def _figure(rows: list[dict[str, Any]], path: Path) -> None:
                     label += " (dotted: not learned below)"
                 elif key.endswith("skill"):
                     label += f" (all above {NOT_LEARNED:g}: learned)"
-                ax.set_title(label, fontsize=9)
+            ax.set_title(label, fontsize=9)
         axes[i][0].set_ylabel(f"{n} arrives")
     fig.suptitle("A task arriving mid-training: mean ± 95% CI over seeds", fontsize=10)
     fig.tight_layout()
