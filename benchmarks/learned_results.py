@@ -35,8 +35,9 @@ from _common import RESULTS
 
 from fedmas import stats
 from fedmas.report import short as short_name
+from fedmas.trivial import NOT_LEARNED_BELOW
 
-NOT_LEARNED = 0.05
+NOT_LEARNED = NOT_LEARNED_BELOW  # mean skill over seeds below this: not learned (fedmas's own threshold)
 RECOVERED = "reported_val_loss.json"  # benchmarks/reported_val_loss.py: validation losses older runs did not record
 SOURCES = [("", RESULTS / "learned_protocol"), ("", RESULTS / "learned_protocol_hoa"),
            ("continue ", RESULTS / "learned_protocol_continue")]

@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from learned_results import NOT_LEARNED, load_folder, per_task
 from learned_results import compare as compare_learned
-from learned_results import load_folder, per_task
 
 HERE = Path(__file__).parent
 OUT = HERE / "results" / "partial_labels"
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             line = {"coverage": cov, "method": key, "total_loss": r["total_loss"], "ci": r["total_loss_ci"],
                     "mean_skill": r.get("mean_skill"), "mean_skill_ci": r.get("mean_skill_ci"),
                     "skill": r.get("skill", {}), "train_tflop": r["train_tflop"], "groups": r["groups"],
-                    "not_learned": sorted(t for t, v in r.get("skill", {}).items() if v is not None and v < 0.05)}
+                    "not_learned": sorted(t for t, v in r.get("skill", {}).items()
+                                          if v is not None and v < NOT_LEARNED)}
             if key != "mas:2":
                 other = {x["seed"]: x["total_loss"] for x in r["runs"]}
                 seeds = sorted(set(mas) & set(other))
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  coverage {ln['coverage']:.1f}  {ln['method']:<11} {skill}{ln['total_loss']:.4f} ± {ln['ci']:.4f}  "
               f"{ln['train_tflop']:.3f} TFLOP{extra}")
         if ln["not_learned"]:
-            print(f"      not learned (mean skill < 0.05): {', '.join(ln['not_learned'])} — a ranking on them is noise")
+            print(f"      not learned (mean skill < {NOT_LEARNED:g}): {', '.join(ln['not_learned'])} — "
+                  f"a ranking on them is noise")
     _figure(curves, a.out.with_suffix(".png"), all(ln["mean_skill"] is not None for ln in table))
     a.out.with_suffix(".json").write_text(json.dumps({"config": a.config, "seeds": a.seeds,
                                                       "set": a.set, "rows": table}, indent=1))

@@ -78,7 +78,6 @@ def flower_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
-
 @pytest.fixture(scope="session")
 def benchmark() -> Iterator[Callable[[str], ModuleType]]:
     """Imports a script of benchmarks/ as a module, ``benchmark("arrivals")``: the folder is on sys.path for the
