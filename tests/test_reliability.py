@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from fedmas.cli import main
 from fedmas.config import Config
-from fedmas.run import execute
-from fedmas.runfolder import RunLock
+from fedmas.engines.inprocess import InProcessEngine
+from fedmas.run import execute, serve_run_folder
+from fedmas.runfolder import DRIVE_LOCK, RunLock
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +81,50 @@ def test_one_process_per_run_folder(tiny_raw, tmp_path, capsys):
     assert main(["run", "--resume", str(run), "--quiet"]) == 0  # the kernel released the lock
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert sorted({json.loads(x)["round"] for x in lines}) == [0, 1, 2]
+
+
+_HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_driver_waits_for_the_first_and_continues_where_it_stopped(tiny_raw, tmp_path, capsys):
+    """A ServerApp given a run folder whose rounds another process is running (an earlier ServerApp of the
+    same run that outlived its SuperLink) waits, naming it, runs nothing meanwhile, and then continues from
+    the checkpoint to the numbers of an uninterrupted run."""
+    cfg = Config.model_validate(_small(tiny_raw))
+    ref = execute(cfg, tmp_path / "ref", progress=False)
+    run = tmp_path / "r"
+    execute(cfg, run, progress=False, stop_after=1)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run / DRIVE_LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        got: list = []
+        serve = threading.Thread(target=lambda: got.append(serve_run_folder(
+            run, lambda _cfg, data, spec: InProcessEngine(data.clients, spec))))
+        serve.start()
+        err, end = "", time.monotonic() + 600  # the bound only ends a hung test
+        while f"PID {holder.pid}" not in err and serve.is_alive() and time.monotonic() < end:
+            time.sleep(0.1)
+            err += capsys.readouterr().err
+        assert f"PID {holder.pid}" in err and "waiting for it to end" in err, err
+        rounds = {json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()}
+        assert rounds == {0} and serve.is_alive()  # nothing ran while the other process held the rounds
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(60)
+    serve.join(600)
+    assert not serve.is_alive() and got[0]["total_test_loss"] == pytest.approx(ref["total_test_loss"], rel=1e-6)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({ln["round"] for ln in lines}) == [0, 1, 2]
 
 
 def test_derived_files_are_rewritten_on_resume(tiny_raw, tmp_path):

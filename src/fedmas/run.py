@@ -28,7 +28,7 @@ from fedmas.engines import EngineFactory, launch, preflight
 from fedmas.methods import MERGED, affinity_rounds, make_plan
 from fedmas.models import check_model, model_spec
 from fedmas.report import heatmap, loss_curves
-from fedmas.runfolder import RunLock, check_new_run_dir, prepare_run_dir, resume_config
+from fedmas.runfolder import DriveLock, RunLock, check_new_run_dir, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import (
@@ -192,7 +192,14 @@ def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
 
 def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
           stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
-    """The server side of a prepared run folder: load data and checkpoint, run the round loop, finish."""
+    """The server side of a prepared run folder: load data and checkpoint, run the round loop, finish
+    (in one process at a time: :class:`~fedmas.runfolder.DriveLock`)."""
+    with DriveLock(run_dir):
+        return _drive(cfg, run_dir, engine_factory, progress, stop_after, data)
+
+
+def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
+           stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
     state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
     if state is None:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -284,10 +291,11 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
             raise ConfigError(f"{run_dir} is not a fedmas run folder and no config was given")
         check_new_run_dir(run_dir)
         prepare_run_dir(run_dir, check_config(load_config(config, overrides or []), config))
-    done = _summary(run_dir)
-    if done is not None:
-        return done
-    return drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
+    with DriveLock(run_dir):  # an earlier ServerApp of this run may still be driving it: wait for it to end
+        done = _summary(run_dir)  # ... it may have finished the run
+        if done is not None:
+            return done
+        return _drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
 
 
 def _write_derived(server: Server) -> None:

@@ -3,8 +3,10 @@
 fedmas never deletes or overwrites anything it did not create. A new run needs a
 folder that does not exist or is empty; ``force`` replaces fedmas's own files in
 a folder (the names in :data:`RUN_FILES`) and leaves every other file alone.
-One process at a time drives a folder (:class:`RunLock`, an exclusive ``flock``
-released by the kernel when the holder dies, even by SIGKILL).
+One process at a time uses a folder (:class:`RunLock`, an exclusive ``flock``
+released by the kernel when the holder dies, even by SIGKILL), and one process at a
+time runs its rounds (:class:`DriveLock`): with ``engine: flower`` those are two
+processes, the ``fedmas run`` that submitted the run and the ServerApp that drives it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import site
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +27,11 @@ from fedmas.config import Config, ConfigError, add_import_path, load_config, rea
 from fedmas.server.state import atomic_write_text, verify_config
 
 LOCK = ".fedmas.lock"
+DRIVE_LOCK = ".fedmas-drive.lock"  # held by the process running the rounds (a ServerApp, with engine: flower)
 PLUGINS = "plugins"  # copies of the config's single-file plugin modules, so that --resume finds them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint", "affinity.json", "affinity.png", "split.json",
              "arrivals.json", "costs.json", "trivial.json", "losses.png", "summary.json", "run.log", "tensorboard",
-             PLUGINS, LOCK)
+             PLUGINS, LOCK, DRIVE_LOCK)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -54,7 +58,7 @@ def check_new_run_dir(run_dir: Path, force: bool = False, locked: bool = False) 
         raise ConfigError(f"--out {run_dir} exists and is not a folder")
     if not run_dir.exists():
         return
-    skip = {LOCK} if locked else set()
+    skip = {LOCK, DRIVE_LOCK} if locked else set()
     if force:
         if _is_ours(run_dir):
             return
@@ -81,7 +85,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
         old_plugins = _old_plugins(run_dir)
         for name in RUN_FILES:
             p = run_dir / name
-            if name in (LOCK, PLUGINS):
+            if name in (LOCK, DRIVE_LOCK, PLUGINS):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -169,30 +173,77 @@ def _check_plugin_origin(mod: str, run_dir: Path, source: Path) -> None:
                       f"folder; resume with --allow-plugin {mod} to import it")
 
 
-class RunLock:
-    """Exclusive use of a run folder by this process; a second one is refused with the holder's PID."""
+class _FolderLock:
+    """An exclusive ``flock`` on the file ``name`` of a run folder, holding the holder's PID."""
+
+    name = LOCK
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.fd: int | None = None
 
-    def __enter__(self) -> RunLock:
-        path = self.run_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _try(self, fd: int) -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ConfigError(f"{self.run_dir} is in use by another fedmas process (PID {holder}); "
-                              f"wait for it to finish or stop it first") from None
+            return False
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
-        return self
+        return True
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+    def _open(self) -> int:
+        return os.open(self.run_dir / self.name, os.O_RDWR | os.O_CREAT, 0o644)
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+class RunLock(_FolderLock):
+    """Exclusive use of a run folder by this process; a second one is refused with the holder's PID."""
+
+    def __enter__(self) -> RunLock:
+        fd = self._open()
+        if not self._try(fd):
+            holder = self._holder(fd)
+            os.close(fd)
+            raise ConfigError(f"{self.run_dir} is in use by another fedmas process (PID {holder}); "
+                              f"wait for it to finish or stop it first") from None
+        return self
+
+
+class DriveLock(_FolderLock):
+    """The rounds of a run folder run in one process at a time. A process that finds them held waits for the
+    holder to end, saying who it is (first at once, then every ``note_every_s``), and then continues from
+    what the holder left: the holder drives the same run, e.g. the ServerApp of an earlier submission whose
+    SuperLink went down and came back, or one still finishing. Two drivers at once would write the same
+    checkpoint and metrics in turn."""
+
+    name = DRIVE_LOCK
+
+    def __init__(self, run_dir: Path, note_every_s: float = 60.0, poll_s: float = 0.5):
+        super().__init__(run_dir)
+        self.note_every_s, self.poll_s = note_every_s, poll_s
+
+    def __enter__(self) -> DriveLock:
+        fd = self._open()
+        note_at = time.monotonic()
+        try:
+            while not self._try(fd):
+                if time.monotonic() >= note_at:
+                    print(f"[fedmas] {self.run_dir}: its rounds are being run by another fedmas process (PID "
+                          f"{self._holder(fd)}, e.g. an earlier ServerApp of this run); waiting for it to end, "
+                          f"then continuing from where it stops", file=sys.stderr, flush=True)
+                    note_at = time.monotonic() + self.note_every_s
+                time.sleep(self.poll_s)
+        except BaseException:  # stopped while waiting (Ctrl-C, the ServerApp's exit): the file is let go
+            os.close(fd)
+            raise
+        return self
