@@ -119,12 +119,25 @@ class Loopback:
             time.sleep(0.2)
         raise TimeoutError(f"SuperLink did not listen on {port}")
 
-    def kill(self, name: str) -> None:
+    def descendants(self, name: str) -> list[int]:
+        """The PIDs of every process that process ``name`` started, and theirs (Flower starts its SuperExec in a
+        session of its own, which a signal to the process group does not reach)."""
+        return descendants(self.procs[name].pid)
+
+    def kill(self, name: str, tree: bool = True) -> None:
+        """SIGKILL process ``name``'s group; with ``tree``, every process it started too, as when the machine
+        running it goes down (``tree=False``: the process alone, its SuperExec and apps left running)."""
         p = self.procs[name]
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        below: list[int] = []
+        if tree:  # freeze the tree first, so that nothing in it starts a process the kill would miss
+            _signal_group(p.pid, signal.SIGSTOP)
+            while new := [pid for pid in self.descendants(name) if pid not in below]:
+                below += new
+                for pid in new:
+                    _signal(pid, signal.SIGSTOP)
+        _signal_group(p.pid, signal.SIGKILL)
+        for pid in below:
+            _signal(pid, signal.SIGKILL)
         p.wait(10)
 
     def stop(self) -> None:
@@ -136,6 +149,37 @@ class Loopback:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s children, theirs, and so on, read from ``/proc`` (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def make_certificates(folder: Path) -> dict[str, str]:
