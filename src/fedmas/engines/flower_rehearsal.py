@@ -4,7 +4,8 @@
 ``flower-superlink`` and ``nodes`` ``flower-supernode`` processes on 127.0.0.1 (optionally with TLS from a
 self-signed CA, and SuperNode authentication: each node's key registered with ``flwr supernode register``
 before it starts), submits the run with ``flwr run`` (:func:`fedmas.engines.flower_deploy.submit`), waits,
-and stops every process it started by its PID. Tests and the overhead benchmark use :class:`Loopback`.
+and stops every process it started, and every process those started. Tests and the overhead benchmark use
+:class:`Loopback`.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class Loopback:
         """SIGKILL process ``name``'s group; with ``tree``, every process it started too, as when the machine
         running it goes down (``tree=False``: the process alone, its SuperExec and apps left running)."""
         p = self.procs[name]
+        if p.poll() is not None:  # gone already (its PID may belong to another process by now)
+            return
         below: list[int] = []
         if tree:  # freeze the tree first, so that nothing in it starts a process the kill would miss
             _signal_group(p.pid, signal.SIGSTOP)
