@@ -19,7 +19,7 @@ pytest.importorskip("flwr")
 
 from fedmas.config import Config  # noqa: E402
 from fedmas.engines.flower_deploy import submit  # noqa: E402
-from fedmas.engines.flower_rehearsal import Loopback  # noqa: E402
+from fedmas.engines.flower_rehearsal import Loopback, running  # noqa: E402
 from fedmas.run import execute  # noqa: E402
 from fedmas.runfolder import DRIVE_LOCK  # noqa: E402
 
@@ -49,11 +49,11 @@ def _cli_run(cfg: Config, config_path, out, timeout: float = 600) -> subprocess.
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_for_checkpoint(out, rounds: int, running, bound_s: float = 900):
-    """Wait until the run in ``out`` has checkpointed ``rounds`` rounds, or ``running()`` is false; the bound
+def _wait_for_checkpoint(out, rounds: int, going, bound_s: float = 900):
+    """Wait until the run in ``out`` has checkpointed ``rounds`` rounds, or ``going()`` is false; the bound
     only ends a hung test. Returns the checkpoint's state file."""
     st, end = out / "checkpoint" / "state.json", time.time() + bound_s
-    while time.time() < end and running():
+    while time.time() < end and going():
         try:
             if st.exists() and json.loads(st.read_text())["round"] >= rounds:
                 break
@@ -137,8 +137,10 @@ def test_server_restart_resumes_from_the_last_checkpoint(tiny_raw, tmp_path):
                                   str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         st = _wait_for_checkpoint(out, 1, lambda: first.poll() is None)
         assert first.poll() is None, "the run ended before the server could be killed"
+        server_side = lb.descendants("superlink")  # its SuperExec and the ServerApp (read from /proc)
+        assert server_side or not Path("/proc").is_dir()
         lb.kill("superlink")  # the server machine is gone: SuperLink, its SuperExec and the ServerApp
-        assert not lb.descendants("superlink")
+        assert not [pid for pid in server_side if running(pid)]
         first.kill()  # the submitting terminal went with it
         first.wait(60)
         done = json.loads(st.read_text())["round"]

@@ -142,6 +142,11 @@ class Loopback:
         for pid in below:
             _signal(pid, signal.SIGKILL)
         p.wait(10)
+        end = time.monotonic() + 10  # a SIGKILL takes effect when the kernel next runs the process
+        while (left := [pid for pid in below if running(pid)]) and time.monotonic() < end:
+            time.sleep(0.05)
+        if left:
+            raise RuntimeError(f"processes {left} started by {name} survived SIGKILL for 10 s")
 
     def stop(self) -> None:
         for name in list(self.procs):
@@ -166,6 +171,14 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: False once it has ended, even before its parent reaps it (a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def descendants(pid: int) -> list[int]:
