@@ -19,7 +19,7 @@ pytest.importorskip("flwr")
 
 from fedmas.config import Config  # noqa: E402
 from fedmas.engines.flower_deploy import submit  # noqa: E402
-from fedmas.engines.flower_rehearsal import Loopback, running  # noqa: E402
+from fedmas.engines.flower_rehearsal import Loopback, running, signal_each  # noqa: E402
 from fedmas.run import execute  # noqa: E402
 from fedmas.runfolder import DRIVE_LOCK  # noqa: E402
 
@@ -242,8 +242,7 @@ def test_a_serverapp_that_outlives_its_superlink_and_the_resumed_run_take_turns(
             execs = [pid for pid in left if "flower-superexec" in _command(pid)]
             apps = [pid for pid in left if "flwr-serverapp" in _command(pid)]
             assert execs and apps, [_command(pid) for pid in left]
-            for pid in execs + apps:
-                os.kill(pid, signal.SIGSTOP)
+            signal_each(execs + apps, signal.SIGSTOP)
             lb.kill("superlink", tree=False)
             first.kill()
             first.wait(60)
@@ -255,15 +254,10 @@ def test_a_serverapp_that_outlives_its_superlink_and_the_resumed_run_take_turns(
                     _holds_open(pid, lock) for pid in lb.descendants("superlink")
                     if "flwr-serverapp" in _command(pid)):
                 time.sleep(0.2)
-            for pid in apps:  # the earlier ServerApp goes on (its SuperExec stays stopped: it never notices)
-                os.kill(pid, signal.SIGCONT)
+            signal_each(apps, signal.SIGCONT)  # the earlier ServerApp goes on (its SuperExec stays stopped)
             stdout, stderr = resume.communicate(timeout=900)
     finally:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_each(left, signal.SIGKILL)
     assert resume.returncode == 0, stdout[-2000:] + stderr[-2000:]
     assert "being run by another fedmas process" in stdout + stderr  # the user is told why it waits
     got = json.loads((out / "summary.json").read_text())

@@ -22,7 +22,7 @@ from fedmas.cli import main
 from fedmas.config import Config
 from fedmas.engines.inprocess import InProcessEngine
 from fedmas.run import execute, serve_run_folder
-from fedmas.runfolder import DRIVE_LOCK, RunLock
+from fedmas.runfolder import RunLock
 
 pytestmark = pytest.mark.slow
 
@@ -84,12 +84,12 @@ def test_one_process_per_run_folder(tiny_raw, tmp_path, capsys):
 
 
 _HOLD = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
-print("held", flush=True)
-sys.stdin.readline()
+import sys
+from pathlib import Path
+from fedmas.runfolder import DriveLock
+with DriveLock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
 """
 
 
@@ -101,7 +101,7 @@ def test_a_second_driver_waits_for_the_first_and_continues_where_it_stopped(tiny
     ref = execute(cfg, tmp_path / "ref", progress=False)
     run = tmp_path / "r"
     execute(cfg, run, progress=False, stop_after=1)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run / DRIVE_LOCK)], stdin=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -215,7 +215,7 @@ class RunLock(_FolderLock):
             holder = self._holder(fd)
             os.close(fd)
             raise ConfigError(f"{self.run_dir} is in use by another fedmas process (PID {holder}); "
-                              f"wait for it to finish or stop it first") from None
+                              f"wait for it to finish or stop it first")
         return self
 
 

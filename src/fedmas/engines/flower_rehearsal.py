@@ -136,11 +136,9 @@ class Loopback:
             _signal_group(p.pid, signal.SIGSTOP)
             while new := [pid for pid in self.descendants(name) if pid not in below]:
                 below += new
-                for pid in new:
-                    _signal(pid, signal.SIGSTOP)
+                signal_each(new, signal.SIGSTOP)
         _signal_group(p.pid, signal.SIGKILL)
-        for pid in below:
-            _signal(pid, signal.SIGKILL)
+        signal_each(below, signal.SIGKILL)
         p.wait(10)
         end = time.monotonic() + 10  # a SIGKILL takes effect when the kernel next runs the process
         while (left := [pid for pid in below if running(pid)]) and time.monotonic() < end:
@@ -159,11 +157,13 @@ class Loopback:
         self.stop()
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+def signal_each(pids: list[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that still exists."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -173,23 +173,27 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _stat(path: Path) -> list[str] | None:
+    """The fields of a ``/proc/<pid>/stat`` after "pid (command)": state, ppid, ...; None once the process is gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` runs: False once it has ended, even before its parent reaps it (a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] != "Z"
 
 
 def descendants(pid: int) -> list[int]:
     """The PIDs of ``pid``'s children, theirs, and so on, read from ``/proc`` (empty where there is none)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        fields = _stat(stat)
+        if fields is not None:  # else ended meanwhile
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
