@@ -36,6 +36,10 @@ def check_config(cfg: Config, source: str = "config") -> Config:
     plan, n = PLANS[cfg.method], len(cfg.start_tasks)
     if isinstance(cfg.mas.splits, int) and cfg.mas.splits > n and plan.splits:
         raise bad("config", f"mas.splits={cfg.mas.splits} is larger than the number of tasks ({n})")
+    limit = getattr(plan, "max_tasks", None)
+    if limit is not None and n > limit:
+        raise bad("tasks", f"method {cfg.method} trains every non-empty subset of the tasks: {2 ** n - 1} FL tasks "
+                           f"for {n} tasks; it accepts at most {limit} tasks (use hoa or mas for more)")
     m, R = cfg.mas, cfg.federation.rounds
     if m.merge_rounds != "auto" and plan.continues and m.split_rounds is None \
             and m.rounds_of(m.merge_rounds, R) >= R:  # type: ignore[arg-type]

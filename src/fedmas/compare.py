@@ -168,7 +168,7 @@ def compare(cfg: Config, methods: str, out: Path, progress: bool = True,
                                                                  "threads": threads, "name": f"{cfg.name}-{label}"},
                                                                 over)), f"--methods {label}")
             todo.append((label, seed, run_cfg, _run_dir(out, label.replace(":", "-"), seed, by_seed)))
-    summaries = _run_all(todo, progress, jobs)
+    summaries = run_all(todo, progress, jobs)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
     for (label, seed, _, _), summary in zip(todo, summaries):
         c = summary["costs"]
@@ -230,7 +230,7 @@ def _from_a_comparison(p: Path, made: bool) -> bool:
                                               for q in p.iterdir())
 
 
-def _run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: int) -> list[dict[str, Any]]:
+def run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: int) -> list[dict[str, Any]]:
     """Every run's summary, in ``todo``'s order: one after another, or ``jobs`` at a time in worker processes."""
     total = len(todo)
     if jobs == 1:

@@ -15,6 +15,7 @@ from fedmas.config_sections import (  # noqa: E402, F401 - the sections, importa
     ArrivalConfig,
     CostConfig,
     DataConfig,
+    ExhaustiveConfig,
     FederationConfig,
     FlowerConfig,
     HOAConfig,
@@ -34,6 +35,8 @@ from fedmas.yamlio import (  # noqa: F401 - importable from fedmas.config as bef
     safe_yaml,
 )
 
+VALIDATES = ("hoa", "exhaustive")  # methods whose group choice reads validation losses
+
 
 class Config(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$",
@@ -50,6 +53,7 @@ class Config(_Strict):
     federation: FederationConfig = FederationConfig()
     mas: MASConfig = MASConfig()
     hoa: HOAConfig = HOAConfig()
+    exhaustive: ExhaustiveConfig = ExhaustiveConfig()
     arrival: ArrivalConfig = ArrivalConfig()
     cost: CostConfig = CostConfig()
     engine: str = Field("inprocess", description="how messages travel: inprocess, flower-sim or flower")
@@ -90,8 +94,9 @@ class Config(_Strict):
         if self.data.dataset == "scenes" and self.federation.clients_per_round > self.data.buildings:
             raise ValueError(f"federation.clients_per_round={self.federation.clients_per_round} exceeds the "
                              f"number of clients (data.buildings={self.data.buildings})")
-        if self.data.validation_fraction == 0 and (self.method == "hoa" or self.federation.select == "best_val"):
-            raise ValueError("data.validation_fraction is 0, but HOA's group choice and federation.select: best_val "
+        if self.data.validation_fraction == 0 and (self.method in VALIDATES or self.federation.select == "best_val"):
+            raise ValueError("data.validation_fraction is 0, but the group choice of HOA and of the exhaustive "
+                             "method and federation.select: best_val "
                              "read validation data (never test data); hold out a fraction, e.g. 0.1")
         if self.federation.min_replies > self.federation.clients_per_round:
             raise ValueError("federation.min_replies cannot exceed federation.clients_per_round")

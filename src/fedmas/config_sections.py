@@ -209,6 +209,14 @@ class HOAConfig(_Strict):
         return v
 
 
+class ExhaustiveConfig(_Strict):
+    start: Literal["scratch", "merged", "both"] = Field(
+        "scratch", description="where each subset's FL task starts: scratch (a new model trained "
+                               "federation.rounds rounds), merged (the all-in-one model after mas.merge_rounds "
+                               "rounds, then the rest of the rounds, as MAS's groups), or both (every subset both "
+                               "ways; each chosen group takes the start its validation losses favour)")
+
+
 class ArrivalConfig(_Strict):
     """FL tasks that arrive while the others train (method mas): each named task joins at its round."""
 

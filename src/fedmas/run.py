@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from fedmas import arrivals, trivial, weighting
 from fedmas.accounting import CostLedger
 from fedmas.checks import check_config
-from fedmas.config import Config, ConfigError, format_error, load_config
+from fedmas.config import VALIDATES, Config, ConfigError, format_error, load_config
 from fedmas.console import ConsoleLog, RoundTimer, header, learned_lines, render_summary, split_line  # noqa: F401
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch, preflight
-from fedmas.methods import MERGED, affinity_rounds, make_plan
+from fedmas.methods import MERGED, PLANS, affinity_rounds, make_plan
 from fedmas.models import check_model, model_spec
 from fedmas.report import heatmap, loss_curves
 from fedmas.runfolder import DriveLock, RunLock, check_new_run_dir, prepare_run_dir, resume_config
@@ -33,7 +33,6 @@ from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import (
     CheckpointError,
-    FLTaskState,
     ServerState,
     atomic_write_text,
     load_checkpoint,
@@ -87,6 +86,9 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         with ConsoleLog(run_dir):
             if progress:
                 print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
+                note = PLANS[cfg.method].cost_note(cfg)
+                if note:
+                    print(note, file=sys.stderr, flush=True)
             return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
 
 
@@ -184,9 +186,10 @@ def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
     if per > n:
         raise ConfigError(f"federation.clients_per_round={per} exceeds the {n} clients of data.dataset "
                           f"{cfg.data.dataset!r}; choose at most {n}")
-    if data.validation is None and (cfg.method == "hoa" or cfg.federation.select == "best_val"):
+    if data.validation is None and (cfg.method in VALIDATES or cfg.federation.select == "best_val"):
         raise ConfigError("no validation data (every client has fewer than two samples, or "
-                          "data.validation_fraction is 0): HOA and federation.select: best_val need it")
+                          "data.validation_fraction is 0): HOA, the exhaustive method and federation.select: "
+                          "best_val need it")
     return data
 
 
@@ -217,6 +220,7 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
                     {c: data.held(c) for c in data.clients} if data.holds is not None else None)
     server.check_weights()
     triv = _trivial(run_dir, data, cfg)
+    server.val_baseline = dict(triv.val_loss)
     _write_derived(server)
     engine = engine_factory(cfg, data, server.spec)
     plan = make_plan(cfg.method)
@@ -329,18 +333,10 @@ def learned(per_task: dict[str, float], triv: trivial.Trivial | None, val_curves
             "not_converged": [f for f, v in val_curves.items() if trivial.still_falling(v)]}
 
 
-def reported_val_loss(fl: FLTaskState, task: str) -> float | None:
-    """The validation loss of ``task`` under the model ``fl`` reports: its last round's, or its kept
-    best-validation model's; None without validation data (or for a best model kept by an older version)."""
-    if fl.selected_round == fl.done_rounds and f"loss/{task}" in fl.last_val:
-        return fl.last_val[f"loss/{task}"]
-    return fl.best_val_loss.get(task)
-
-
 def validation(owner: dict[str, str], st: ServerState, triv: trivial.Trivial | None) -> dict[str, Any]:
     """The summary's validation account of the reported models: each task's validation loss and skill (the
     numbers a decision between runs may read; the test losses are for reporting only)."""
-    val = {t: reported_val_loss(st.task(fl), t) for t, fl in owner.items()}
+    val = {t: st.task(fl).reported_val_loss(t) for t, fl in owner.items()}
     known = {t: v for t, v in val.items() if v is not None}
     sk = trivial.skills(known, triv.val_loss if triv is not None else {})
     return {"val_loss": val, "val_skill": {t: sk.get(t) for t in val}, "mean_val_skill": trivial.mean_skill(sk)}

@@ -39,6 +39,11 @@ class Plan:
     continues: ClassVar[bool] = False  # its groups continue from the merged weights within R rounds
     variants: ClassVar[dict[str, dict[str, Any]]] = {}  # further ``fedmas compare`` names → config overrides
 
+    @classmethod
+    def cost_note(cls, cfg) -> str | None:
+        """A line the console prints before the run starts when the method's cost needs saying up front."""
+        return None
+
     def expected_rounds(self, server: Server) -> int | None:
         """Rounds the method will run (for progress), or None when it cannot be known up front."""
         return server.cfg.federation.rounds

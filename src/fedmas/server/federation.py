@@ -38,6 +38,7 @@ class Server:
         self.spec = model_spec(cfg, resolve_device(cfg.device))
         self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
         self.holds = holds  # client → the tasks whose labels it holds; None: every client holds every task
+        self.val_baseline: dict[str, float] = {}  # task → the constant predictor's validation loss, where known
 
     def held(self, client: str, tasks: Sequence[str]) -> list[str]:
         """Those of ``tasks`` whose labels ``client`` holds (in ``tasks``' order)."""

@@ -53,6 +53,13 @@ class FLTaskState:
     start_val_loss: dict[str, float] = field(default_factory=dict)  # ... and per task
     best_val_loss: dict[str, float] = field(default_factory=dict)  # validation losses of the kept best model
 
+    def reported_val_loss(self, task: str) -> float | None:
+        """The validation loss of ``task`` under the model this FL task reports: its last round's, or its kept
+        best-validation model's; None without validation data (or for a best model kept by an older version)."""
+        if self.selected_round == self.done_rounds and f"loss/{task}" in self.last_val:
+            return self.last_val[f"loss/{task}"]
+        return self.best_val_loss.get(task)
+
     @property
     def measuring(self) -> bool:
         """Whether this round's clients measure the inter-task affinity."""
