@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import median_time, save  # noqa: E402
 
-from fedmas import affinity  # noqa: E402
+from fedmas import affinity, weighting  # noqa: E402
 from fedmas.client import LocalConfig, train_local  # noqa: E402
 from fedmas.data.federated import MultiTaskArrays  # noqa: E402
 from fedmas.data.scenes import SceneSpec, load_or_render  # noqa: E402
@@ -104,7 +104,7 @@ def main() -> None:
 def breakdown(run, batches: int) -> dict[str, float]:
     """Time of the phases of a lookahead batch (one extra run with a lookahead on every batch)."""
     acc = {"per_task_backward": 0.0, "lookahead_forwards": 0.0}
-    originals = {"step_grads_per_task": affinity.step_grads_per_task, "measure": affinity.measure}
+    originals = {"per_task": weighting.TaskGrads.per_task, "measure": affinity.measure}
 
     def timed(key: str, fn):
         def wrapper(*args, **kwargs):
@@ -114,13 +114,13 @@ def breakdown(run, batches: int) -> dict[str, float]:
             return out
         return wrapper
 
-    affinity.step_grads_per_task = timed("per_task_backward", originals["step_grads_per_task"])
+    weighting.TaskGrads.per_task = timed("per_task_backward", originals["per_task"])  # type: ignore[method-assign]
     affinity.measure = timed("lookahead_forwards", originals["measure"])
     try:
         total = median_time(run, 1)
     finally:
-        for k, v in originals.items():
-            setattr(affinity, k, v)
+        weighting.TaskGrads.per_task = originals["per_task"]  # type: ignore[method-assign]
+        affinity.measure = originals["measure"]
     out = {k: v / batches * 1000 for k, v in acc.items()}
     out["total"] = total / batches * 1000
     out["rest"] = out["total"] - out["per_task_backward"] - out["lookahead_forwards"]

@@ -4,10 +4,13 @@ Run it:  .venv/bin/python examples/own_strategy.py  [--rounds N] [--out DIR]
 
 A task weighting subclasses ``fedmas.weighting.Weighting`` and is registered with ``fedmas.weighting.register``;
 naming this module in the config's ``plugins`` makes ``federation.task_weighting: dwa`` valid. Local training
-asks it, per batch: the weights ``w`` (a tensor, one per task), the ``total`` to back-propagate, and ``update``
-after the optimiser's step. What it keeps between rounds is its ``state``: sent to each client with the weights
-(never among them), sent back, and averaged by the server like weights. An aggregation is written the same way
-(``fedmas.aggregation.Aggregation``: ``aggregate`` and ``prox_mu``).
+asks it, per batch, to set the gradients (``backward``: by default one backward pass of ``total``, the
+weighted sum of the losses with the weights ``w``) and to update itself after the optimiser's step
+(``after_step``). A weighting that needs each task's gradient separately (``EqualNorms`` below, PCGrad) takes
+them from the batch in its own ``backward``. What it keeps between rounds is its ``state``: sent to each client
+with the weights (never among them), sent back, and averaged by the server like weights. An aggregation is
+written the same way (``fedmas.aggregation.Aggregation``: ``aggregate``, and optionally ``client_args`` and
+``client_part``, the part of local training it owns, as FedProx's proximal gradient).
 
 DWA here: w_i = n · softmax(r_i / T), r_i = L_i(now) / L_i(before), the losses being running means over the
 client's batches (its state between rounds), so a task whose loss falls more slowly gets more weight.
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedmas.weighting import Weighting, register
+from fedmas.weighting import TaskGrads, Weighting, grad_norm, register, weighted_sum
 
 TEMPERATURE = 2.0
 
@@ -45,7 +48,7 @@ class DynamicWeightAverage(Weighting):
     def total(self, losses: Sequence[Tensor]) -> Tensor:
         return sum(wi * li for wi, li in zip(self.w, losses))  # type: ignore[return-value]
 
-    def update(self, norms: Tensor, losses: Tensor, initial: Tensor) -> None:
+    def after_step(self, losses: Tensor, initial: Tensor) -> None:
         self.now = losses.clone() if self.now is None else 0.9 * self.now + 0.1 * losses
         if self.before is not None:
             ratio = self.now / self.before.clamp_min(1e-8)
@@ -53,6 +56,26 @@ class DynamicWeightAverage(Weighting):
 
     def state(self) -> dict[str, Tensor]:
         return {"dwa.losses": self.now if self.now is not None else torch.ones_like(self.w)}
+
+
+@register
+class EqualNorms(Weighting):
+    """A weighting that needs each task's gradient on its own: every task's encoder gradient is rescaled to
+    the mean of the tasks' gradient norms before they are summed, so no task's gradient dominates by size.
+    ``batch.per_task()`` gives each task's gradients (one backward per task; on affinity lookahead batches
+    they were computed already), ``set_shared``/``set_heads`` write the result."""
+
+    name = "equal-norms"
+
+    def full_gradients(self, encoder: Sequence[Tensor], last: Sequence[Tensor]) -> list[Tensor]:
+        return list(encoder)  # the norms are taken over the whole encoder
+
+    def backward(self, batch: TaskGrads) -> None:
+        shared, heads = batch.per_task()
+        norms = torch.stack([grad_norm(g, batch.losses[0].device) for g in shared])
+        scale = norms.mean() / norms.clamp_min(1e-12)
+        batch.set_shared(weighted_sum(shared, scale))
+        batch.set_heads(heads)
 
 
 def main(argv: list[str] | None = None) -> int:

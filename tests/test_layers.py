@@ -67,8 +67,8 @@ def test_no_import_cycle():
 # The pipeline's layers, lowest first: a module imports only from its own layer or lower ones.
 LAYERS = [
     ("constants", "tasks", "files", "plugins", "flops", "runtime", "grouping", "stats", "messages", "accounting",
-     "tensorboard", "data.render", "engines.flower_wire", "yamlio", "weighting.base", "weighting.gradnorm", "weighting",
-     "aggregation.base", "aggregation.fedprox", "aggregation"),
+     "tensorboard", "data.render", "engines.flower_wire", "yamlio", "weighting.base", "weighting.gradnorm",
+     "weighting.pcgrad", "weighting.famo", "weighting", "aggregation.base", "aggregation.fedprox", "aggregation"),
     ("data", "data.federated", "data.scenes", "data.taskonomy", "data.preview", "models", "config_sections",
      "config", "engines.flower_pack", "report"),
     ("evaluate", "affinity", "client", "trivial", "testing", "console", "server", "server.state",

@@ -32,7 +32,7 @@ class Counting(Weighting):
     def initial_state(cls, n_tasks):
         return {"steps": torch.zeros(1)}
 
-    def update(self, norms, losses, initial):
+    def after_step(self, losses, initial):
         self.steps += 1
 
     def state(self):
@@ -111,19 +111,29 @@ def test_the_wire_keeps_weights_state_and_affinity_apart():
 
 
 @pytest.mark.slow
-def test_the_own_strategy_example_runs_as_a_plugin(tiny_raw, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["dwa", "equal-norms"])
+def test_the_own_strategy_example_runs_as_a_plugin(tiny_raw, tmp_path, monkeypatch, name):
+    """DWA (weights from the losses) and EqualNorms (per-task gradients, also on the lookahead batches of
+    MAS's merged phase), each from the example module as a plugin."""
+    import json
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
-    raw = {**tiny_raw, "method": "all-in-one", "plugins": ["own_strategy"]}
-    raw["federation"] = {**raw["federation"], "rounds": 2, "task_weighting": "dwa"}
+    raw = {**tiny_raw, "method": "all-in-one" if name == "dwa" else "mas", "plugins": ["own_strategy"]}
+    raw["federation"] = {**raw["federation"], "rounds": 2 if name == "dwa" else 4, "task_weighting": name}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     try:
         assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     finally:
         weighting.WEIGHTINGS.pop("dwa", None)
+        weighting.WEIGHTINGS.pop("equal-norms", None)
         sys.modules.pop("own_strategy", None)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["costs"]["rejected"] == 0  # every client's training ran
     flat = load_file(str(next((tmp_path / "r" / "checkpoint").glob("weights-*.safetensors"))))
-    losses = flat["all-in-one/@state/dwa.losses"]
-    assert losses.shape == (3,) and bool((losses > 0).all()) and not bool((losses == 1).all())
+    if name == "dwa":
+        losses = flat["all-in-one/@state/dwa.losses"]
+        assert losses.shape == (3,) and bool((losses > 0).all()) and not bool((losses == 1).all())
+    else:
+        assert json.loads((tmp_path / "r" / "affinity.json").read_text())["rounds"] == 1

@@ -5,8 +5,8 @@
 where u_i is the SGD update the optimiser would apply to the shared encoder if
 the gradient were that of L_i alone (weight decay and the momentum buffer
 included). On a lookahead batch the per-task encoder gradients are computed
-once (:func:`step_grads_per_task`) and reused: their (weighted) sum *is* the real
-step's encoder gradient, so the ordinary backward pass is skipped there; then
+once (:meth:`fedmas.weighting.TaskGrads.per_task`) and reused: the task weighting combines them into the
+real step's gradient, so the ordinary backward pass is skipped there; then
 :func:`measure` evaluates every task's loss after every task's lookahead step.
 """
 
@@ -190,42 +190,6 @@ class Lookahead:
     @staticmethod
     def _step(s: Tensor, c: float, g: Tensor | None, out: Tensor) -> Tensor:
         return s if g is None else torch.add(s, g, alpha=-c, out=out)
-
-
-def step_grads_per_task(model: MultiTaskModel, losses: list[Tensor], w: Tensor, look: Lookahead,
-                         head_params: dict[str, list[Tensor]], last_shared: list[Tensor]
-                         ) -> tuple[Tensor, list[tuple[Tensor | None, ...]]]:
-    """One backward per task into (encoder, own head); fills ``.grad`` for the real step
-    (encoder gradient = Σ w_i g_i) and stashes the per-task encoder gradients for the lookahead
-    (for the lookahead's Gram-route convolutions: gradients at their outputs, see :class:`PatchGram`).
-    GradNorm's norms are taken over ``last_shared`` (empty when GradNorm is off: zeros)."""
-    enc_params = look.settle()
-    enc_acc: list[Tensor | None] = [None] * len(enc_params)
-    last_ids = {id(p) for p in last_shared}
-    unit = bool((w == 1).all())
-    norms = []
-    per_task = []
-    for i, (t, li) in enumerate(zip(model.tasks, losses)):
-        hp = head_params[t]
-        g = torch.autograd.grad(li, enc_params + hp, retain_graph=i < len(losses) - 1, allow_unused=True)
-        ge, gh = g[:len(enc_params)], g[len(enc_params):]
-        per_task.append(ge)
-        sq = torch.zeros((), device=li.device)
-        for k, (p, gi) in enumerate(zip(enc_params, ge)):
-            if gi is None:
-                continue
-            acc = enc_acc[k]
-            if acc is None:  # the first contribution starts the sum (no zero-filled buffer)
-                enc_acc[k] = gi.clone() if unit else gi * w[i]
-            else:
-                acc.add_(gi, alpha=float(w[i]))
-            if id(p) in last_ids:
-                sq = sq + gi.pow(2).sum()
-        norms.append(sq.sqrt())
-        for p, gi in zip(hp, gh):  # a head only gets its own task's gradient: no copy needed at weight 1
-            p.grad = None if gi is None else (gi if unit else gi * w[i])
-    look.set_grads(enc_acc)
-    return torch.stack(norms), per_task
 
 
 class HeadMirror:

@@ -2,9 +2,10 @@
 
 Nothing here knows about servers, transports or methods. One round of local
 training is :class:`LocalTraining`: ``__init__`` (load the weights, build the
-optimiser), ``step`` (one batch: the task weighting of :mod:`fedmas.weighting`, the
-proximal term an aggregation asks for, and on every ``lookahead_step``-th batch the
-inter-task affinity of :mod:`fedmas.affinity`), ``finish`` (the reply). :func:`handle_train` is what
+optimiser), ``step`` (one batch: the task weighting of :mod:`fedmas.weighting` sets the
+gradients, the aggregation's client part of :mod:`fedmas.aggregation` adjusts them, and on every
+``lookahead_step``-th batch the inter-task affinity of :mod:`fedmas.affinity` is measured from the
+per-task gradients the weighting then combines), ``finish`` (the reply). :func:`handle_train` is what
 every engine runs on a client: a train message in, a reply message out.
 """
 
@@ -18,10 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fedmas import affinity, weighting
+from fedmas import affinity, aggregation, weighting
 from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter, counter_for
-from fedmas.messages import LocalConfig, Message, autocast
+from fedmas.messages import LocalConfig, Message, autocast, decode_args
 from fedmas.models import ModelCache, MultiTaskModel
 from fedmas.tasks import task_losses
 
@@ -48,14 +49,16 @@ class LocalTraining:
         self.model, self.cfg, self.tasks = model, cfg, model.tasks
         n = len(self.tasks)
         self.head_params = {t: list(model.heads[t].parameters()) for t in self.tasks}
-        self.last_shared = _last_shared(model.encoder)
         self.encoder_params = list(model.encoder.parameters())
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
-        self.global_ref = [p.detach().clone() for p in model.parameters()] if cfg.prox_mu > 0 else None
+        self.params = list(model.parameters())
+        self.aggregation = aggregation.get(cfg.aggregation).client_part(decode_args(cfg.aggregation_args))
+        if self.aggregation is not None:
+            self.aggregation.start(self.params)
         kind = weighting.get(cfg.weighting) if n > 1 else weighting.Weighting
-        self.weighting = kind(n, weighting.decode_args(cfg.weighting_args), state or {}, dev)
-        self.norms_at = self.last_shared if self.weighting.uses_norms else []
+        self.weighting = kind(n, decode_args(cfg.weighting_args), state or {}, dev)
+        self.full = self.weighting.full_gradients(self.encoder_params, _last_shared(model.encoder))
         self.initial_losses: Tensor | None = None
         self.loss_sums = torch.zeros(n, device=dev)
         self.aff_sum = torch.zeros(n, n, device=dev)
@@ -69,8 +72,7 @@ class LocalTraining:
         if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
             return None
         if self.look is None:
-            self.look = (affinity.Lookahead(self.model.encoder, self.norms_at,
-                                            self.cfg.encoder_grad_scale),
+            self.look = (affinity.Lookahead(self.model.encoder, self.full, self.cfg.encoder_grad_scale),
                          affinity.HeadMirror(self.model))
         return self.look
 
@@ -78,14 +80,14 @@ class LocalTraining:
         batch = to_device(batch, self.device)
         x = batch[0]
         look = self._lookahead_parts()
-        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.prox_mu > 0,
-               self.weighting.name)
+        key = ("lookahead" if look else "train", self.tasks, tuple(x.shape), self.cfg.aggregation,
+               self.aggregation is not None, self.weighting.name)
         with self.flops.count(key):
             self._step(batch, look)
         self.flop += self.flops[key]
 
     def _step(self, batch, look: tuple[affinity.Lookahead, affinity.HeadMirror] | None) -> None:
-        model, opt, w = self.model, self.opt, self.weighting.w
+        model, opt = self.model, self.opt
         x, targets, masks = select_tasks(batch, self.tasks)
         opt.zero_grad(set_to_none=True)
         with autocast(self.cfg.precision, self.device):
@@ -94,30 +96,32 @@ class LocalTraining:
         lvec = torch.stack([loss.detach() for loss in losses])
         if self.initial_losses is None:
             self.initial_losses = lvec.clamp_min(1e-8)
-        if look:
-            norms, per_task = affinity.step_grads_per_task(model, losses, w, look[0], self.head_params,
-                                                           self.norms_at)
+        heads = [self.head_params[t] for t in self.tasks]
+        if look:  # each task's gradients are needed for the lookahead: the weighting combines them
+            grads = weighting.TaskGrads(losses, look[0].settle(), heads, look[0].set_grads)
+            shared, _ = grads.per_task()
+            self.weighting.backward(grads)
             with autocast(self.cfg.precision, self.device):  # the lookahead at the precision of the real step
-                self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, per_task).float()
+                self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, shared).float()
             look[0].release()
             self.aff_count += 1
         else:
-            total = self.weighting.total(losses)
-            norms = torch.stack([_grad_norm(li, self.norms_at) for li in losses]) if self.norms_at else lvec
-            total.backward()
-        if self.cfg.encoder_grad_scale != 1.0:  # the encoder's share of Σ_i w_i ∇L_i, scaled (1/√n)
+            self.weighting.backward(weighting.TaskGrads(losses, self.encoder_params, heads, self._set_encoder))
+        if self.cfg.encoder_grad_scale != 1.0:  # the encoder's share of the gradient, scaled (1/√n)
             for p in self.encoder_params:
                 if p.grad is not None:
                     p.grad.mul_(self.cfg.encoder_grad_scale)
-        if self.global_ref is not None:
-            for p, g in zip(model.parameters(), self.global_ref):
-                if p.grad is not None:
-                    p.grad.add_(p.detach() - g, alpha=self.cfg.prox_mu)
+        if self.aggregation is not None:
+            self.aggregation.adjust(self.params)
         opt.step()
-        self.weighting.update(norms, lvec, self.initial_losses)
+        self.weighting.after_step(lvec, self.initial_losses)
         self.loss_sums += lvec * len(x)
         self.samples += len(x)
         self.batches += 1
+
+    def _set_encoder(self, grads) -> None:
+        for p, g in zip(self.encoder_params, grads):
+            p.grad = g
 
     def finish(self) -> LocalResult:
         n = max(self.samples, 1)
@@ -163,7 +167,3 @@ def _last_shared(encoder: torch.nn.Module) -> list[Tensor]:
 def _to_cpu(t: Tensor) -> Tensor:
     return t.detach().clone() if t.device.type == "cpu" else t.detach().to("cpu")
 
-
-def _grad_norm(loss: Tensor, params: list[Tensor]) -> Tensor:
-    g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.sqrt(sum((gi.pow(2).sum() for gi in g if gi is not None), torch.zeros((), device=loss.device)))

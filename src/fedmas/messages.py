@@ -10,6 +10,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,9 +19,24 @@ Scalar = str | int | float | bool
 
 
 PRECISIONS = ("fp32", "bf16")
-_OPTIONAL = {"precision": "fp32", "weighting": "equal", "weighting_args": ""}  # keys a message may leave out
+_OPTIONAL = {"precision": "fp32", "weighting": "equal", "weighting_args": "", "aggregation": "fedavg",
+             "aggregation_args": ""}  # keys a message may leave out
 AFFINITY = "@affinity"  # the wire names of a message's typed fields among its arrays (no weight starts with "@")
 STATE = "@state/"
+
+
+def encode_args(args: Mapping[str, Any]) -> str:
+    """A strategy's parameters as the JSON text a LocalConfig carries."""
+    return json.dumps(dict(args), sort_keys=True) if args else ""
+
+
+def decode_args(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError(f"a strategy's arguments must be a JSON object, got {text[:40]!r}")
+    return doc
 
 
 def autocast(precision: str, device: object):
@@ -45,9 +61,10 @@ class LocalConfig:
     weight_decay: float = 1e-4
     local_epochs: int = 1
     batch_size: int = 16
-    prox_mu: float = 0.0  # the proximal term's weight (FedProx); 0 = none
     weighting: str = "equal"  # the task weighting (a name registered in fedmas.weighting)
     weighting_args: str = ""  # its parameters, as JSON ("" = none)
+    aggregation: str = "fedavg"  # the aggregation, whose client part (if any) local training runs
+    aggregation_args: str = ""  # the client part's parameters, as JSON ("" = none)
     lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
     encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
     seed: int = 0

@@ -11,14 +11,32 @@ from torch import Tensor
 Update = tuple[Mapping[str, Tensor], float]  # a client's tensors and its sample count
 
 
+class ClientPart:
+    """What an aggregation adds to local training: told the round's starting parameters once, it adjusts
+    the gradients of every batch after the backward pass, before the optimiser's step."""
+
+    def start(self, params: Sequence[Tensor]) -> None:
+        """The parameters as the round starts (the weights the server sent)."""
+
+    def adjust(self, params: Sequence[Tensor]) -> None:
+        """Change ``.grad`` of ``params`` in place."""
+
+
 class Aggregation:
-    """FedAvg (McMahan et al., 2017): the sample-weighted mean of the clients' weights (registered as ``fedavg``)."""
+    """FedAvg (McMahan et al., 2017): the sample-weighted mean of the clients' weights (registered as ``fedavg``).
+
+    An aggregation may own a part of local training: :meth:`client_args` (from the config, sent to each
+    client as JSON) and :meth:`client_part` (built on the client from them; None: local training is plain)."""
 
     name: ClassVar[str] = "fedavg"
 
     @classmethod
-    def prox_mu(cls, federation: Any) -> float:
-        return 0.0
+    def client_args(cls, federation: Any) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def client_part(cls, args: Mapping[str, Any]) -> ClientPart | None:
+        return None
 
     @classmethod
     def aggregate(cls, updates: Sequence[Update], previous: Mapping[str, Tensor], partial: bool,

@@ -1,11 +1,31 @@
 """FedProx (Li et al., MLSys 2020): FedAvg's aggregation, with a proximal term μ/2·‖w − w_round‖² added to
-every client's local objective (``federation.prox_mu``), applied by local training."""
+every client's local objective (``federation.prox_mu``): its gradient μ·(w − w_round) is added to every
+batch's gradient on the client (:class:`Proximal`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedmas.aggregation.base import Aggregation, register
+from torch import Tensor
+
+from fedmas.aggregation.base import Aggregation, ClientPart, register
+
+
+class Proximal(ClientPart):
+    """The proximal term's gradient μ·(w − w_round), added to each parameter's gradient."""
+
+    def __init__(self, mu: float):
+        self.mu = mu
+        self.ref: list[Tensor] = []
+
+    def start(self, params: Sequence[Tensor]) -> None:
+        self.ref = [p.detach().clone() for p in params]
+
+    def adjust(self, params: Sequence[Tensor]) -> None:
+        for p, g in zip(params, self.ref):
+            if p.grad is not None:
+                p.grad.add_(p.detach() - g, alpha=self.mu)
 
 
 @register
@@ -13,5 +33,10 @@ class FedProx(Aggregation):
     name = "fedprox"
 
     @classmethod
-    def prox_mu(cls, federation: Any) -> float:
-        return float(federation.prox_mu)
+    def client_args(cls, federation: Any) -> dict[str, Any]:
+        return {"mu": float(federation.prox_mu)}
+
+    @classmethod
+    def client_part(cls, args: Mapping[str, Any]) -> ClientPart | None:
+        mu = float(args["mu"])
+        return Proximal(mu) if mu > 0 else None

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fedmas import aggregation, weighting
-from fedmas.messages import LocalConfig
+from fedmas.messages import LocalConfig, encode_args
 from fedmas.models import build_model, model_spec
 from fedmas.runtime import resolve_device
 from fedmas.server.state import CheckpointError, FLTaskState, ServerState
@@ -190,9 +190,9 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
     return LocalConfig(
         tasks=",".join(tasks), lr=lr_at(cfg, fl), momentum=f.momentum, weight_decay=f.weight_decay,
         local_epochs=f.local_epochs, batch_size=f.batch_size,
-        prox_mu=aggregation.get(f.aggregation).prox_mu(f),
         weighting=(kind := weighting_of(cfg, len(fl.tasks))).name,
-        weighting_args=weighting.encode_args(kind.local_args(f)),
+        weighting_args=encode_args(kind.local_args(f)),
+        aggregation=f.aggregation, aggregation_args=encode_args(aggregation.get(f.aggregation).client_args(f)),
         lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
         encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,

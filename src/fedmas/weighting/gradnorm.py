@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedmas.weighting.base import Weighting, register
+from fedmas.weighting.base import TaskGrads, Weighting, grad_norm, register
 
 STATE = "gradnorm.weights"  # the task weights, averaged by the server between rounds
 
@@ -17,7 +17,6 @@ STATE = "gradnorm.weights"  # the task weights, averaged by the server between r
 @register
 class GradNorm(Weighting):
     name = "gradnorm"
-    uses_norms = True
     supports_partial_labels = False  # a client holding some tasks' labels cannot weigh the others
     supports_arrivals = False  # an arriving task would change the weight vector's length mid-run
 
@@ -26,6 +25,12 @@ class GradNorm(Weighting):
         self.alpha, self.lr = float(self.args["alpha"]), float(self.args["lr"])
         if STATE in state:
             self.w = state[STATE].to(device, torch.float32, copy=True)
+        self.last: list[Tensor] = []  # the encoder's last layer, where the norms are taken
+        self.norms = torch.zeros(n_tasks, device=device)
+
+    def full_gradients(self, encoder: Sequence[Tensor], last: Sequence[Tensor]) -> list[Tensor]:
+        self.last = list(last)
+        return self.last
 
     @classmethod
     def local_args(cls, federation: Any) -> dict[str, Any]:
@@ -38,7 +43,22 @@ class GradNorm(Weighting):
     def total(self, losses: Sequence[Tensor]) -> Tensor:
         return sum(wi * li for wi, li in zip(self.w, losses))  # type: ignore[return-value]
 
-    def update(self, norms: Tensor, losses: Tensor, initial: Tensor) -> None:
+    def backward(self, batch: TaskGrads) -> None:
+        """‖∇L_i‖ at the encoder's last layer for each task (from the per-task gradients where they were
+        computed already), then the weighted backward."""
+        dev = batch.losses[0].device
+        if batch.shared_grads is None:
+            self.norms = torch.stack([grad_norm(torch.autograd.grad(li, self.last, retain_graph=True,
+                                                                    allow_unused=True), dev)
+                                      for li in batch.losses])
+        else:
+            at = {id(p) for p in self.last}
+            self.norms = torch.stack([grad_norm([g for p, g in zip(batch.shared, gs) if id(p) in at], dev)
+                                      for gs in batch.shared_grads])
+        super().backward(batch)
+
+    def after_step(self, losses: Tensor, initial: Tensor) -> None:
+        norms = self.norms
         g = self.w * norms
         ratio = losses / initial
         target = g.mean() * (ratio / ratio.mean()) ** self.alpha
