@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/identity.py compare /tmp/ident/a /tmp/ident/b
 
 Compared per config: ``summary.json`` without times and byte counts, ``affinity.json``, ``split.json``,
-``arrivals.json``, the final model weights and the task weighting's state (GradNorm's weights; kept among the
-weights as ``gradnorm.weights`` before fedmas had typed strategy state, under ``@state/`` since).
+``arrivals.json`` (every key of the first folder's file; keys only the second has are named as new outputs),
+the final model weights and the task weighting's state (GradNorm's weights; kept among the weights as
+``gradnorm.weights`` before fedmas had typed strategy state, under ``@state/`` since).
 """
 
 from __future__ import annotations
@@ -86,15 +87,20 @@ def compare(a: Path, b: Path) -> int:
         sb = dict(_flat(json.loads((b / name / "summary.json").read_text())))
         diff = sorted(k for k in set(sa) | set(sb)
                       if sa.get(k) != sb.get(k) and not any(t in k.split("/")[-1] for t in TIMES))
-        files = all((a / name / f).read_bytes() == (b / name / f).read_bytes()
-                    for f in ("affinity.json", "split.json", "arrivals.json") if (a / name / f).exists())
+        files, added = True, []
+        for f in ("affinity.json", "split.json", "arrivals.json"):
+            if (a / name / f).exists():  # every key of A's file the same in B's; keys only B has are new outputs
+                ja, jb = (json.loads((x / name / f).read_text()) for x in (a, b))
+                files &= all(jb.get(k) == v for k, v in ja.items())
+                added += [f"{f}:{k}" for k in jb if k not in ja]
         (wa, ta), (wb, tb) = _tensors(a / name), _tensors(b / name)
         same_w = wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
         same_t = ta.keys() == tb.keys() and all(bool((ta[k] == tb[k]).all()) for k in ta)
         ok = not diff and files and same_w and same_t
         bad += not ok
+        new = f" (new: {', '.join(added)})" if added else ""
         print(f"{name:22s} {'identical' if ok else 'DIFFERENT'}: summary {diff[:5] or 'same'}, files "
-              f"{'same' if files else 'differ'}, weights {'same' if same_w else 'differ'}, state "
+              f"{'same' if files else 'differ'}{new}, weights {'same' if same_w else 'differ'}, state "
               f"{'same' if same_t else 'differ'} ({len(ta)} tensors)")
     return 1 if bad else 0
 

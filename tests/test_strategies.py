@@ -78,7 +78,7 @@ def test_a_plugin_weighting_and_aggregation_run_and_the_state_travels_apart(tiny
 
 
 def test_unknown_strategies_are_refused_naming_what_is_accepted(tiny_raw, tmp_path, capsys):
-    for key, value, needle in (("task_weighting", "nope", "accepted: equal, gradnorm"),
+    for key, value, needle in (("task_weighting", "nope", "accepted: equal, famo, gradnorm, pcgrad"),
                                ("aggregation", "nope", "accepted: fedavg, fedprox")):
         raw = {**tiny_raw, "federation": {**tiny_raw["federation"], key: value}}
         cfg = tmp_path / "c.yaml"

@@ -8,7 +8,7 @@ anything is written.
 
 from __future__ import annotations
 
-from fedmas import aggregation, weighting
+from fedmas import aggregation, signals, weighting
 from fedmas.config import Config, ConfigError
 from fedmas.engines import ENGINES
 from fedmas.methods import PLANS
@@ -36,6 +36,10 @@ def check_config(cfg: Config, source: str = "config") -> Config:
     plan, n = PLANS[cfg.method], len(cfg.start_tasks)
     if isinstance(cfg.mas.splits, int) and cfg.mas.splits > n and plan.splits:
         raise bad("config", f"mas.splits={cfg.mas.splits} is larger than the number of tasks ({n})")
+    for key, names in (("mas.signal", [cfg.mas.signal]), ("mas.record", cfg.mas.record)):
+        unknown = [x for x in names if x not in signals.SIGNALS]
+        if unknown:
+            raise bad(key, f"unknown grouping signal(s) {unknown}; accepted: {', '.join(signals.SIGNALS)}")
     limit = getattr(plan, "max_tasks", None)
     if limit is not None and n > limit:
         raise bad("tasks", f"method {cfg.method} trains every non-empty subset of the tasks: {2 ** n - 1} FL tasks "

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from fedmas import affinity, aggregation, weighting
+from fedmas import affinity, aggregation, signals, weighting
 from fedmas.data.federated import batches, select_tasks, to_device
 from fedmas.flops import FlopCounter, counter_for
 from fedmas.messages import LocalConfig, Message, autocast, decode_args
@@ -31,8 +31,13 @@ from fedmas.tasks import task_losses
 class LocalResult:
     weights: dict[str, Tensor]
     metrics: dict[str, float]
-    affinity: Tensor | None  # (n, n), row = source task, column = target task
+    signals: dict[str, Tensor]  # each grouping signal's (n, n) mean over the lookahead batches (row = source task)
     state: dict[str, Tensor]  # the task weighting's state (GradNorm's task weights), averaged by the server
+
+    @property
+    def affinity(self) -> Tensor | None:
+        """The lookahead affinity (the reference's signal), where measured."""
+        return self.signals.get(signals.REFERENCE)
 
 
 class LocalTraining:
@@ -58,10 +63,14 @@ class LocalTraining:
             self.aggregation.start(self.params)
         kind = weighting.get(cfg.weighting) if n > 1 else weighting.Weighting
         self.weighting = kind(n, decode_args(cfg.weighting_args), state or {}, dev)
-        self.full = self.weighting.full_gradients(self.encoder_params, _last_shared(model.encoder))
+        last = _last_shared(model.encoder)
+        names = [x for x in cfg.signals.split(",") if x] if cfg.lookahead_step > 0 and n > 1 else []
+        self.signals = [signals.get(x)() for x in names]
+        self.full = self.weighting.full_gradients(self.encoder_params, last) + [
+            p for sig in self.signals for p in sig.full_gradients(self.encoder_params, last)]
         self.initial_losses: Tensor | None = None
         self.loss_sums = torch.zeros(n, device=dev)
-        self.aff_sum = torch.zeros(n, n, device=dev)
+        self.sums = {sig.name: torch.zeros(n, n, device=dev) for sig in self.signals}
         self.aff_count = 0
         self.look: tuple[affinity.Lookahead, affinity.HeadMirror] | None = None  # built at the first lookahead
         self.batches = self.samples = 0
@@ -69,7 +78,7 @@ class LocalTraining:
     def _lookahead_parts(self) -> tuple[affinity.Lookahead, affinity.HeadMirror] | None:
         """The lookahead parts when this batch measures affinity, else None."""
         step = self.cfg.lookahead_step
-        if not (step > 0 and len(self.tasks) > 1 and self.batches % step == 0):
+        if not (step > 0 and self.signals and self.batches % step == 0):
             return None
         if self.look is None:
             self.look = (affinity.Lookahead(self.model.encoder, self.full, self.cfg.encoder_grad_scale),
@@ -99,10 +108,12 @@ class LocalTraining:
         heads = [self.head_params[t] for t in self.tasks]
         if look:  # each task's gradients are needed for the lookahead: the weighting combines them
             grads = weighting.TaskGrads(losses, look[0].settle(), heads, look[0].set_grads)
-            shared, _ = grads.per_task()
+            grads.per_task()
             self.weighting.backward(grads)
+            batch_view = signals.LookaheadBatch(self.tasks, x, targets, masks, lvec, grads, opt, look)
             with autocast(self.cfg.precision, self.device):  # the lookahead at the precision of the real step
-                self.aff_sum += affinity.measure(self.tasks, *look, x, targets, masks, opt, lvec, shared).float()
+                for sig in self.signals:
+                    self.sums[sig.name] += sig.measure(batch_view).float()
             look[0].release()
             self.aff_count += 1
         else:
@@ -130,8 +141,8 @@ class LocalTraining:
                        lookahead_batches=float(self.aff_count), compute_s=time.perf_counter() - self.t0,
                        flop=float(self.flop))
         out = {k: _to_cpu(v) for k, v in self.model.state_dict().items()}
-        return LocalResult(out, metrics, _to_cpu(self.aff_sum / self.aff_count) if self.aff_count else None,
-                           {k: _to_cpu(v) for k, v in self.weighting.state().items()})
+        means = {k: _to_cpu(v / self.aff_count) for k, v in self.sums.items()} if self.aff_count else {}
+        return LocalResult(out, metrics, means, {k: _to_cpu(v) for k, v in self.weighting.state().items()})
 
 
 def train_local(model: MultiTaskModel, weights: Mapping[str, Tensor], data: Dataset,
@@ -151,8 +162,9 @@ def handle_train(msg: Message, data: Dataset, models: ModelCache) -> Message:
     """Client side of a train message: local training, then a reply with weights and metrics."""
     cfg = LocalConfig.from_dict(msg.config)
     result = train_local(models.get(cfg.task_tuple), msg.arrays, data, cfg, msg.state, models.flops)
+    others = {k: v for k, v in result.signals.items() if k != signals.REFERENCE}
     return Message(arrays=result.weights, config={"tasks": cfg.tasks}, metrics=result.metrics,
-                   state=result.state, affinity=result.affinity)
+                   state=result.state, affinity=result.affinity, signals=others)
 
 
 def _last_shared(encoder: torch.nn.Module) -> list[Tensor]:

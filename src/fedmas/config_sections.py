@@ -163,6 +163,17 @@ class MASConfig(_Strict):
                                 "take the poly schedule on from round R0 of R; restart (the reference "
                                 "implementation): each group runs it afresh over its rounds from the base lr")
     lookahead_step: int = Field(10, ge=1, le=1_000_000)
+    signal: str = Field("lookahead", description="the grouping signal that decides the split (fedmas.signals: "
+                                                 "lookahead, the reference's affinity; cosine; or a plugin's)")
+    record: list[str] = Field(default_factory=list, max_length=64,
+                              description="further grouping signals measured beside it, for study (affinity.json "
+                                          "holds them under 'signals'); each costs time on lookahead batches")
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="the split is sure when its groups win again in at least this share of "
+                                     "bootstrap resamples of the client replies the affinity was measured on")
+    unsure: Literal["split", "merged"] = Field(
+        "split", description="when the split is not sure (mas.min_confidence): split (the reference: the groups "
+                             "chosen, said to be unsure) or merged (no split: the merged model continues)")
     max_splits: int = Field(4, ge=1, le=64)
     auto_epsilon: float = Field(0.05, ge=0, le=100, description="splits: auto — smallest k within ε·|best| of the best")
     compute_budget_h: float | None = Field(None, gt=0, le=1e9)

@@ -166,4 +166,16 @@ def split_line(server: Server) -> str:
             why += f", from the mean affinity of {split['affinity_rounds_rule']}"
     elif "estimate" in st.plan:
         why = f"; estimated mean validation loss {st.plan['estimate']['estimated_mean_loss']:.4f}"
+    conf = split.get("confidence")
+    if conf:
+        why += f"; {confidence_words(conf)}"
     return f"[fedmas] split after round {st.round - 2}: {groups}{why}"
+
+
+def confidence_words(conf: dict[str, Any]) -> str:
+    """How sure a split is, in words: the share of resamples of the client replies its groups win again."""
+    text = (f"confidence {conf['confidence']:.0%} (these groups win again in {conf['confidence']:.0%} of "
+            f"{conf['draws']} resamples of the {conf['replies']} client replies the affinity was measured on)")
+    if conf.get("sure") is False:
+        text += ": NOT SURE, the affinity cannot tell these groups from others"
+    return text

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -353,3 +355,44 @@ def smallest_within(cands: list[dict], epsilon: float) -> dict:
     objective lies within ``epsilon`` × |best| of the best."""
     best = max(c["score"] for c in cands)
     return min((c for c in cands if c["score"] >= best - epsilon * abs(best)), key=lambda c: c["k"])
+
+
+Reply = tuple[np.ndarray, list[int], float]  # one client's n_c×n_c matrix, its tasks' indices, its sample count
+
+
+def pooled_matrix(replies: list[Reply], n: int) -> np.ndarray:
+    """Each pair's sample-weighted mean over the replies that measured it; NaN where none did."""
+    total, weight = np.zeros((n, n)), np.zeros((n, n))
+    for m, idx, samples in replies:
+        ix = np.asarray(idx)
+        total[np.ix_(ix, ix)] += np.asarray(m, dtype=np.float64) * samples
+        weight[np.ix_(ix, ix)] += samples
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
+
+
+def _key(groups: list[list[int]]) -> frozenset[frozenset[int]]:
+    return frozenset(frozenset(g) for g in groups)
+
+
+def split_confidence(replies: list[Reply], n: int, chosen: list[list[int]],
+                     choose: Callable[[np.ndarray], list[list[int]]], draws: int = 200, seed: int = 0
+                     ) -> dict[str, Any]:
+    """How sure a split is: the share of ``draws`` bootstrap resamples of the client ``replies`` it was
+    measured on (drawn with replacement, as many as there are) in which ``choose`` — the split's own rule,
+    from the resample's pooled matrix (:func:`pooled_matrix`, :func:`fill_missing`) — picks ``chosen`` again;
+    and the partition that wins most often otherwise, with its share."""
+    if not replies:
+        raise ValueError("no replies to resample")
+    rng = np.random.default_rng(seed)
+    counts: dict[frozenset[frozenset[int]], int] = {}
+    for _ in range(draws):
+        pick = rng.integers(0, len(replies), len(replies))
+        z = fill_missing(pooled_matrix([replies[i] for i in pick], n))
+        key = _key(choose(z))
+        counts[key] = counts.get(key, 0) + 1
+    mine = _key(chosen)
+    others = sorted(((c, sorted(sorted(g) for g in k)) for k, c in counts.items() if k != mine), reverse=True)
+    return {"confidence": counts.get(mine, 0) / draws, "draws": draws, "replies": len(replies),
+            "runner_up": others[0][1] if others else None,
+            "runner_up_share": others[0][0] / draws if others else 0.0}

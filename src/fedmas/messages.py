@@ -20,9 +20,10 @@ Scalar = str | int | float | bool
 
 PRECISIONS = ("fp32", "bf16")
 _OPTIONAL = {"precision": "fp32", "weighting": "equal", "weighting_args": "", "aggregation": "fedavg",
-             "aggregation_args": ""}  # keys a message may leave out
+             "aggregation_args": "", "signals": "lookahead"}  # keys a message may leave out
 AFFINITY = "@affinity"  # the wire names of a message's typed fields among its arrays (no weight starts with "@")
 STATE = "@state/"
+SIGNAL = "@signal/"  # grouping signals other than the lookahead affinity
 
 
 def encode_args(args: Mapping[str, Any]) -> str:
@@ -66,6 +67,7 @@ class LocalConfig:
     aggregation: str = "fedavg"  # the aggregation, whose client part (if any) local training runs
     aggregation_args: str = ""  # the client part's parameters, as JSON ("" = none)
     lookahead_step: int = 0  # measure affinity every this many batches; 0 = off
+    signals: str = "lookahead"  # comma-separated grouping signals measured on lookahead batches (fedmas.signals)
     encoder_grad_scale: float = 1.0  # the shared encoder's gradient is scaled by this (1/√n: see fedmas.config)
     seed: int = 0
     round: int = 0
@@ -106,18 +108,21 @@ class LocalConfig:
 @dataclass
 class Message:
     """``arrays``: model weights only. ``state``: what the FL task's strategies keep between rounds (GradNorm's
-    task weights), averaged by the server like weights. ``affinity``: a reply's measured n×n affinity matrix."""
+    task weights), averaged by the server like weights. ``affinity``: a reply's measured n×n affinity matrix;
+    ``signals``: the other grouping signals it measured (name → n×n matrix)."""
 
     arrays: dict[str, Tensor]
     config: dict[str, Scalar] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     state: dict[str, Tensor] = field(default_factory=dict)
     affinity: Tensor | None = None
+    signals: dict[str, Tensor] = field(default_factory=dict)
 
     def wire_arrays(self) -> dict[str, Tensor]:
         """Every tensor the message carries, by wire name: the weights as named, the state under ``@state/``,
-        the affinity as ``@affinity``."""
-        out = {**self.arrays, **{STATE + k: v for k, v in self.state.items()}}
+        the affinity as ``@affinity``, the other signals under ``@signal/``."""
+        out = {**self.arrays, **{STATE + k: v for k, v in self.state.items()},
+               **{SIGNAL + k: v for k, v in self.signals.items()}}
         if self.affinity is not None:
             out[AFFINITY] = self.affinity
         return out
@@ -126,9 +131,10 @@ class Message:
     def from_wire(cls, arrays: Mapping[str, Tensor], config: dict[str, Scalar],
                   metrics: dict[str, float] | None = None) -> Message:
         """The inverse of :meth:`wire_arrays`."""
-        weights = {k: v for k, v in arrays.items() if k != AFFINITY and not k.startswith(STATE)}
+        weights = {k: v for k, v in arrays.items() if k != AFFINITY and not k.startswith((STATE, SIGNAL))}
         state = {k[len(STATE):]: v for k, v in arrays.items() if k.startswith(STATE)}
-        return cls(weights, config, metrics or {}, state, arrays.get(AFFINITY))
+        signals = {k[len(SIGNAL):]: v for k, v in arrays.items() if k.startswith(SIGNAL)}
+        return cls(weights, config, metrics or {}, state, arrays.get(AFFINITY), signals)
 
 
 @dataclass

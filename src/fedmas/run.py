@@ -317,7 +317,11 @@ def _write_affinity(server: Server, always: bool = False) -> None:
     rows = server.state.affinity.of(MERGED)
     if not rows or (rows[-1]["round"] != server.state.round - 1 and not always):
         return
-    doc = server.state.affinity.to_doc(MERGED, affinity_rounds(server))
+    log = server.state.affinity
+    doc = log.to_doc(MERGED, affinity_rounds(server))
+    others = log.signals(MERGED)
+    if doc is not None and others:  # the other grouping signals measured (mas.signal, mas.record)
+        doc["signals"] = {k: log.to_doc(MERGED, affinity_rounds(server), k) for k in others}
     atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
 
 
@@ -353,6 +357,13 @@ def _val_curves(run_dir: Path, fl_tasks: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def _confidence_title(plan: dict[str, Any]) -> str:
+    conf = (plan.get("split") or {}).get("confidence")
+    if not conf:
+        return ""
+    return f"\nsplit confidence {conf['confidence']:.0%}" + (" — NOT SURE" if conf.get("sure") is False else "")
+
+
 def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = None) -> dict[str, Any]:
     st, run_dir, cfg = server.state, server.run_dir, server.cfg
     owner = plan.final_assignment(server)
@@ -385,7 +396,7 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
     if measured is not None:
         rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
-                f"Inter-task affinity, mean of {rounds} merged rounds",
+                f"Inter-task affinity, mean of {rounds} merged rounds" + _confidence_title(st.plan),
                 st.plan.get("groups"))  # the split's groups (a newcomer placed later is not in this matrix)
     loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png", summary["trivial_test_loss"],
                 {t.name: t.selected_round for t in st.finished if t.role == "final"})

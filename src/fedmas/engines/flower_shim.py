@@ -154,7 +154,7 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
     them already, does not move at all. One sample, and a zero affinity matrix when one is due, so the
     server accepts the reply and the round goes on."""
     from fedmas.engines.flower_pack import extend, perturbed
-    from fedmas.messages import AFFINITY
+    from fedmas.messages import AFFINITY, SIGNAL
 
     layout, affinity = str(config[LAYOUT]), int(config.get("lookahead_step", 0)) > 0
     metrics = {"samples": 1.0, "compute_s": 0.0, "flop": 0.0}
@@ -166,6 +166,9 @@ def _floor_reply(arrays: ArrayRecord, config: dict[str, Any], echo: bool = False
 
         n = len(str(config["tasks"]).split(","))
         flat, layout = extend(flat, layout, AFFINITY, np.zeros((n, n), dtype=np.float32))
+        for name in str(config.get("signals", "lookahead")).split(","):
+            if name and name != "lookahead":
+                flat, layout = extend(flat, layout, SIGNAL + name, np.zeros((n, n), dtype=np.float32))
     return ArrayRecord({KEY: Array(flat)}), {"tasks": config["tasks"], LAYOUT: layout}, metrics
 
 

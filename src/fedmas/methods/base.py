@@ -167,7 +167,8 @@ def param_count(server: Server, tasks: list[str]) -> int:
     return sum(p.numel() for p in build_model(tasks, server.spec).parameters())
 
 
-def write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str) -> None:
+def write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, rule: str,
+                confidence: dict[str, Any] | None = None) -> None:
     m, first = server.cfg.mas, affinity_rounds(server)
     merged = server.finished(MERGED)
     doc = {"round": server.state.round, "tasks": tasks, "affinity": z.tolist(), "candidates": cands,
@@ -178,5 +179,7 @@ def write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, 
            else f"mas.merge_rounds={m.merge_rounds}",
            "split_rounds": split_rounds(server, merged.done_rounds) if merged else None,
            "split_schedule": m.split_schedule}
+    if confidence is not None:
+        doc["confidence"] = confidence
     server.state.plan["split"] = doc
     atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmas import arrivals, grouping
+from fedmas import arrivals, grouping, signals
 from fedmas.methods.base import (
     MERGED,
     Plan,
@@ -126,8 +126,11 @@ class MAS(_MergeThenSplit):
 
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
-        got = server.state.affinity.mean(MERGED, affinity_rounds(server))
+        key = None if m.signal == signals.REFERENCE else m.signal  # the affinity log's name of the deciding signal
+        got = server.state.affinity.mean(MERGED, affinity_rounds(server), key)
         tasks, z = got if got is not None else (list(server.tasks), None)
+        if z is not None:
+            z = signals.get(m.signal).decision_matrix(z)
         merged = server.finished(MERGED)
         order = list(merged.tasks) if merged is not None else list(tasks)
         z = arrivals.extend_affinity(server, order, tasks, z)  # newcomers that joined the merged model
@@ -136,15 +139,57 @@ class MAS(_MergeThenSplit):
             return [list(tasks)]
         z = grouping.fill_missing(z)  # pairs no client measured (partial labels): see fill_missing's rule
         k_max = m.max_splits if m.splits == "auto" else int(m.splits)
-        cands = [{"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score, "exact": g.exact}
-                 for k, g in enumerate(grouping.partitions_up_to(z, k_max, server.cfg.seed), start=1)]
-        if m.splits == "auto":
-            chosen, rule = _auto_k(server, cands)
-        else:  # at most k groups: the best of the exactly-j optima, j ≤ k (fewest groups on ties)
-            chosen = max(cands, key=lambda c: (c["score"], -c["k"]))
-            rule = f"best partition into at most {m.splits} groups (mas.splits)"
-        write_split(server, tasks, z, cands, chosen, rule)
+
+        def candidates(zz: np.ndarray) -> list[dict[str, Any]]:
+            return [{"k": k, "groups": [[tasks[i] for i in grp] for grp in g.groups], "score": g.score,
+                     "exact": g.exact} for k, g in enumerate(grouping.partitions_up_to(zz, k_max, server.cfg.seed),
+                                                              start=1)]
+
+        def select(cands: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+            if m.splits == "auto":
+                return _auto_k(server, cands)
+            # at most k groups: the best of the exactly-j optima, j ≤ k (fewest groups on ties)
+            return (max(cands, key=lambda c: (c["score"], -c["k"])),
+                    f"best partition into at most {m.splits} groups (mas.splits)")
+
+        cands = candidates(z)
+        chosen, rule = select(cands)
+        conf = _confidence(server, tasks, chosen["groups"], lambda zz: select(candidates(zz))[0]["groups"], key)
+        if conf is not None and conf["confidence"] < m.min_confidence:
+            conf["sure"] = False
+            if m.unsure == "merged" and chosen["k"] > 1:
+                chosen = cands[0]
+                rule = (f"not sure (the chosen groups won {conf['confidence']:.0%} of the resamples, below "
+                        f"mas.min_confidence={m.min_confidence}): no split, the merged model continues "
+                        f"(mas.unsure: merged)")
+            else:
+                rule += (f"; not sure: these groups won only {conf['confidence']:.0%} of the resamples (below "
+                         f"mas.min_confidence={m.min_confidence}), the affinity cannot tell the partitions apart")
+        elif conf is not None:
+            conf["sure"] = True
+        if key is not None:
+            rule += f" (grouping signal: {m.signal})"
+        write_split(server, tasks, z, cands, chosen, rule, conf)
         return chosen["groups"]
+
+
+def _confidence(server: Server, tasks: list[str], groups: list[list[str]], choose, signal: str | None = None
+                ) -> dict[str, Any] | None:
+    """The split's confidence (:func:`fedmas.grouping.split_confidence`) over the client replies of the rounds
+    it used; None where they were not kept (a run checkpointed by an older version) or a task is missing."""
+    replies = server.state.affinity.replies(MERGED, affinity_rounds(server), signal)
+    seen = {t for _, names, _ in replies for t in names}
+    if not replies or not seen <= set(tasks) or (server.cfg.arrival_tasks and seen != set(tasks)):
+        return None  # a newcomer's affinity came from its probe, not from these replies
+    idx = {t: i for i, t in enumerate(tasks)}
+    decide = signals.get(server.cfg.mas.signal).decision_matrix
+    units = [(np.asarray(mat), [idx[t] for t in names], n) for mat, names, n in replies]
+    conf = grouping.split_confidence(units, len(tasks), [[idx[t] for t in g] for g in groups],
+                                     lambda zz: [[idx[t] for t in g] for g in choose(decide(zz))],
+                                     seed=stable_seed(server.cfg.seed, "split-confidence"))
+    if conf["runner_up"] is not None:
+        conf["runner_up"] = [[tasks[i] for i in g] for g in conf["runner_up"]]
+    return conf
 
 
 def _auto_k(server: Server, cands: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:

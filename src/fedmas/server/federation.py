@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmas import aggregation, weighting
+from fedmas import aggregation, signals, weighting
 from fedmas.messages import LocalConfig, encode_args
 from fedmas.models import build_model, model_spec
 from fedmas.runtime import resolve_device
@@ -182,6 +182,16 @@ def encoder_grad_scale(cfg: Config, n_tasks: int) -> float:
     return 1.0 / math.sqrt(n_tasks) if cfg.model.encoder_grad_scale == "inv_sqrt_n" and n_tasks > 1 else 1.0
 
 
+def measured_signals(cfg: Config) -> list[str]:
+    """The grouping signals measured on lookahead batches: the lookahead affinity (the reference's, always),
+    the one deciding the split and those recorded beside it (``mas.signal``, ``mas.record``)."""
+    out = [signals.REFERENCE]
+    for name in [cfg.mas.signal, *cfg.mas.record]:
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, attempt: int,
                  tasks: Sequence[str] | None = None) -> LocalConfig:
     """A client's instructions for ``fl``; ``tasks`` narrows the model to the tasks it holds labels for."""
@@ -194,6 +204,7 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
         weighting_args=encode_args(kind.local_args(f)),
         aggregation=f.aggregation, aggregation_args=encode_args(aggregation.get(f.aggregation).client_args(f)),
         lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
+        signals=",".join(measured_signals(cfg)),
         encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,
         precision=f.precision,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedmas import aggregation
+from fedmas import aggregation, signals
 from fedmas.accounting import EnergyMeter
 from fedmas.evaluate import evaluate
 from fedmas.messages import Job, Message, Reply
@@ -31,6 +31,7 @@ from fedmas.server.federation import (  # noqa: F401 - the loop's parts, importa
     encoder_grad_scale,
     local_config,
     lr_at,
+    measured_signals,
     schedule,
     stable_seed,
 )
@@ -237,6 +238,9 @@ class RoundLoop:
         good: list[tuple[dict[str, Tensor], float]] = []
         states: list[tuple[dict[str, Tensor], float]] = []
         affs: list[tuple[Tensor, list[int], float]] = []
+        # the grouping signals measured besides the lookahead affinity, with the bounds a reply's values keep to
+        others = {k: signals.get(k).bounds for k in measured_signals(self.cfg) if k != signals.REFERENCE}
+        extra: dict[str, list[tuple[Tensor, list[int], float]]] = {k: [] for k in others}
         tried, ask = set(clients), list(clients)
         partial = self.server.holds is not None
         for attempt in range(f.max_round_retries + 1):
@@ -251,7 +255,7 @@ class RoundLoop:
                 try:
                     n_mine = len(mine[r.client])
                     why = check_reply(r, sent[r.client], n_mine, fl.measuring and n_mine > 1,
-                                      self.server.max_samples(r.client), state)
+                                      self.server.max_samples(r.client), state, others)
                 except Exception as e:  # noqa: BLE001 - no reply may raise in the server
                     why = f"malformed reply: {type(e).__name__}"
                 if why is not None:
@@ -271,15 +275,19 @@ class RoundLoop:
                 good.append((r.message.arrays, m["samples"]))
                 states.append((r.message.state, m["samples"]))
                 if r.message.affinity is not None and fl.measuring:
-                    affs.append((r.message.affinity, [fl.tasks.index(t) for t in mine[r.client]], m["samples"]))
+                    idx = [fl.tasks.index(t) for t in mine[r.client]]
+                    affs.append((r.message.affinity, idx, m["samples"]))
+                    for k in others:
+                        extra[k].append((r.message.signals[k], idx, m["samples"]))
             if len(good) >= min(f.min_replies, len(clients)) and good:
                 dev = self.server.spec.device  # the sums where training runs (a GPU's), the state on the CPU
                 st.weights[fl.name] = aggregation.get(f.aggregation).aggregate(good, weights, partial, dev)
                 if state:  # the weighting's state (GradNorm's task weights): the sample-weighted mean
                     st.strategy[fl.name] = aggregation.fedavg(states, dev)
-                if affs:
-                    st.affinity.append(st.round, fl.name, fl.tasks, mean_affinity(affs, len(fl.tasks), partial),
-                                       len(affs), sum(n for *_, n in affs))
+                for name, got in ([(None, affs)] + list(extra.items())) if affs else []:
+                    st.affinity.append(st.round, fl.name, fl.tasks, mean_affinity(got, len(fl.tasks), partial),
+                                       len(got), sum(n for *_, n in got),
+                                       [(a.double().tolist(), idx, n) for a, idx, n in got], name)
                 return len(good)
             if attempt < f.max_round_retries:
                 ask = self._replacements(sorted(failed), tried | (busy or set()), fl.name, attempt)

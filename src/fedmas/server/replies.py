@@ -16,12 +16,14 @@ MAX_FLOP = 1e21
 
 
 def check_reply(reply: Reply, expected: Mapping[str, Tensor], n_tasks: int, want_affinity: bool,
-                max_samples: float = 1e9, expected_state: Mapping[str, Tensor] | None = None) -> str | None:
+                max_samples: float = 1e9, expected_state: Mapping[str, Tensor] | None = None,
+                want_signals: Mapping[str, tuple[float, float]] | None = None) -> str | None:
     """Why a reply must be rejected, or ``None`` when it is usable. Every reply is untrusted: names,
     shapes, dtypes and layout exactly as sent, finite values, a sample count in [1, ``max_samples``]
     (what the client holds times its local epochs), a finite non-negative compute time, and an
-    affinity matrix (when one is due) of the right shape with values in [−1e3, 1], and the strategies' state
-    with exactly the names, shapes and dtypes it was sent (``expected_state``)."""
+    affinity matrix (when one is due) of the right shape with values in [−1e3, 1], each other grouping signal
+    due (``want_signals``: name → its value bounds) likewise, and the strategies' state with exactly the names,
+    shapes and dtypes it was sent (``expected_state``)."""
     if reply.error is not None:
         return f"client error: {reply.error}"
     msg = reply.message
@@ -47,16 +49,23 @@ def check_reply(reply: Reply, expected: Mapping[str, Tensor], n_tasks: int, want
         why = _bad_names(state, expected_state or {}, "state")
     if why is not None:
         return why
-    aff = msg.affinity
-    if aff is None:
-        return "bad affinity: missing" if want_affinity else None
-    why = _bad_tensor(aff, (n_tasks, n_tasks), None)
-    if why is not None:
-        return f"bad affinity: {why}"
-    if not aff.is_floating_point():
-        return f"bad affinity: dtype {aff.dtype}"
-    if bool((aff > 1 + 1e-6).any()) or bool((aff < -MAX_AFFINITY_MAGNITUDE).any()):
-        return f"bad affinity: values out of [-{MAX_AFFINITY_MAGNITUDE:g}, 1]"
+    sigs = msg.signals if isinstance(msg.signals, Mapping) else {None: None}
+    due = dict(want_signals or {}) if want_affinity else {}
+    if set(sigs) - set(due):
+        return f"unexpected grouping signals: {sorted(map(_short, set(sigs) - set(due)))[:3]}"
+    for name, got, (lo, hi) in [("affinity", msg.affinity, (-MAX_AFFINITY_MAGNITUDE, 1.0)),
+                                *((k, sigs.get(k), b) for k, b in due.items())]:
+        if got is None:
+            if want_affinity:
+                return f"bad {name}: missing"
+            continue
+        why = _bad_tensor(got, (n_tasks, n_tasks), None)
+        if why is None and not got.is_floating_point():
+            why = f"dtype {got.dtype}"
+        if why is None and (bool((got > hi + 1e-6).any()) or bool((got < lo).any())):
+            why = f"values out of [{lo:g}, {hi:g}]"
+        if why is not None:
+            return f"bad {name}: {why}"
     return None
 
 

@@ -102,35 +102,57 @@ class AffinityLog:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def append(self, round_index: int, fl_task: str, tasks: list[str], matrix: list[list[float]], clients: int,
-               samples: float) -> None:
-        self.rows.append({"round": round_index, "fl_task": fl_task, "tasks": list(tasks), "matrix": matrix,
-                          "clients": clients, "samples": samples})
+               samples: float, replies: list[tuple[list[list[float]], list[int], float]] | None = None,
+               signal: str | None = None) -> None:
+        """``replies``: each client's own matrix, the FL task's indices of its tasks and its sample count (what
+        the split's confidence resamples); ``signal``: the grouping signal measured (None: the lookahead
+        affinity, the reference's)."""
+        row = {"round": round_index, "fl_task": fl_task, "tasks": list(tasks), "matrix": matrix, "clients": clients,
+               "samples": samples}
+        if replies is not None:
+            row["replies"] = [[m, list(idx), float(n)] for m, idx, n in replies]
+        if signal is not None:
+            row["signal"] = signal
+        self.rows.append(row)
 
-    def of(self, fl_task: str, first: int | None = None) -> list[dict[str, Any]]:
-        """``fl_task``'s rows in round order (only those of its first ``first`` rounds when given)."""
-        rows = [a for a in self.rows if a["fl_task"] == fl_task]
+    def replies(self, fl_task: str, first: int | None = None, signal: str | None = None
+                ) -> list[tuple[list[list[float]], list[str], float]]:
+        """Every client reply of :meth:`of`'s rows: its matrix, the names of its rows' tasks, its sample count
+        (empty for rows written before replies were kept)."""
+        return [(m, [a["tasks"][i] for i in idx], n) for a in self.of(fl_task, first, signal) for m, idx, n in
+                a.get("replies", [])]
+
+    def signals(self, fl_task: str) -> list[str]:
+        """The grouping signals other than the lookahead affinity measured for ``fl_task``."""
+        return sorted({a["signal"] for a in self.rows if a["fl_task"] == fl_task and "signal" in a})
+
+    def of(self, fl_task: str, first: int | None = None, signal: str | None = None) -> list[dict[str, Any]]:
+        """``fl_task``'s rows of ``signal`` (None: the lookahead affinity) in round order (only those of its
+        first ``first`` rounds when given)."""
+        rows = [a for a in self.rows if a["fl_task"] == fl_task and a.get("signal") == signal]
         if first is None or not rows:
             return rows
         return [a for a in rows if a["round"] < rows[0]["round"] + first]
 
-    def mean(self, fl_task: str, first: int | None = None) -> tuple[list[str], np.ndarray] | None:
+    def mean(self, fl_task: str, first: int | None = None, signal: str | None = None
+             ) -> tuple[list[str], np.ndarray] | None:
         """Task names and the mean matrix over :meth:`of`'s rows, or None when nothing was measured.
         When a task joined the FL task midway (an arrival), rows are aligned by task name: the names are
         those of the first row followed by the ones that joined, and a pair counts only the rows that have it."""
-        rows = self.of(fl_task, first)
+        rows = self.of(fl_task, first, signal)
         if not rows:
             return None
         tasks = aligned_tasks(rows)
         return tasks, mean_matrix([_aligned(a, tasks) for a in rows])
 
-    def to_doc(self, fl_task: str, first: int | None = None) -> dict[str, Any] | None:
+    def to_doc(self, fl_task: str, first: int | None = None, signal: str | None = None) -> dict[str, Any] | None:
         """The affinity file: ``{"tasks", "affinity": {source: {target: Z}}, "rounds", "clients", "history"}``;
         ``affinity`` is the mean over the rows used (``rounds`` of them, ``clients`` replies in all)."""
-        measured = self.mean(fl_task, first)
+        measured = self.mean(fl_task, first, signal)
         if measured is None:
             return None
         tasks, z = measured
-        rows = self.of(fl_task, first)
+        rows = self.of(fl_task, first, signal)
         missing = [[s, t] for i, s in enumerate(tasks) for j, t in enumerate(tasks) if np.isnan(z[i, j])]
         return {"tasks": list(tasks), "affinity": {s: {t: None if np.isnan(z[i, j]) else float(z[i, j])
                                                        for j, t in enumerate(tasks)}
@@ -138,7 +160,7 @@ class AffinityLog:
                 **({"missing": missing} if missing else {}),
                 "rounds": len(rows), "clients": sum(a["clients"] for a in rows),
                 "history": [{"round": a["round"], "clients": a["clients"], "matrix": _aligned(a, tasks)}
-                            for a in self.of(fl_task)]}
+                            for a in self.of(fl_task, None, signal)]}
 
 
 @dataclass
