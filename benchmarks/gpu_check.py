@@ -7,13 +7,14 @@ every step on the CPU paths.
 3. fedmas's local training and whole round ÷ a plain PyTorch loop on the same device (benchmarks/overhead.py).
 4. The paper-scale configuration (xception encoder, 256×256, 5 tasks): seconds per round and peak memory.
 
-Writes benchmarks/results/gpu_check.json (and prints it).
+Writes benchmarks/results/gpu_check.json and a short gpu_check.txt (``--out-dir`` elsewhere), and prints the latter.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples"))
-from _common import save  # noqa: E402
+from _common import machine  # noqa: E402
 
 from fedmas.client import LocalConfig, train_local  # noqa: E402
 from fedmas.config import Config, load_config  # noqa: E402
@@ -106,6 +107,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="small sizes (to try the script on the CPU)")
     ap.add_argument("--only", default="quickstart,exactness,overhead,paper_scale")
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results",
+                    help="where gpu_check[_quick_cpu].json and .txt go (default benchmarks/results)")
     a = ap.parse_args()
     device = resolve_device(a.device)
     Config.model_validate({"device": a.device})
@@ -123,9 +126,42 @@ def main() -> int:
             doc[name] = overhead(device, a.quick)
         elif name == "paper_scale":
             doc[name] = paper_scale(device, a.quick, tmp)
+        doc.setdefault("step_s", {})[name] = round(time.perf_counter() - t0, 1)
         print(f"[gpu_check] {name}: {json.dumps(doc[name])} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    save("gpu_check" + ("_quick_cpu" if a.quick and device == "cpu" else ""), doc)
+    if os.environ.get("FEDMAS_SETUP_S"):  # gpu_check.sh's setup, timed by the shell
+        doc["setup_s"] = float(os.environ["FEDMAS_SETUP_S"])
+    doc["torch"], doc["python"], doc["machine"] = torch.__version__, sys.version.split()[0], machine()
+    stem = "gpu_check" + ("_quick_cpu" if a.quick and device == "cpu" else "")
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    (a.out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    (a.out_dir / f"{stem}.txt").write_text(summary_text(doc))
+    print(summary_text(doc))
     return 0
+
+
+def summary_text(doc: dict) -> str:
+    """The check's figures in a few lines (the JSON holds every number)."""
+    lines = [f"GPU check on {doc['name']} ({doc['device']}), torch {doc.get('torch')}, Python {doc.get('python')}, "
+             f"{doc['date']}{' (quick sizes)' if doc.get('quick') else ''}"]
+    if "setup_s" in doc:
+        lines.append(f"setup: {doc['setup_s']:.0f} s")
+    q = doc.get("quickstart")
+    if q:
+        lines.append("quick start: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in q.items()))
+    e = doc.get("exactness")
+    if e:
+        lines.append("lookahead vs the naive definition (float64), largest difference: " + json.dumps(e))
+    o = doc.get("overhead")
+    if o:
+        lines.append("overhead vs a plain PyTorch loop: " + json.dumps(o))
+    p = doc.get("paper_scale")
+    if p:
+        per = p.get("seconds_per_round") or []
+        lines.append(f"paper scale ({p.get('resolution')}×{p.get('resolution')}): seconds per round "
+                     f"{', '.join(f'{x:.1f}' for x in per)}; peak GPU memory "
+                     + (f"{p['peak_gib']:.2f} GiB" if p.get("peak_gib") is not None else "n/a (CPU)"))
+    lines.append("step seconds: " + json.dumps(doc.get("step_s", {})))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ interrupted one resumed, so the same command continues the queue):
 - ``merged-<f>/seed-S``: the exhaustive method with ``exhaustive.start: merged`` and ``mas.merge_rounds: f``
   (the merged phase, then every non-empty subset from its weights for the remaining rounds, the schedule
   continued — fedmas's default — and the reference's affinity measured in the merged phase);
+- ``record-<f>/seed-S``: MAS-2 whose merged phase (the same R0, seed and schedule) measures the lookahead
+  affinity in every merged round and the gradient cosine beside it (``mas.record``), for the signals the
+  first 0.1 R rounds do not show; keeping every encoder gradient whole for the cosine changes the rounding of
+  the real step, so its merged weights differ from ``merged-<f>``'s in the last bits;
 - ``scratch/seed-S/<subset>``: all-in-one on each subset of 3 or 4 tasks from scratch for R rounds. The
   other subsets from scratch are the committed runs of the same protocol and seed: each single task is
   one-by-one's FL task, each pair HOA's probe (``learned_protocol_hoa``), all five all-in-one.
@@ -32,7 +36,7 @@ PROTOCOL = HERE / "learned_protocol.yaml"
 OUT = HERE / "results" / "grouping_truth"
 COMMITTED = HERE / "results" / "learned_protocol"
 COMMITTED_HOA = HERE / "results" / "learned_protocol_hoa"
-PARTS = ("merged-0.7", "scratch", "merged-0.2")
+PARTS = ("merged-0.7", "record-0.7", "scratch", "merged-0.2")
 
 
 def _short(tasks: list[str]) -> str:
@@ -57,6 +61,12 @@ def queue(seeds: list[int], parts: list[str]) -> list[tuple[str, int, Any, Path]
                 raw["method"], raw["name"] = "exhaustive", f"grouping-truth-{part}"
                 raw["exhaustive"] = {"start": "merged"}
                 raw["mas"] = {**raw["mas"], "merge_rounds": frac, "split_schedule": "continue", "splits": 3}
+                todo.append((part, seed, check_config(Config.model_validate(raw), part), OUT / part / f"seed-{seed}"))
+            elif part.startswith("record-"):  # MAS-2 recording every signal over its whole merged phase
+                frac = float(part.split("-", 1)[1])
+                raw["method"], raw["name"] = "mas", f"grouping-truth-{part}"
+                raw["mas"] = {**raw["mas"], "merge_rounds": frac, "split_schedule": "continue", "splits": 2,
+                              "affinity_rounds": "all", "record": ["cosine"]}
                 todo.append((part, seed, check_config(Config.model_validate(raw), part), OUT / part / f"seed-{seed}"))
             elif part == "scratch":
                 for size in range(3, len(tasks)):

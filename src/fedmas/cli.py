@@ -125,7 +125,10 @@ def cmd_show(a: argparse.Namespace) -> int:
     run_dir = Path(a.run)
     summary = run_dir / "summary.json"
     if summary.exists():
-        print(render_summary(read_summary(summary), run_dir))
+        doc = read_summary(summary)
+        print(render_summary(doc, run_dir))
+        if doc.get("failed"):
+            return _fail(f"{run_dir}: the run did not succeed: " + "; ".join(map(str, doc["failed"])))
         return 0
     if (run_dir / "comparison.md").is_file():
         print((run_dir / "comparison.md").read_text())

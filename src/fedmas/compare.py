@@ -9,6 +9,7 @@ resumable. Writes ``comparison.json``, ``comparison.md``, ``comparison.png``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
@@ -261,12 +262,28 @@ def run_all(todo: list[tuple[str, int, Config, Path]], progress: bool, jobs: int
               + (f", the {running} running ones stop at their end (the same command resumes the comparison)"
                  if running else ""), file=sys.stderr, flush=True)
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=watch_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_in_worker, run_cfg.model_dump(), str(run_dir), label, progress,
                                f"{i + 1}/{total} {label} seed {seed} → {run_dir}"): i
                    for i, (label, seed, run_cfg, run_dir) in enumerate(todo)}
         results = gather(futures, done, failed)
     return [results[i] for i in range(total)]
+
+
+def watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a worker of ``compare --jobs``: end this process when the one that started it is gone (killed, so
+    it can no longer hand out work or collect results); the run it was training keeps its last checkpoint,
+    and the same command resumes it."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="fedmas-watch-parent", daemon=True).start()
 
 
 def gather(futures: dict[Future[Any], int], done: Callable[[int, Any, int], None],

@@ -137,6 +137,9 @@ class FederationConfig(_Strict):
     round_deadline_s: float | None = Field(None, gt=0, le=1e7)
     min_replies: int = Field(1, ge=1, le=1_000_000)
     max_round_retries: int = Field(2, ge=0, le=1000)
+    max_share_without_update: float = Field(
+        0.5, ge=0, le=1, description="an FL task that got no accepted client update in more than this share of its "
+                                     "rounds trained on nothing: the run fails (exit 2, summary.json says why)")
     select: Literal["last", "best_val"] = Field(
         "last", description="the reported model of each FL task: its last round's, or the one with the lowest "
                             "validation loss (as the MAS reference reports)")

@@ -9,6 +9,7 @@ Run folder: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint/``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -28,15 +29,18 @@ from fedmas.engines import EngineFactory, launch, preflight
 from fedmas.methods import MERGED, PLANS, affinity_rounds, make_plan
 from fedmas.models import check_model, model_spec
 from fedmas.report import heatmap, loss_curves
-from fedmas.runfolder import DriveLock, RunLock, check_new_run_dir, prepare_run_dir, resume_config
+from fedmas.runfolder import DriveLock, RunLock, check_new_run_dir, clean_partial_writes, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu, deterministic, resolve_device
+from fedmas.server.bookkeeping import TORN, round_of
 from fedmas.server.loop import Engine, RoundLoop, Server, print_progress, truncate_metrics
 from fedmas.server.state import (
+    TRIVIAL,
     CheckpointError,
     ServerState,
     atomic_write_text,
+    change_config,
     load_checkpoint,
-    restamp_config,
+    recorded_trivial_sha256,
 )
 from fedmas.tensorboard import RoundCurves
 
@@ -69,6 +73,8 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
                 if progress:
                     print(f"[fedmas] {run_dir} finished earlier; its results:", file=sys.stderr)
                     print(render_summary(done, run_dir), file=sys.stderr)
+                if done.get("failed"):
+                    raise RunFailed(failed_line(run_dir, done))
                 return done
             with ConsoleLog(run_dir):
                 return _launch(cfg, run_dir, load_data(cfg, data), progress, stop_after, engine, engine_factory)
@@ -118,8 +124,7 @@ def add_arrivals(cfg: Config, run_dir: Path, names: tuple[str, ...]) -> Config:
         new = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"--add-task {', '.join(names)}: {format_error(e)}") from None
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(new.model_dump(), sort_keys=False))
-    restamp_config(run_dir)
+    change_config(run_dir, yaml.safe_dump(new.model_dump(), sort_keys=False))
     return new
 
 
@@ -156,6 +161,14 @@ def read_summary(p: Path) -> dict[str, Any]:
     if not ok:
         raise ConfigError(f"{p}: not a fedmas summary (expected an object with tasks, test_loss, owner, "
                           f"total_test_loss and costs)")
+    numbers = {"total_test_loss": doc["total_test_loss"], **{f"test_loss.{t}": v for t, v in doc["test_loss"].items()},
+               **{f"test_skill.{t}": v for t, v in (doc.get("test_skill") or {}).items() if v is not None},
+               **({"mean_skill": doc["mean_skill"]} if doc.get("mean_skill") is not None else {})}
+    bad = [k for k, v in numbers.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or (not math.isfinite(v) and not doc.get("failed"))]
+    if bad:
+        raise ConfigError(f"{p}: not a valid fedmas summary: {', '.join(bad[:4])} "
+                          f"{'is' if len(bad) == 1 else 'are'} not a finite number (edited or damaged?)")
     return doc
 
 
@@ -166,15 +179,22 @@ def _summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def check_resumable(run_dir: Path) -> None:
-    """A run that has trained must resume from its checkpoint: a missing one is a refusal, never a restart."""
+    """A run that has trained must resume from its checkpoint: a missing one is a refusal, never a restart —
+    unless nothing was ever checkpointed (killed during round 0 or while writing the first checkpoint: then
+    only round 0's metric lines and perhaps the first weights file exist, and starting over is the same run)."""
     sp = run_dir / "checkpoint" / "state.json"
     if sp.exists() or (run_dir / "summary.json").exists():
         return
     metrics = run_dir / "metrics.jsonl"
-    trained = (metrics.is_file() and metrics.stat().st_size > 0) or any((run_dir / "checkpoint").glob("weights-*"))
-    if trained:
+    lines = metrics.read_text(errors="replace").splitlines() if metrics.is_file() else []
+    later = [ln for ln in lines if 1 <= round_of(ln) < TORN]  # written after the first checkpoint (a torn one: no)
+    weights = [p for p in (run_dir / "checkpoint").glob("weights-*.safetensors") if p.name != FIRST_WEIGHTS]
+    if later or weights:
         raise CheckpointError(f"{sp} is missing, but {run_dir} has trained rounds (metrics.jsonl or checkpoint "
                               f"weights): the run cannot be resumed without it; start a new run instead")
+
+
+FIRST_WEIGHTS = "weights-00001.safetensors"  # the first checkpoint's weights, written before its state.json
 
 
 def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
@@ -203,8 +223,9 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
 
 def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
            stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
+    clean_partial_writes(run_dir)
     state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
-    if state is None:
+    if state is None:  # nothing checkpointed (check_resumable): round 0's lines, if any, are written again
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.cpu_threads)
     deterministic(resolve_device(cfg.device))
@@ -261,18 +282,35 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
 
 def _trivial(run_dir: Path, data: FederatedData, cfg: Config) -> trivial.Trivial:
     """The run's trivial predictor: fitted when the run starts and written to trivial.json; a resumed run reads
-    it back instead of fitting it again (it depends only on the data, which the config fixes)."""
-    p = run_dir / "trivial.json"
+    it back instead of fitting it again (it depends only on the data, which the config fixes). A file that no
+    longer matches the hash the checkpoint recorded is accepted only if it is what fedmas itself writes (a
+    task arrived, and the run was stopped before its next checkpoint); otherwise it was edited: refused."""
+    p = run_dir / TRIVIAL
+    recorded = recorded_trivial_sha256(run_dir)
     if p.is_file():
-        try:
-            got = trivial.Trivial.from_json(json.loads(p.read_text()))
-            if set(cfg.task_list) <= set(got.test_loss):
-                return got
-        except (ValueError, TypeError, AttributeError):
-            pass  # damaged: fitted again below, and rewritten
+        text = p.read_bytes()
+        if recorded is None or hashlib.sha256(text).hexdigest() == recorded:
+            try:
+                got = trivial.Trivial.from_json(json.loads(text))
+                if set(cfg.task_list) <= set(got.test_loss):
+                    return got
+            except (ValueError, TypeError, AttributeError):
+                pass  # damaged: fitted again below, and rewritten
+        else:
+            fitted = trivial.fit(data, cfg.task_list, cfg.federation.eval_batch_size)
+            if text == _trivial_text(fitted).encode():
+                return fitted
+            raise CheckpointError(f"{p} was changed after the run started (it matches neither the hash in "
+                                  f"{run_dir / 'checkpoint' / 'state.json'} nor the constant predictor fitted on "
+                                  f"the run's data): skill is measured against it; put it back, or delete it to "
+                                  f"have it fitted again")
     triv = trivial.fit(data, cfg.task_list, cfg.federation.eval_batch_size)
-    atomic_write_text(p, json.dumps(triv.to_json(), indent=1))
+    atomic_write_text(p, _trivial_text(triv))
     return triv
+
+
+def _trivial_text(triv: trivial.Trivial) -> str:
+    return json.dumps(triv.to_json(), indent=1)
 
 
 def _check_progress(run_dir: Path, state: ServerState, total: int | None) -> None:
@@ -391,6 +429,9 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
         **learned(per_task, triv, _val_curves(run_dir, sorted(set(owner.values())))),
         **validation(owner, st, triv),
     }
+    failed = failures(run_dir, st, cfg.federation.max_share_without_update, summary)
+    if failed:
+        summary["failed"] = failed
     atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
     measured = st.affinity.mean(MERGED, affinity_rounds(server))
     if measured is not None:
@@ -403,6 +444,42 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     if progress:
         print(render_summary(summary, run_dir))
+    if failed:
+        raise RunFailed(failed_line(run_dir, summary))
     return summary
+
+
+def failures(run_dir: Path, st: ServerState, max_share: float, summary: dict[str, Any]) -> list[str]:
+    """Why a finished run is not a success: an FL task that got no accepted client update in more than
+    ``max_share`` of its rounds (it trained on nothing), or a non-finite number among the reported ones."""
+    out = []
+    rounds: dict[str, list[int]] = {}
+    p = run_dir / "metrics.jsonl"
+    for ln in (p.read_text().splitlines() if p.exists() else []):
+        r = json.loads(ln)
+        rounds.setdefault(r["fl_task"], []).append(int(r.get("accepted", 1)) == 0)
+    for fl in st.finished:
+        idle = rounds.get(fl.name, [])
+        if idle and sum(idle) > max_share * len(idle):
+            out.append(f"FL task {fl.name}: no accepted client update in {sum(idle)} of its {len(idle)} rounds "
+                       f"(more than federation.max_share_without_update={max_share:g}): it trained on nothing "
+                       f"(run.log names the rejected clients and why)")
+    bad = [k for k, v in _numbers(summary) if not math.isfinite(v)]
+    if bad:
+        out.append(f"non-finite reported value(s): {', '.join(bad[:4])} (training diverged, or the data holds "
+                   f"values far out of range)")
+    return out
+
+
+def failed_line(run_dir: Path, summary: dict[str, Any]) -> str:
+    return f"{run_dir}: the run did not succeed: " + "; ".join(summary["failed"])
+
+
+def _numbers(doc: Any, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(doc, dict):
+        return [x for k, v in doc.items() for x in _numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(doc, list):
+        return [x for i, v in enumerate(doc) for x in _numbers(v, f"{path}[{i}]")]
+    return [(path, float(doc))] if isinstance(doc, (int, float)) and not isinstance(doc, bool) else []
 
 

@@ -71,6 +71,9 @@ def check_new_run_dir(run_dir: Path, force: bool = False, locked: bool = False) 
     if holds_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                           f"choose another --out, or add --force to start it over")
+    if (run_dir / MARKER).is_file() and not (run_dir / "config.yaml").exists():
+        # claimed by a run killed before it wrote its config (perhaps halfway): it never started
+        skip |= {MARKER, LOCK, DRIVE_LOCK, PLUGINS} | {p.name for p in run_dir.iterdir() if _partial(p)}
     if any(p.name not in skip for p in run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} exists and is not empty; choose another --out, or add --force to "
                           f"replace fedmas's own files there (other files are kept)")
@@ -81,6 +84,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
     fedmas's own files there, mark it as fedmas's and write config.yaml."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_new_run_dir(run_dir, force, locked=True)
+    clean_partial_writes(run_dir)
     if force:
         old_plugins = _old_plugins(run_dir)
         for name in RUN_FILES:
@@ -136,6 +140,28 @@ def _installed() -> list[Path]:
     return [Path(x).resolve() for x in site.getsitepackages() + [site.getusersitepackages()]]
 
 
+def clean_partial_writes(run_dir: Path) -> list[str]:
+    """Remove what a kill during a write left behind in a run folder (called by the one process driving it):
+    the temporary files of :func:`fedmas.files.atomic_write` (``.<name>.<random>.tmp``) and of a checkpoint's
+    weights (``weights-*.safetensors.tmp``). Returns their names."""
+    gone = []
+    for folder in (run_dir, run_dir / "checkpoint"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if _partial(p):
+                p.unlink(missing_ok=True)
+                gone.append(p.name)
+    return gone
+
+
+def _partial(p: Path) -> bool:
+    """A temporary file of fedmas's atomic writes (``.<name>.<random>.tmp``, ``weights-*.safetensors.tmp``)."""
+    return ((p.name.startswith(".") and p.name.endswith(".tmp")) or
+            (p.name.startswith("weights-") and p.name.endswith(".safetensors.tmp"))) and p.is_file() \
+        and not p.is_symlink()
+
+
 def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
     """The saved config of ``run_dir``. Its ``plugins`` are imported (run) only when they are fedmas's,
     installed packages, modules inside the run folder, or named in ``allow_plugins``: a config.yaml
@@ -143,6 +169,9 @@ def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a folder")
     p = run_dir / "config.yaml"
+    if not p.exists() and (run_dir / MARKER).is_file():
+        raise ConfigError(f"{run_dir}: this run was stopped before it wrote its config.yaml, so it never started; "
+                          f"start it again with the same fedmas run command (the folder is reused)")
     if not p.exists():
         raise ConfigError(f"{run_dir} is not a fedmas run folder (no config.yaml)")
     verify_config(run_dir)  # an edited config.yaml is refused before any of its plugins is imported

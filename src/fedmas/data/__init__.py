@@ -195,7 +195,8 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
 
 
 def _check_all(ds: MultiTaskArrays, at: str, tasks: Sequence[str]) -> None:
-    """Every sample of an in-memory dataset: finite inputs, and targets of the values each task accepts;
+    """Every sample of an in-memory dataset: finite inputs, targets of the values each task accepts, and masks
+    finite and in [0, 1];
     :class:`DataError` naming the first bad sample (its index in that client's data)."""
     bad = ~torch.isfinite(ds.x.reshape(len(ds.x), -1)).all(1) if ds.x.is_floating_point() else None
     if bad is not None and bool(bad.any()):
@@ -214,6 +215,10 @@ def _check_all(ds: MultiTaskArrays, at: str, tasks: Sequence[str]) -> None:
         if task.check_values(target) is not None:  # find the first sample it refuses
             i = next(i for i in range(len(target)) if task.check_values(target[i]) is not None)
             raise DataError(f"{at}, task {t!r}: sample {i}: {task.check_values(target[i])}")
+        mask = ds.masks.get(t)
+        if mask is not None and _bad_mask_values(mask) is not None:  # the first sample whose mask is refused
+            i = next(i for i in range(len(mask)) if _bad_mask_values(mask[i]) is not None)
+            raise DataError(f"{at}, task {t!r}: sample {i}: {_bad_mask_values(mask[i])}")
 
 
 def _check_input(x) -> str | None:
@@ -235,6 +240,15 @@ def _check_mask(mask, want: tuple[int, ...], dense: bool) -> str | None:
     ok = (len(got) == len(want) and got[1:] == want[1:] and got[0] in (1, want[0])) if dense else got in ((), want)
     if not ok:
         return f"mask of shape {got}, expected {(1, *want[1:]) if dense else want}"
-    if not mask.is_floating_point() or float(mask.min()) < 0 or float(mask.max()) > 1:
-        return f"mask of dtype {mask.dtype} with values outside [0, 1], expected a float validity mask in [0, 1]"
+    return _bad_mask_values(mask)
+
+
+def _bad_mask_values(mask: torch.Tensor) -> str | None:
+    if not mask.is_floating_point():
+        return f"mask of dtype {mask.dtype}, expected a float validity mask in [0, 1]"
+    if not bool(torch.isfinite(mask).all()):
+        return "mask holds NaN or infinite values, expected a float validity mask in [0, 1]"
+    if float(mask.min()) < 0 or float(mask.max()) > 1:
+        return (f"mask with values outside [0, 1] (from {float(mask.min()):.4g} to {float(mask.max()):.4g}), "
+                f"expected a float validity mask in [0, 1]")
     return None

@@ -26,15 +26,18 @@ def truncate_metrics(run_dir: Path, completed_rounds: int) -> None:
     p = run_dir / "metrics.jsonl"
     if not p.exists():
         return
-    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and _round_of(ln) < completed_rounds]
+    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and round_of(ln) < completed_rounds]
     atomic_write_text(p, "".join(k + "\n" for k in keep))
 
 
-def _round_of(line: str) -> int:
+TORN = 1 << 30  # round_of's answer for a line that is not a whole metrics line
+
+
+def round_of(line: str) -> int:
     try:
         return int(json.loads(line)["round"])
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        return 1 << 30  # a torn or damaged line is dropped (the checkpoint's rounds are rewritten from it)
+        return TORN  # a torn or damaged line is dropped (the checkpoint's rounds are rewritten from it)
 
 
 def progress_line(server: Server, total: int | None = None) -> str:

@@ -207,8 +207,9 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, ck / wname)
     doc = {
-        "format": 1, "weights_file": wname, "weights_sha256": _file_sha256(ck / wname),
-        "config_sha256": config_sha256(run_dir), "round": state.round,
+        "format": FORMAT, "weights_file": wname, "weights_sha256": _file_sha256(ck / wname),
+        "config_sha256": config_sha256(run_dir), "trivial_sha256": file_sha256_or_none(run_dir / TRIVIAL),
+        "round": state.round,
         "active": [asdict(t) for t in state.active], "finished": [asdict(t) for t in state.finished],
         "plan": state.plan, "affinity": state.affinity.rows, "faults": state.faults,
         "costs": state.costs.to_json(), "rng": state.rng,
@@ -221,6 +222,15 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
 
 class CheckpointError(ValueError):
     pass
+
+
+FORMAT = 2  # checkpoints of format 2 and later must carry every checksum (CHECKSUMS); format 1 may lack them
+CHECKSUMS = ("state_sha256", "weights_sha256", "config_sha256", "trivial_sha256")
+TRIVIAL = "trivial.json"  # the run's constant predictor, which skill and "learned" are measured against
+
+
+def file_sha256_or_none(path: Path) -> str | None:
+    return _file_sha256(path) if path.is_file() else None
 
 
 def _file_sha256(path: Path) -> str:
@@ -246,14 +256,21 @@ def _write_state_doc(path: Path, doc: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps({**doc, "state_sha256": _doc_sha256(doc)}))
 
 
-def restamp_config(run_dir: Path) -> None:
-    """After fedmas itself changed the run's config.yaml (a task added with ``--add-task``), record the new
-    config's hash in the checkpoint, so the resumed run is accepted as the run that was started."""
+def change_config(run_dir: Path, text: str) -> None:
+    """fedmas itself changes the run's config.yaml (a task added with ``--add-task``) so that a kill at any
+    instant leaves a run that resumes: the checkpoint first records the new config's hash as pending, then
+    config.yaml is replaced, then the hash becomes the run's. A resume accepts the config the checkpoint names
+    or the pending one (:func:`verify_config`)."""
     sp = run_dir / "checkpoint" / "state.json"
-    if sp.is_file():
-        doc = _verified_doc(sp)
-        doc["config_sha256"] = config_sha256(run_dir)
-        _write_state_doc(sp, doc)
+    if not sp.is_file():
+        atomic_write_text(run_dir / "config.yaml", text)
+        return
+    doc = _verified_doc(sp)
+    doc["pending_config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    _write_state_doc(sp, doc)
+    atomic_write_text(run_dir / "config.yaml", text)
+    doc["config_sha256"] = doc.pop("pending_config_sha256")
+    _write_state_doc(sp, doc)
 
 
 def verify_config(run_dir: Path) -> None:
@@ -262,8 +279,12 @@ def verify_config(run_dir: Path) -> None:
     sp = run_dir / "checkpoint" / "state.json"
     if not sp.is_file():
         return
-    doc = _verified_doc(sp)
-    if "config_sha256" in doc and doc["config_sha256"] != config_sha256(run_dir):
+    _check_config_hash(_verified_doc(sp), run_dir, sp)
+
+
+def _check_config_hash(doc: dict[str, Any], run_dir: Path, sp: Path) -> None:
+    now = config_sha256(run_dir)
+    if "config_sha256" in doc and now not in (doc["config_sha256"], doc.get("pending_config_sha256")):
         raise CheckpointError(f"{run_dir / 'config.yaml'} was changed after the run started (it no longer matches "
                               f"the hash in {sp}); a resumed run must be the run that was started: put it back, "
                               f"or start a new run with the new config")
@@ -278,10 +299,21 @@ def _verified_doc(sp: Path) -> dict[str, Any]:
         raise CheckpointError(f"unreadable checkpoint {sp}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("weights_file"), str):
         raise CheckpointError(f"{sp}: not a fedmas checkpoint (no weights_file)")
+    fmt = doc.get("format", 1)
+    missing = [k for k in CHECKSUMS if k not in doc] if isinstance(fmt, int) and fmt >= 2 else []
+    if missing:
+        raise CheckpointError(f"{sp}: checksum field(s) {missing} missing (edited or damaged); the run cannot be "
+                              f"resumed from it")
     if "state_sha256" in doc and doc["state_sha256"] != _doc_sha256(doc):
         raise CheckpointError(f"{sp}: its contents do not match its checksum (edited or damaged); the run cannot "
                               f"be resumed from it")
     return doc
+
+
+def recorded_trivial_sha256(run_dir: Path) -> str | None:
+    """The hash of trivial.json the run's checkpoint recorded (None: no checkpoint, or an older one)."""
+    sp = run_dir / "checkpoint" / "state.json"
+    return _verified_doc(sp).get("trivial_sha256") if sp.is_file() else None
 
 
 def load_checkpoint(run_dir: Path) -> ServerState:
@@ -298,10 +330,7 @@ def load_checkpoint(run_dir: Path) -> ServerState:
         raise CheckpointError(f"checkpoint weights file missing or not a regular file: {wpath}")
     if "weights_sha256" in doc and doc["weights_sha256"] != _file_sha256(wpath):
         raise CheckpointError(f"{wpath}: its bytes do not match the checksum in {sp} (damaged or altered)")
-    if "config_sha256" in doc and doc["config_sha256"] != config_sha256(run_dir):
-        raise CheckpointError(f"{run_dir / 'config.yaml'} was changed after the run started (it no longer matches "
-                              f"the hash in {sp}); a resumed run must be the run that was started: put it back, "
-                              f"or start a new run with the new config")
+    _check_config_hash(doc, run_dir, sp)
     try:
         flat = load_file(str(wpath))  # safetensors: plain tensors only, no code
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for malformed files

@@ -1,0 +1,103 @@
+"""Crash consistency by construction: a run killed at every write boundary of fedmas's own files (each atomic
+rename, before and after; each removal; inside and after each append; each checkpoint step), then resumed,
+ends at the uninterrupted run's numbers exactly — for a MAS run and for ``--resume --add-task``. The
+boundaries are counted by tests/kill_runner.py, not sampled by time."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedmas.config import Config
+from fedmas.run import execute
+
+pytestmark = pytest.mark.slow
+RUNNER = str(Path(__file__).with_name("kill_runner.py"))
+
+
+def _raw(tiny_raw: dict) -> dict:
+    raw = copy.deepcopy(tiny_raw)
+    raw["threads"] = 1
+    raw["federation"] = {**raw["federation"], "rounds": 3}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 1}
+    return raw
+
+
+def _fedmas(args: list[str], kill_at: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FEDMAS_KILL_AT": str(kill_at)}
+    return subprocess.run([sys.executable, RUNNER, *args, "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _numbers(run: Path) -> tuple:
+    s = json.loads((run / "summary.json").read_text())
+    return s["test_loss"], s["groups"], s.get("val_loss"), s["rounds"]
+
+
+def _boundaries(proc: subprocess.CompletedProcess) -> int:
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("BOUNDARIES "), last
+    return int(last.split()[-1])
+
+
+def test_a_run_killed_at_every_write_boundary_resumes_to_the_same_numbers(tiny_raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_raw(tiny_raw)))
+    ref = tmp_path / "ref"
+    assert _boundaries(_fedmas(["run", str(cfg), "--out", str(ref)], 0)) >= 20
+    want = _numbers(ref)
+    for k in itertools.count(1):  # until the run ends before its k-th boundary (their number may vary by one:
+        run = tmp_path / f"k{k}"  # a lock file that is or is not there to remove)
+        killed = _fedmas(["run", str(cfg), "--out", str(run)], k)
+        if killed.returncode == 0:
+            assert _boundaries(killed) < k and _numbers(run) == want
+            break
+        assert killed.returncode == 137, (k, killed.stderr[-1500:])
+        if (run / "config.yaml").exists():
+            got = execute(None, run, resume=True, progress=False)
+        else:  # killed before the run wrote its config: it never started, and the same command starts it
+            got = execute(Config.model_validate(yaml.safe_load(cfg.read_text())), run, progress=False)
+        assert got is not None and _numbers(run) == want, (k, killed.stderr.splitlines()[-1])
+        assert not [p.name for p in run.rglob("*.tmp")], k  # nothing half-written left behind
+        shutil.rmtree(run)
+
+
+def test_add_task_killed_at_every_write_boundary_resumes(tiny_raw, tmp_path):
+    raw = _raw(tiny_raw)
+    started = tmp_path / "started"
+    assert execute(Config.model_validate(raw), started, progress=False, stop_after=1) is None
+    ref = tmp_path / "ref"
+    shutil.copytree(started, ref)
+    whole = _fedmas(["run", "--resume", str(ref), "--add-task", "keypoints2d"], 0)
+    assert _boundaries(whole) >= 10
+    want = _numbers(ref)
+    assert "keypoints2d" in json.loads((ref / "summary.json").read_text())["test_loss"]
+    # the adding itself, up to and including the first checkpoint with the new task: later boundaries are
+    # ordinary rounds', each killed in the test above
+    named = [ln for ln in whole.stderr.splitlines() if ln.startswith("BOUNDARY ")]
+    first_round = next(i for i, ln in enumerate(named) if "metrics.jsonl" in ln)
+    last = next(i for i, ln in enumerate(named, start=1) if i > first_round and ln.endswith("checkpoint/state.json"))
+    last += 1  # and the removal of the previous weights after it
+    assert last >= 8
+    for k in range(1, last + 1):
+        run = tmp_path / f"k{k}"
+        shutil.copytree(started, run)
+        killed = _fedmas(["run", "--resume", str(run), "--add-task", "keypoints2d"], k)
+        assert killed.returncode == 137, (k, killed.stderr[-1500:])
+        took = "keypoints2d" in (yaml.safe_load((run / "config.yaml").read_text())["arrival"]["tasks"] or {})
+        # the task was added before the kill (the run continues with it), or not at all (add it again)
+        extra = [] if took else ["--add-task", "keypoints2d"]
+        again = _fedmas(["run", "--resume", str(run), *extra], 0)
+        assert again.returncode == 0, (k, killed.stderr.splitlines()[-1], again.stderr[-1500:])
+        assert _numbers(run) == want, (k, killed.stderr.splitlines()[-1])
+        shutil.rmtree(run)
