@@ -26,3 +26,9 @@ LABELS=$!
 .venv/bin/python benchmarks/arrivals.py --config $P --seeds 0,1,2,3,4 --jobs 1 --set threads=1 \
   --out $R/arrivals_learned
 wait $LABELS
+# 5. Groups that matter: the ground truth for grouping (every subset trained; seeds 0-2; resumable)
+.venv/bin/python benchmarks/grouping_truth.py run --seeds 0,1,2 --jobs 2
+.venv/bin/python benchmarks/grouping_truth.py table --seeds 0,1,2
+.venv/bin/python benchmarks/grouping_signals.py --seeds 0,1,2
+# 6. PCGrad and FAMO as all-in-one weightings, the same 10 seeds as 2. (reported beside it, paired by seed)
+$F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_weightings --methods all-in-one-pcgrad,all-in-one-famo

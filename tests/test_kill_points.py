@@ -101,3 +101,39 @@ def test_add_task_killed_at_every_write_boundary_resumes(tiny_raw, tmp_path):
         assert again.returncode == 0, (k, killed.stderr.splitlines()[-1], again.stderr[-1500:])
         assert _numbers(run) == want, (k, killed.stderr.splitlines()[-1])
         shutil.rmtree(run)
+
+
+def test_compare_killed_at_each_of_its_own_write_boundaries_resumes(tiny_raw, tmp_path):
+    """Compare's bookkeeping (its marker, each run's last write, comparison.json/.md/.png, energy.png): killed
+    there, the same command ends with the uninterrupted comparison's numbers. The runs' own boundaries are
+    the first test's."""
+    raw = _raw(tiny_raw)
+    raw["federation"]["rounds"] = 2
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    args = ["compare", str(cfg), "--methods", "all-in-one,all-in-one-fedprox", "--quiet"]
+
+    def results(out: Path) -> list:
+        doc = json.loads((out / "comparison.json").read_text())
+        return [(r["key"], r["total_loss"], r["train_tflop"]) for r in doc["results"]]
+
+    ref = tmp_path / "ref"
+    whole = _fedmas([*args, "--out", str(ref)], 0)
+    _boundaries(whole)
+    want = results(ref)
+    named = [ln.split(": ", 1) for ln in whole.stderr.splitlines() if ln.startswith("BOUNDARY ")]
+    runs = [str(ref / m) for m in ("all-in-one", "all-in-one-fedprox")]
+    own = [int(k.split()[1]) for k, what in named
+           if not any(r + "/" in what for r in runs) or what.endswith("summary.json")]
+    assert len(own) >= 6, named
+    for k in own:
+        out = tmp_path / f"k{k}"
+        killed = _fedmas([*args, "--out", str(out)], k)
+        if killed.returncode == 0:  # the count may be one less (a lock file that was not there to remove)
+            assert k == own[-1] and _boundaries(killed) < k and results(out) == want
+            break
+        assert killed.returncode == 137, (k, killed.stderr[-1500:])
+        again = _fedmas([*args, "--out", str(out)], 0)
+        assert again.returncode == 0, (k, killed.stderr.splitlines()[-1], again.stderr[-1500:])
+        assert results(out) == want, (k, killed.stderr.splitlines()[-1])
+        shutil.rmtree(out)

@@ -181,3 +181,22 @@ def _alive(pid: int) -> bool:
 
 def test_runfailed_is_a_value_error():
     assert issubclass(RunFailed, ValueError) and np.isnan(float("nan"))
+
+
+def test_messages_name_the_real_problem(tiny_raw, tmp_path, capsys):
+    """A dangling symlink as --out, a slowdown for a client that does not exist, an affinity value in quotes."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**tiny_raw, "method": "all-in-one"}))
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    assert main(["run", str(cfg), "--out", str(link), "--quiet"]) == 2
+    assert "symbolic link to" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet", "--set",
+                 "cost.speed_factors={nobody: 2.0}"]) == 2
+    err = capsys.readouterr().err
+    assert "cost.speed_factors names client(s) ['nobody']" in err and "building_000" in err
+    assert not (tmp_path / "r").exists()
+    aff = tmp_path / "a.json"
+    aff.write_text(json.dumps({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": "0.5"}, "b": {"a": 0, "b": 0}}}))
+    assert main(["split", "--affinity", str(aff), "--splits", "2"]) == 2
+    assert "got str '0.5' (a string: write the number without quotes)" in capsys.readouterr().err

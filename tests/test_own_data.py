@@ -136,3 +136,58 @@ def test_fit_normalisation_standardises_a_clients_labels():
     assert y.mean(axis=(0, 2, 3)) == pytest.approx([0, 0], abs=1e-4)
     assert y.std(axis=(0, 2, 3)) == pytest.approx([1, 1], abs=1e-4)
     assert task.offset[0] == pytest.approx(300, rel=0.02) and task.scale[1] == pytest.approx(2, rel=0.1)
+
+
+# A Dataset of the user's own class (read sample by sample, not in memory), with data.options.fault.
+LAZY = textwrap.dedent('''
+    import torch
+    from torch.utils.data import Dataset
+
+    from fedmas.data.federated import FederatedData, MultiTaskArrays
+
+    class Rooms(Dataset):
+        def __init__(self, arrays, fault, n_claimed=None):
+            self.a, self.fault, self.n = arrays, fault, n_claimed or len(arrays)
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            if self.fault == "oserror" and i >= 8:
+                raise OSError(f"cannot read room {i}")
+            x, t, m = self.a[i]
+            if self.fault == "late_shape" and i == 9:
+                x = x[:, :16, :16]
+            return x, t, m
+
+    def make(cfg, tasks):
+        fault = cfg.options.get("fault", "")
+        clients = {}
+        for c in range(2):
+            res = 16 if fault == "mixed" and c == 1 else 32
+            arr = MultiTaskArrays(torch.rand(12, 3, res, res) * 2 - 1, {"depth_zbuffer": torch.rand(12, 1, res, res)},
+                                  {})
+            claimed = 15 if fault == "len_lies" and c == 1 else None
+            clients[f"site{c}"] = Rooms(arr, fault if c == 1 else "", claimed)
+        test = MultiTaskArrays(torch.rand(4, 3, 32, 32) * 2 - 1, {"depth_zbuffer": torch.rand(4, 1, 32, 32)}, {})
+        return FederatedData(clients=clients, test=test, tasks=tuple(tasks))
+''')
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("oserror", "client 'site1': sample 8: Rooms.__getitem__ raised OSError: cannot read room 8"),
+    ("late_shape", "client 'site1': sample 9: Rooms.__getitem__ gave input shape (3, 16, 16), but"),
+    ("len_lies", "client 'site1': sample 12: Rooms.__getitem__ raised IndexError (__len__ says more samples"),
+    ("mixed", "client 'site1': sample 0: Rooms.__getitem__ gave input shape (3, 16, 16)"),
+])
+def test_a_users_dataset_failing_late_is_exit_2_naming_client_sample_and_function(tmp_path, capsys, fault, message):
+    (tmp_path / "lazy_plugin.py").write_text(LAZY)
+    cfg = {"name": "lazy", "plugins": ["lazy_plugin"], "tasks": ["depth_zbuffer"], "method": "all-in-one",
+           "data": {"dataset": "python:lazy_plugin:make", "options": {"fault": fault}, "resolution": 32},
+           "model": {"width": 8}, "federation": {"rounds": 1, "clients_per_round": 2, "batch_size": 4}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before the run folder exists

@@ -56,7 +56,28 @@ def test_freed_tensor_memory_stays_in_the_heap():
     assert default_kept < 16 * 1024 * 1024  # glibc's default gives it back to the system
 
 
-def test_keep_freed_memory_is_idempotent():
-    from fedmas.runtime import keep_freed_memory
+def test_keep_freed_memory_asks_malloc_once_and_can_be_turned_off(monkeypatch):
+    import ctypes
 
-    assert keep_freed_memory() == keep_freed_memory()
+    from fedmas import runtime
+
+    calls: list[tuple[int, int]] = []
+
+    class Mallopt:  # a C function: callable, with argtypes and restype set by the caller
+        def __call__(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    class FakeLibc:
+        mallopt = Mallopt()
+
+    fake = FakeLibc()
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *_: fake)
+    monkeypatch.delenv("FEDMAS_MALLOC", raising=False)
+    monkeypatch.setattr(runtime, "_applied", None)
+    assert runtime.keep_freed_memory() is True and len(calls) == 2  # the mmap and the trim thresholds
+    assert runtime.keep_freed_memory() is True and len(calls) == 2  # once per process
+    monkeypatch.setattr(runtime, "_applied", None)
+    monkeypatch.setenv("FEDMAS_MALLOC", "default")
+    assert runtime.keep_freed_memory() is False and len(calls) == 2  # left alone when asked

@@ -57,9 +57,11 @@ def test_force_in_a_run_folder_keeps_other_files_in_plugins(tiny_raw, tmp_path):
     (run / "plugins").mkdir(exist_ok=True)
     (run / "plugins" / "notes.py").write_text("# the user's\n")
     (run / "keep.txt").write_text("x")
+    (run / "arrivals.json").write_text('{"mine": true}')  # named like fedmas's; this run had no arrivals
     execute(Config.model_validate(_small(tiny_raw)), run, progress=False, force=True)
     assert (run / "plugins" / "notes.py").read_text() == "# the user's\n" and (run / "keep.txt").exists()
     assert (run / "summary.json").exists()
+    assert (run / "arrivals.json").read_text() == '{"mine": true}'
 
 
 def test_two_runs_started_on_one_folder_the_second_claimant_is_refused(tiny_raw, tmp_path, monkeypatch):

@@ -84,7 +84,7 @@ def _seeds(text: str) -> list[int]:
 
 def cmd_split(a: argparse.Namespace) -> int:
     from fedmas.grouping import EXACT_LIMIT, best_partition, partitions_up_to, smallest_within
-    from fedmas.report import read_affinity
+    from fedmas.text import read_affinity
 
     tasks, z = read_affinity(Path(a.affinity))
     auto = a.splits == "auto"
@@ -120,13 +120,18 @@ def cmd_split(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from fedmas.run import read_summary, render_summary
+    from fedmas.console import render_summary
+    from fedmas.summaryfile import read_summary
 
     run_dir = Path(a.run)
     summary = run_dir / "summary.json"
     if summary.exists():
         doc = read_summary(summary)
-        print(render_summary(doc, run_dir))
+        try:
+            text = render_summary(doc, run_dir)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field missing or of the wrong kind
+            return _fail(f"{summary}: not a complete fedmas summary ({type(e).__name__}: {e})")
+        print(text)
         if doc.get("failed"):
             return _fail(f"{run_dir}: the run did not succeed: " + "; ".join(map(str, doc["failed"])))
         return 0
@@ -280,15 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fedmas.config import ConfigError
-    from fedmas.data.taskonomy import DataError
-    from fedmas.server.state import CheckpointError
-
     logging.basicConfig(level=logging.WARNING, format="[fedmas] %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+    except ValueError as e:  # ConfigError, DataError, CheckpointError, RunFailed: one line, exit 2
         return _fail(str(e))
     except KeyboardInterrupt:
         print("fedmas: interrupted (a comparison continues where it stopped when run again with the same "

@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmas.models import encoder_share, model_spec
-from fedmas.report import short, table
-from fedmas.runtime import resolve_device
+from fedmas.text import short, table
 
 if TYPE_CHECKING:
     from fedmas.config import Config
@@ -59,6 +57,9 @@ class _Tee:
 
 def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
     """What is about to run, in two lines."""
+    from fedmas.models import encoder_share, model_spec  # torch: only where a run starts
+    from fedmas.runtime import resolve_device
+
     f, spec = cfg.federation, model_spec(cfg)
     share = encoder_share(cfg.task_list, spec)
     if cfg.model.network:

@@ -12,63 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fedmas.files import read_small_text  # noqa: E402
-
-SHORT = {"segment_semantic": "seg", "depth_zbuffer": "depth", "normal": "normal", "keypoints2d": "kpt2d",
-         "edge_texture": "edge2d", "edge_occlusion": "edge3d", "principal_curvature": "curv",
-         "reshading": "reshade", "rgb": "rgb"}
-
-
-def short(t: str) -> str:
-    return SHORT.get(t, t)
-
-
-MAX_AFFINITY_TASKS = 64
-MAX_AFFINITY_FILE_BYTES = 16 << 20
-MAX_AFFINITY_VALUE = 1e6
-
-
-def read_affinity(path: Path) -> tuple[list[str], np.ndarray]:
-    """Parse an affinity file (``{"tasks": [...], "affinity": {source: {target: Z}}}``, extra top-level
-    fields allowed); raises ValueError naming the file and what is wrong."""
-    path = Path(path)
-    text = read_small_text(path, "affinity file", MAX_AFFINITY_FILE_BYTES, ValueError)
-    try:
-        doc = json.loads(text, parse_int=_bounded_int)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to be an affinity file") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not isinstance(doc.get("affinity"), dict):
-        raise ValueError(f'{path}: expected {{"tasks": [...], "affinity": {{source: {{target: value}}}}}}')
-    tasks = doc["tasks"]
-    if not tasks or not all(isinstance(t, str) and t for t in tasks) or len(set(tasks)) != len(tasks):
-        raise ValueError(f"{path}: 'tasks' must be a non-empty list of distinct names")
-    if len(tasks) > MAX_AFFINITY_TASKS:
-        raise ValueError(f"{path}: {len(tasks)} tasks; at most {MAX_AFFINITY_TASKS} are accepted")
-    z = np.zeros((len(tasks), len(tasks)))
-    for i, s in enumerate(tasks):
-        row = doc["affinity"].get(s)
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: affinity has no row for task {s!r} (needs an n×n matrix over 'tasks')")
-        extra = sorted(set(row) - set(tasks), key=str)
-        if extra:
-            raise ValueError(f"{path}: affinity[{s!r}] has columns for tasks not in 'tasks': {extra[:3]}")
-        for j, t in enumerate(tasks):
-            v = row.get(t)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_AFFINITY_VALUE:
-                raise ValueError(f"{path}: affinity[{s!r}][{t!r}] must be a number in "
-                                 f"[-{MAX_AFFINITY_VALUE:g}, {MAX_AFFINITY_VALUE:g}], got {str(v)[:40]}")
-            z[i, j] = v
-    extra = set(doc["affinity"]) - set(tasks)
-    if extra:
-        raise ValueError(f"{path}: affinity rows for tasks not in 'tasks': {sorted(extra, key=str)[:3]}")
-    return tasks, z
-
-
-def _bounded_int(text: str) -> float:
-    """JSON integers as floats; a huge one becomes inf and is refused by the range check."""
-    return float(text) if len(text) <= 400 else float("inf")
+from fedmas.text import (  # noqa: E402, F401 - importable from fedmas.report as before
+    MAX_AFFINITY_TASKS,
+    SHORT,
+    read_affinity,
+    short,
+    table,
+)
 
 
 def heatmap(tasks: list[str], z: np.ndarray, path: Path, title: str = "Inter-task affinity Z(i→j)",
@@ -238,9 +188,3 @@ def energy_figure(results: list[dict[str, Any]], path: Path, source: str) -> Non
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])

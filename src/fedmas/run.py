@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from fedmas.config import VALIDATES, Config, ConfigError, format_error, load_con
 from fedmas.console import ConsoleLog, RoundTimer, header, learned_lines, render_summary, split_line  # noqa: F401
 from fedmas.data import FederatedData, load_federated
 from fedmas.engines import EngineFactory, launch, preflight
-from fedmas.methods import MERGED, PLANS, affinity_rounds, make_plan
+from fedmas.methods import PLANS, make_plan
 from fedmas.models import check_model, model_spec
-from fedmas.report import heatmap, loss_curves
 from fedmas.runfolder import DriveLock, RunLock, check_new_run_dir, clean_partial_writes, prepare_run_dir, resume_config
 from fedmas.runtime import configure_cpu, deterministic, resolve_device
 from fedmas.server.bookkeeping import TORN, round_of
@@ -41,6 +39,15 @@ from fedmas.server.state import (
     change_config,
     load_checkpoint,
     recorded_trivial_sha256,
+)
+from fedmas.summary import (  # noqa: F401 - importable from fedmas.run as before
+    RunFailed,
+    failed_line,
+    failures,
+    finish,
+    finished_summary,
+    read_summary,
+    write_affinity,
 )
 from fedmas.tensorboard import RoundCurves
 
@@ -64,7 +71,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         cfg = check_config(resume_config(run_dir, allow_plugins), str(run_dir / "config.yaml"))
         with RunLock(run_dir):
             check_resumable(run_dir)
-            done = _summary(run_dir)
+            done = finished_summary(run_dir)
             if add_tasks:
                 if done is not None:
                     raise ConfigError(f"{run_dir} has finished; a task can only be added to a run still in progress")
@@ -135,47 +142,7 @@ def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, sto
     if engine_factory is not None:
         return drive(cfg, run_dir, engine_factory, progress, stop_after, data)
     launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data))
-    return _summary(run_dir)
-
-
-class RunFailed(ValueError):
-    """A run that ended without a result worth reporting (a non-finite loss): exit 2, never success."""
-
-
-MAX_SUMMARY_BYTES = 64 << 20
-
-
-def read_summary(p: Path) -> dict[str, Any]:
-    """A run's summary.json, checked to be one (ConfigError naming the file otherwise)."""
-    if not p.is_file():
-        raise ConfigError(f"{p} is not a regular file")
-    if p.stat().st_size > MAX_SUMMARY_BYTES:
-        raise ConfigError(f"{p}: larger than {MAX_SUMMARY_BYTES >> 20} MiB; not a fedmas summary")
-    try:
-        doc = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{p}: not a fedmas summary (not valid JSON: {e})") from None
-    ok = (isinstance(doc, dict) and isinstance(doc.get("test_loss"), dict) and isinstance(doc.get("owner"), dict)
-          and isinstance(doc.get("total_test_loss"), (int, float)) and isinstance(doc.get("costs"), dict)
-          and isinstance(doc.get("tasks"), list))
-    if not ok:
-        raise ConfigError(f"{p}: not a fedmas summary (expected an object with tasks, test_loss, owner, "
-                          f"total_test_loss and costs)")
-    numbers = {"total_test_loss": doc["total_test_loss"], **{f"test_loss.{t}": v for t, v in doc["test_loss"].items()},
-               **{f"test_skill.{t}": v for t, v in (doc.get("test_skill") or {}).items() if v is not None},
-               **({"mean_skill": doc["mean_skill"]} if doc.get("mean_skill") is not None else {})}
-    bad = [k for k, v in numbers.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or (not math.isfinite(v) and not doc.get("failed"))]
-    if bad:
-        raise ConfigError(f"{p}: not a valid fedmas summary: {', '.join(bad[:4])} "
-                          f"{'is' if len(bad) == 1 else 'are'} not a finite number (edited or damaged?)")
-    return doc
-
-
-def _summary(run_dir: Path) -> dict[str, Any] | None:
-    """The summary of a finished run, or None."""
-    p = run_dir / "summary.json"
-    return read_summary(p) if p.exists() or p.is_symlink() else None
+    return finished_summary(run_dir)
 
 
 def check_resumable(run_dir: Path) -> None:
@@ -202,6 +169,11 @@ def load_data(cfg: Config, data: FederatedData | None = None) -> FederatedData:
     any run folder exists)."""
     if data is None:
         data = load_federated(cfg.data, cfg.task_list, cfg.arrival_tasks)
+    unknown = sorted(set(cfg.cost.speed_factors) - set(data.clients))
+    if unknown:
+        some = ", ".join(sorted(data.clients)[:6]) + (", ..." if len(data.clients) > 6 else "")
+        raise ConfigError(f"cost.speed_factors names client(s) {unknown[:3]} that data.dataset does not have; its "
+                          f"clients are {some}")
     n, per = len(data.clients), cfg.federation.clients_per_round
     if per > n:
         raise ConfigError(f"federation.clients_per_round={per} exceeds the {n} clients of data.dataset "
@@ -257,7 +229,7 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
 
     def on_round(srv: Server) -> None:
         nonlocal had_groups
-        _write_affinity(srv)
+        write_affinity(srv)
         if curves is not None:
             curves.after_round(srv.state.round - 1, srv.state.costs.totals())
         if progress:
@@ -334,7 +306,7 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
         check_new_run_dir(run_dir)
         prepare_run_dir(run_dir, check_config(load_config(config, overrides or []), config))
     with DriveLock(run_dir):  # an earlier ServerApp of this run may still be driving it: wait for it to end
-        done = _summary(run_dir)  # ... it may have finished the run
+        done = finished_summary(run_dir)  # ... it may have finished the run
         if done is not None:
             return done
         return _drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
@@ -343,143 +315,9 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
 def _write_derived(server: Server) -> None:
     """Rewrite what derives from the state (affinity.json, split.json) from the checkpoint just loaded,
     so a kill between the checkpoint and these files never leaves a stale one."""
-    _write_affinity(server, always=True)
+    write_affinity(server, always=True)
     split = server.state.plan.get("split")
     if split is not None:
         atomic_write_text(server.run_dir / "split.json", json.dumps(split, indent=1))
     if server.state.plan.get("arrivals"):
         arrivals.write(server)
-
-
-def _write_affinity(server: Server, always: bool = False) -> None:
-    rows = server.state.affinity.of(MERGED)
-    if not rows or (rows[-1]["round"] != server.state.round - 1 and not always):
-        return
-    log = server.state.affinity
-    doc = log.to_doc(MERGED, affinity_rounds(server))
-    others = log.signals(MERGED)
-    if doc is not None and others:  # the other grouping signals measured (mas.signal, mas.record)
-        doc["signals"] = {k: log.to_doc(MERGED, affinity_rounds(server), k) for k in others}
-    atomic_write_text(server.run_dir / "affinity.json", json.dumps(doc, indent=1))
-
-
-def learned(per_task: dict[str, float], triv: trivial.Trivial | None, val_curves: dict[str, list[float]]
-            ) -> dict[str, Any]:
-    """The summary's account of how much was learned: each task's trivial test loss and skill, the mean
-    skill, the tasks not learned, and the FL tasks whose validation total was still falling at the end."""
-    tl = triv.test_loss if triv is not None else {}
-    sk = trivial.skills(per_task, tl)
-    return {"trivial_test_loss": {t: tl.get(t) for t in per_task}, "test_skill": sk,
-            "mean_skill": trivial.mean_skill(sk), "not_learned": trivial.not_learned(sk),
-            "not_learned_below": trivial.NOT_LEARNED_BELOW,
-            "not_converged": [f for f, v in val_curves.items() if trivial.still_falling(v)]}
-
-
-def validation(owner: dict[str, str], st: ServerState, triv: trivial.Trivial | None) -> dict[str, Any]:
-    """The summary's validation account of the reported models: each task's validation loss and skill (the
-    numbers a decision between runs may read; the test losses are for reporting only)."""
-    val = {t: st.task(fl).reported_val_loss(t) for t, fl in owner.items()}
-    known = {t: v for t, v in val.items() if v is not None}
-    sk = trivial.skills(known, triv.val_loss if triv is not None else {})
-    return {"val_loss": val, "val_skill": {t: sk.get(t) for t in val}, "mean_val_skill": trivial.mean_skill(sk)}
-
-
-def _val_curves(run_dir: Path, fl_tasks: list[str]) -> dict[str, list[float]]:
-    """Each final FL task's validation total per round, from metrics.jsonl."""
-    out: dict[str, list[float]] = {f: [] for f in fl_tasks}
-    p = run_dir / "metrics.jsonl"
-    for ln in (p.read_text().splitlines() if p.exists() else []):
-        r = json.loads(ln)
-        if r.get("fl_task") in out and "val_total_loss" in r:
-            out[r["fl_task"]].append(float(r["val_total_loss"]))
-    return out
-
-
-def _confidence_title(plan: dict[str, Any]) -> str:
-    conf = (plan.get("split") or {}).get("confidence")
-    if not conf:
-        return ""
-    return f"\nsplit confidence {conf['confidence']:.0%}" + (" — NOT SURE" if conf.get("sure") is False else "")
-
-
-def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = None) -> dict[str, Any]:
-    st, run_dir, cfg = server.state, server.run_dir, server.cfg
-    owner = plan.final_assignment(server)
-    per_task = {t: st.task(fl).last_eval[f"loss/{t}"] for t, fl in owner.items()}
-    diverged = {t: v for t, v in per_task.items() if not math.isfinite(v)}
-    if diverged:
-        raise RunFailed(f"{run_dir}: the run ended with a non-finite test loss for "
-                        + ", ".join(f"{t} (FL task {owner[t]})" for t in diverged)
-                        + "; no summary is written: training diverged (a lower federation.lr?) or the data holds "
-                          "non-finite values")
-    metrics = {t: {k.split("/")[0]: v for k, v in st.task(fl).last_eval.items()
-                   if k.endswith(f"/{t}") and not k.startswith(("loss/", "val_"))} for t, fl in owner.items()}
-    totals = st.costs.totals()
-    summary = {
-        "name": cfg.name, "method": cfg.method, "tasks": list(cfg.task_list), "rounds": st.round,
-        "total_test_loss": sum(per_task.values()), "test_loss": per_task, "test_metrics": metrics,
-        "owner": owner, "groups": plan.groups(server), "select": cfg.federation.select,
-        "fl_tasks": [{"name": t.name, "tasks": t.tasks, "role": t.role, "rounds": t.done_rounds,
-                      "started_round": t.started_round, "finished_round": t.finished_round,
-                      "selected_round": t.selected_round, "start_val_total_loss": t.start_val,
-                      "start_val_loss": t.start_val_loss or None,
-                      "final_total_loss": t.last_eval.get("total_loss"),
-                      "costs": dict(st.costs.per_task[t.name])} for t in st.finished],
-        "costs": totals, "energy_source": st.costs.energy_source, "faults": st.faults,
-        **learned(per_task, triv, _val_curves(run_dir, sorted(set(owner.values())))),
-        **validation(owner, st, triv),
-    }
-    failed = failures(run_dir, st, cfg.federation.max_share_without_update, summary)
-    if failed:
-        summary["failed"] = failed
-    atomic_write_text(run_dir / "costs.json", json.dumps(st.costs.to_json(), indent=1))
-    measured = st.affinity.mean(MERGED, affinity_rounds(server))
-    if measured is not None:
-        rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
-        heatmap(measured[0], measured[1], run_dir / "affinity.png",
-                f"Inter-task affinity, mean of {rounds} merged rounds" + _confidence_title(st.plan),
-                st.plan.get("groups"))  # the split's groups (a newcomer placed later is not in this matrix)
-    loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png", summary["trivial_test_loss"],
-                {t.name: t.selected_round for t in st.finished if t.role == "final"})
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    if progress:
-        print(render_summary(summary, run_dir))
-    if failed:
-        raise RunFailed(failed_line(run_dir, summary))
-    return summary
-
-
-def failures(run_dir: Path, st: ServerState, max_share: float, summary: dict[str, Any]) -> list[str]:
-    """Why a finished run is not a success: an FL task that got no accepted client update in more than
-    ``max_share`` of its rounds (it trained on nothing), or a non-finite number among the reported ones."""
-    out = []
-    rounds: dict[str, list[int]] = {}
-    p = run_dir / "metrics.jsonl"
-    for ln in (p.read_text().splitlines() if p.exists() else []):
-        r = json.loads(ln)
-        rounds.setdefault(r["fl_task"], []).append(int(r.get("accepted", 1)) == 0)
-    for fl in st.finished:
-        idle = rounds.get(fl.name, [])
-        if idle and sum(idle) > max_share * len(idle):
-            out.append(f"FL task {fl.name}: no accepted client update in {sum(idle)} of its {len(idle)} rounds "
-                       f"(more than federation.max_share_without_update={max_share:g}): it trained on nothing "
-                       f"(run.log names the rejected clients and why)")
-    bad = [k for k, v in _numbers(summary) if not math.isfinite(v)]
-    if bad:
-        out.append(f"non-finite reported value(s): {', '.join(bad[:4])} (training diverged, or the data holds "
-                   f"values far out of range)")
-    return out
-
-
-def failed_line(run_dir: Path, summary: dict[str, Any]) -> str:
-    return f"{run_dir}: the run did not succeed: " + "; ".join(summary["failed"])
-
-
-def _numbers(doc: Any, path: str = "") -> list[tuple[str, float]]:
-    if isinstance(doc, dict):
-        return [x for k, v in doc.items() for x in _numbers(v, f"{path}.{k}" if path else str(k))]
-    if isinstance(doc, list):
-        return [x for i, v in enumerate(doc) for x in _numbers(v, f"{path}[{i}]")]
-    return [(path, float(doc))] if isinstance(doc, (int, float)) and not isinstance(doc, bool) else []
-
-

@@ -30,8 +30,8 @@ LOCK = ".fedmas.lock"
 DRIVE_LOCK = ".fedmas-drive.lock"  # held by the process running the rounds (a ServerApp, with engine: flower)
 PLUGINS = "plugins"  # copies of the config's single-file plugin modules, so that --resume finds them
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint", "affinity.json", "affinity.png", "split.json",
-             "arrivals.json", "costs.json", "trivial.json", "losses.png", "summary.json", "run.log", "tensorboard",
-             PLUGINS, LOCK, DRIVE_LOCK)
+             "arrivals.json", "exhaustive.json", "costs.json", "trivial.json", "losses.png", "summary.json", "run.log",
+             "tensorboard", PLUGINS, LOCK, DRIVE_LOCK)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -54,6 +54,9 @@ def check_new_run_dir(run_dir: Path, force: bool = False, locked: bool = False) 
     """Refuse a folder a new run must not use: called before anything is written, and again once the
     folder's lock is held (``locked``: the lock file is then fedmas's own), so that of two runs started on
     one folder at once, the one that claims it second is refused."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise ConfigError(f"--out {run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist; "
+                          f"create that folder, or choose another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} exists and is not a folder")
     if not run_dir.exists():
@@ -87,9 +90,10 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
     clean_partial_writes(run_dir)
     if force:
         old_plugins = _old_plugins(run_dir)
+        theirs = _not_written_by_the_old_run(run_dir)
         for name in RUN_FILES:
             p = run_dir / name
-            if name in (LOCK, DRIVE_LOCK, PLUGINS):
+            if name in (LOCK, DRIVE_LOCK, PLUGINS) or name in theirs:
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -99,6 +103,23 @@ def prepare_run_dir(run_dir: Path, cfg: Config, force: bool = False) -> None:
     (run_dir / MARKER).write_text("this folder holds a fedmas run; fedmas may replace the files it wrote here\n")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     _keep_plugins(run_dir, cfg.plugins)
+
+
+def _not_written_by_the_old_run(run_dir: Path) -> set[str]:
+    """Files named like fedmas's that the run in this folder cannot have written (by its config: no task
+    arrived, so no arrivals.json; no TensorBoard; not the exhaustive method): the user's, kept by --force."""
+    try:
+        old = read_yaml_mapping(run_dir / "config.yaml", "run config")
+    except (ConfigError, OSError):
+        return set()
+    out = set()
+    if not (old.get("arrival") or {}).get("tasks"):
+        out.add("arrivals.json")
+    if not old.get("tensorboard"):
+        out.add("tensorboard")
+    if old.get("method") != "exhaustive":
+        out.add("exhaustive.json")
+    return out
 
 
 def _old_plugins(run_dir: Path) -> list[str]:

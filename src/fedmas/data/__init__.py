@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,10 +189,35 @@ def check_samples(data: FederatedData, source: str, tasks: Sequence[str]) -> Fed
                 or (_check_mask(mask, task.target_shape(hw), task.dense) if mask is not None else None)
             if why:
                 raise DataError(f"{at}, task {t!r}: {why}")
+    shapes: dict[str, Any] = {}
     for where, ds in parts:  # in memory: then every sample, at once (the first ones passed the checks above)
         if isinstance(ds, MultiTaskArrays):
             _check_all(ds, f"data.dataset {source!r}, {where}", tasks)
+        elif source.startswith("python:"):  # a user's Dataset: every sample read once, here, before any folder
+            _check_each(ds, f"data.dataset {source!r}, {where}", tasks, shapes)
     return data
+
+
+def _check_each(ds, at: str, tasks: Sequence[str], shapes: dict[str, Any]) -> None:
+    """Every sample of a user's Dataset read once through its ``__getitem__``: an exception, a sample
+    ``__len__`` promised that is not there, or a shape that differs from the data's first sample (another
+    resolution, another client's) is the user's DataError naming the sample and the function."""
+    name = f"{type(ds).__name__}.__getitem__"
+    for i in range(len(ds)):
+        try:
+            x, targets, masks = ds[i]
+        except Exception as e:  # noqa: BLE001 - the user's code failed: say where, no traceback
+            said = "IndexError (__len__ says more samples than there are?)" if isinstance(e, IndexError) \
+                else type(e).__name__
+            raise DataError(f"{at}: sample {i}: {name} raised {said}: {e}") from None
+        got = {"input": tuple(getattr(x, "shape", ())),
+               **{f"target of {t!r}": tuple(getattr(targets.get(t), "shape", ())) for t in tasks if t in targets},
+               **{f"mask of {t!r}": tuple(getattr(masks.get(t), "shape", ())) for t in tasks if t in masks}}
+        for key, shape in got.items():
+            ref = shapes.setdefault(key, (shape, f"{at}, sample {i}"))
+            if ref[0] != shape:
+                raise DataError(f"{at}: sample {i}: {name} gave {key} shape {shape}, but {ref[1]} has {ref[0]}: "
+                                f"every sample of every client must have the same shape (one resolution)")
 
 
 def _check_all(ds: MultiTaskArrays, at: str, tasks: Sequence[str]) -> None:

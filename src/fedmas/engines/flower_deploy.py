@@ -1,6 +1,6 @@
 """``engine: flower``: submit a fedmas run to a SuperLink with ``flwr run`` (:func:`launch`, :func:`submit`).
 
-Flower's settings for a submission live in a temporary folder; its ServerApp (``flower_app/``) drives the run
+Flower's settings for a submission live in a temporary folder; its ServerApp (``fedmas/flower_app/``) drives the run
 folder. The loopback rehearsal of a whole deployment is :mod:`fedmas.engines.flower_rehearsal`.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from fedmas.config import Config
 from fedmas.engines import Drive
 
-APP_DIR = Path(__file__).parent / "flower_app"
+APP_DIR = Path(__file__).parent.parent / "flower_app"  # the ServerApp sits above run.py, outside engines/
 
 
 def _bin(name: str) -> str:

@@ -81,7 +81,9 @@ def make_plan(method: str) -> Plan:
 class AllInOne(Plan):
     name, label = "all-in-one", "all-in-one"
     variants = {"all-in-one-fedprox": {"federation": {"aggregation": "fedprox"}},
-                "all-in-one-gradnorm": {"federation": {"task_weighting": "gradnorm"}}}
+                "all-in-one-gradnorm": {"federation": {"task_weighting": "gradnorm"}},
+                "all-in-one-pcgrad": {"federation": {"task_weighting": "pcgrad"}},
+                "all-in-one-famo": {"federation": {"task_weighting": "famo"}}}
 
     def update(self, server: Server) -> None:
         if not server.state.plan.get("started"):

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedmas.report import short as _short
 from fedmas.server.state import atomic_write_text
+from fedmas.text import short as _short
 
 if TYPE_CHECKING:
     from fedmas.server.federation import Server

@@ -105,8 +105,11 @@ class RoundLoop:
         for fl in list(st.active):
             lr = lr_at(cfg, fl)  # this round's learning rate (logged below)
             if not assign[fl.name]:
-                log.warning("round %d, FL task %s: no client holds labels of its tasks; not trained this round",
-                            st.round, fl.name)
+                holders = [c for c in self.server.clients if self.server.held(c, fl.tasks)]
+                log.warning("round %d, FL task %s: %s; not trained this round", st.round, fl.name,
+                            "no client holds labels of its tasks" if not holders else
+                            f"each of the {len(holders)} clients holding labels of its tasks was busy with "
+                            f"another FL task (federation.max_tasks_per_client)")
                 st.faults["rounds_without_holders"] = st.faults.get("rounds_without_holders", 0) + 1
                 valid = 0
             else:
