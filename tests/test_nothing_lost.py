@@ -200,3 +200,42 @@ def test_messages_name_the_real_problem(tiny_raw, tmp_path, capsys):
     aff.write_text(json.dumps({"tasks": ["a", "b"], "affinity": {"a": {"a": 0, "b": "0.5"}, "b": {"a": 0, "b": 0}}}))
     assert main(["split", "--affinity", str(aff), "--splits", "2"]) == 2
     assert "got str '0.5' (a string: write the number without quotes)" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_first_checkpoint_then_resume(tiny_raw, tmp_path, capsys, monkeypatch):
+    """The disk fills while the first checkpoint is written: exit 2 saying a run continues with --resume —
+    and it does, to the uninterrupted run's numbers (was: --resume refused, the run had trained rounds)."""
+    import errno
+
+    from fedmas.server import state as st
+
+    whole = _finished(tiny_raw, tmp_path / "a")
+    want = json.loads((whole / "summary.json").read_text())["test_loss"]
+    raw = {**tiny_raw, "method": "all-in-one", "federation": {**tiny_raw["federation"], "rounds": 2}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    real = st.save_file
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", full)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "a run continues with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(st, "save_file", real)
+    assert main(["run", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["test_loss"] == want
+
+
+def test_a_checkpoint_from_another_seeds_run_is_named_as_such(tiny_raw, tmp_path, capsys):
+    import shutil
+
+    runs = []
+    for seed in (0, 1):
+        raw = {**tiny_raw, "seed": seed, "method": "all-in-one", "federation": {**tiny_raw["federation"], "rounds": 3}}
+        execute(Config.model_validate(raw), tmp_path / f"s{seed}", progress=False, stop_after=1)
+        runs.append(tmp_path / f"s{seed}")
+    shutil.rmtree(runs[0] / "checkpoint")
+    shutil.copytree(runs[1] / "checkpoint", runs[0] / "checkpoint")
+    assert main(["run", "--resume", str(runs[0]), "--quiet"]) == 2
+    assert "copied in from another run (another seed or config)" in capsys.readouterr().err

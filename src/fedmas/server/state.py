@@ -285,9 +285,10 @@ def verify_config(run_dir: Path) -> None:
 def _check_config_hash(doc: dict[str, Any], run_dir: Path, sp: Path) -> None:
     now = config_sha256(run_dir)
     if "config_sha256" in doc and now not in (doc["config_sha256"], doc.get("pending_config_sha256")):
-        raise CheckpointError(f"{run_dir / 'config.yaml'} was changed after the run started (it no longer matches "
-                              f"the hash in {sp}); a resumed run must be the run that was started: put it back, "
-                              f"or start a new run with the new config")
+        raise CheckpointError(f"{run_dir / 'config.yaml'} does not match the hash in {sp}: config.yaml was changed "
+                              f"after the run started, or checkpoint/ was copied in from another run (another seed "
+                              f"or config); a resumed run must be the run that was started: put back the config or "
+                              f"the checkpoint that belong together, or start a new run")
 
 
 def _verified_doc(sp: Path) -> dict[str, Any]:
