@@ -125,3 +125,18 @@ def test_mas_decides_by_another_signal_and_records_more(tiny_raw, tmp_path):
     with pytest.raises(Exception, match="unknown grouping signal"):
         execute(Config.model_validate({**raw, "mas": {**raw["mas"], "record": ["nope"]}}), tmp_path / "x",
                 progress=False)
+
+
+@pytest.mark.slow
+def test_fixed_groups_are_used_and_a_bad_partition_is_refused(tiny_raw, tmp_path):
+    from fedmas.run import execute
+
+    tasks = tiny_raw["tasks"]
+    raw = {**tiny_raw, "method": "mas", "mas": {**tiny_raw["mas"], "groups": [[tasks[2]], tasks[:2]]}}
+    s = execute(Config.model_validate(raw), tmp_path / "r", progress=False)
+    assert s["groups"] == [[tasks[2]], tasks[:2]]
+    assert json.loads((tmp_path / "r" / "split.json").read_text())["rule"] == "fixed partition (mas.groups)"
+    bad = {**raw, "mas": {**raw["mas"], "groups": [tasks[:2]]}}
+    with pytest.raises(Exception, match="mas.groups: must partition the tasks"):
+        execute(Config.model_validate(bad), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()

@@ -40,6 +40,11 @@ def check_config(cfg: Config, source: str = "config") -> Config:
         unknown = [x for x in names if x not in signals.SIGNALS]
         if unknown:
             raise bad(key, f"unknown grouping signal(s) {unknown}; accepted: {', '.join(signals.SIGNALS)}")
+    if m_groups := cfg.mas.groups:
+        flat = [t for g in m_groups for t in g]
+        if sorted(flat) != sorted(cfg.start_tasks) or any(not g for g in m_groups):
+            raise bad("mas.groups", f"must partition the tasks {list(cfg.start_tasks)} (each once, no empty "
+                                    f"group), got {m_groups}")
     limit = getattr(plan, "max_tasks", None)
     if limit is not None and n > limit:
         raise bad("tasks", f"method {cfg.method} trains every non-empty subset of the tasks: {2 ** n - 1} FL tasks "

@@ -171,6 +171,9 @@ class MASConfig(_Strict):
     record: list[str] = Field(default_factory=list, max_length=64,
                               description="further grouping signals measured beside it, for study (affinity.json "
                                           "holds them under 'signals'); each costs time on lookahead batches")
+    groups: list[list[str]] | None = Field(
+        None, max_length=64, description="a fixed partition of the tasks into groups (every task once): the split "
+                                          "uses it instead of deciding (the split time and schedule still apply)")
     min_confidence: float = Field(
         0.5, ge=0, le=1, description="the split is sure when its groups win again in at least this share of "
                                      "bootstrap resamples of the client replies the affinity was measured on")

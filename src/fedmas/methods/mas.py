@@ -126,6 +126,12 @@ class MAS(_MergeThenSplit):
 
     def choose_groups(self, server: Server) -> list[list[str]]:
         m = server.cfg.mas
+        if m.groups and not server.cfg.arrival_tasks:  # fixed by the config: nothing to decide
+            groups = [list(g) for g in m.groups]
+            tasks = list(server.tasks)
+            write_split(server, tasks, np.zeros((len(tasks), len(tasks))), [], {"k": len(groups), "groups": groups},
+                        "fixed partition (mas.groups)")
+            return groups
         key = None if m.signal == signals.REFERENCE else m.signal  # the affinity log's name of the deciding signal
         got = server.state.affinity.mean(MERGED, affinity_rounds(server), key)
         tasks, z = got if got is not None else (list(server.tasks), None)
