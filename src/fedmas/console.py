@@ -55,10 +55,9 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
-    """What is about to run, in two lines."""
+def header(cfg: Config, run_dir: Path, data: FederatedData, device: str) -> str:
+    """What is about to run (on ``device``, as the run resolved it), in two lines."""
     from fedmas.models import encoder_share, model_spec  # torch: only where a run starts
-    from fedmas.runtime import resolve_device
 
     f, spec = cfg.federation, model_spec(cfg)
     share = encoder_share(cfg.task_list, spec)
@@ -70,7 +69,7 @@ def header(cfg: Config, run_dir: Path, data: FederatedData) -> str:
         what = f"{cfg.model.encoder} encoder (width {cfg.model.width}) holding"
     return (f"[fedmas] {cfg.method} on {len(cfg.task_list)} tasks ({', '.join(short(t) for t in cfg.task_list)}), "
             f"{len(data.clients)} clients, {f.clients_per_round} per round, R={f.rounds}, engine {cfg.engine} "
-            f"on {resolve_device(cfg.device)} → {run_dir}\n[fedmas] model: {what} "
+            f"on {device} → {run_dir}\n[fedmas] model: {what} "
             f"{share:.0%} of the {len(cfg.task_list)}-task model's parameters" + _names_line(cfg.task_list))
 
 

@@ -90,7 +90,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     check_new_run_dir(run_dir, force)
     if engine is None and engine_factory is None:
         preflight(cfg)  # the engine's needs (Ray, a SuperLink) are here before anything is written
-    resolve_device(cfg.device)  # a device that is not here is refused before anything is written
+    device = resolve_device(cfg.device)  # a device that is not here is refused before anything is written
     check_model(model_spec(cfg), cfg.task_list, _input_size(data or None, cfg))
     data = load_data(cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
         prepare_run_dir(run_dir, cfg, force)
         with ConsoleLog(run_dir):
             if progress:
-                print(header(cfg, run_dir, data), file=sys.stderr, flush=True)
+                print(header(cfg, run_dir, data, device), file=sys.stderr, flush=True)
                 note = PLANS[cfg.method].cost_note(cfg)
                 if note:
                     print(note, file=sys.stderr, flush=True)
@@ -200,7 +200,8 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
     if state is None:  # nothing checkpointed (check_resumable): round 0's lines, if any, are written again
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.cpu_threads)
-    deterministic(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)  # once, where the rounds are driven: the server and its models use it
+    deterministic(device)
     if data is None:
         data = load_data(cfg)
     if state is None:
@@ -210,7 +211,7 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
         raise ConfigError(f"federation.task_weighting: {cfg.federation.task_weighting} is not supported with "
                           "partial labels (data.label_coverage < 1 or a dataset that declares holds); use 'equal'")
     server = Server(cfg, state, data.client_ids, run_dir, {c: len(ds) for c, ds in data.clients.items()},
-                    {c: data.held(c) for c in data.clients} if data.holds is not None else None)
+                    {c: data.held(c) for c in data.clients} if data.holds is not None else None, device)
     server.check_weights()
     triv = _trivial(run_dir, data, cfg)
     server.val_baseline = dict(triv.val_loss)

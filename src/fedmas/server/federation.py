@@ -17,7 +17,6 @@ from torch import Tensor
 from fedmas import aggregation, signals, weighting
 from fedmas.messages import LocalConfig, encode_args
 from fedmas.models import build_model, model_spec
-from fedmas.runtime import resolve_device
 from fedmas.server.state import CheckpointError, FLTaskState, ServerState
 from fedmas.tasks import TASKS
 
@@ -33,9 +32,11 @@ class Server:
     """The state plus the operations plans may use."""
 
     def __init__(self, cfg: Config, state: ServerState, clients: list[str], run_dir: Path,
-                 sizes: dict[str, int] | None = None, holds: dict[str, tuple[str, ...]] | None = None):
+                 sizes: dict[str, int] | None = None, holds: dict[str, tuple[str, ...]] | None = None,
+                 device: str = "cpu"):
+        """``device``: the torch device the run resolved ``cfg.device`` to, once, where it started."""
         self.cfg, self.state, self.clients, self.run_dir = cfg, state, clients, run_dir
-        self.spec = model_spec(cfg, resolve_device(cfg.device))
+        self.spec = model_spec(cfg, device)
         self.sizes = sizes or {}  # client → training samples it holds, where the server knows it
         self.holds = holds  # client → the tasks whose labels it holds; None: every client holds every task
         self.val_baseline: dict[str, float] = {}  # task → the constant predictor's validation loss, where known
