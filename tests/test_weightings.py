@@ -92,3 +92,29 @@ def test_pcgrad_on_a_lookahead_batch_equals_pcgrad_on_an_ordinary_one(tiny_model
         out.append(train_local(model, weights, data, cfg).weights)
     for k in out[0]:
         assert torch.allclose(out[0][k].float(), out[1][k].float(), rtol=1e-4, atol=1e-6), k
+
+
+def test_the_cosine_signal_a_client_reports_is_the_cosine_of_the_tasks_encoder_gradients(tiny_model_and_data):
+    """One lookahead batch holding every sample: the client's cosine matrix against a hand computation of each
+    task's encoder gradient at the starting weights (autograd on a copy), whatever the samples' order."""
+    import copy
+
+    from fedmas.data.federated import batches
+    from fedmas.tasks import task_losses
+
+    model, weights, data = tiny_model_and_data
+    n = len(data)
+    cfg = LocalConfig(tasks=",".join(model.tasks), lr=0.05, batch_size=n, local_epochs=1, lookahead_step=1,
+                      signals="lookahead,cosine")
+    res = train_local(model, weights, data, cfg)
+    got = res.signals["cosine"]
+    ref = copy.deepcopy(model)
+    ref.load_state_dict(weights)
+    ref.train()
+    x, targets, masks = next(batches(data, n, shuffle=False))
+    losses = task_losses(ref.heads, ref.tasks, ref.encoder(x), targets, masks)
+    enc = list(ref.encoder.parameters())
+    g = [torch.cat([gi.flatten() for gi in torch.autograd.grad(li, enc, retain_graph=True)]) for li in losses]
+    want = torch.stack([torch.stack([torch.dot(a, b) / (a.norm() * b.norm()) for b in g]) for a in g])
+    assert torch.allclose(got, want, atol=2e-4), (got, want)
+    assert res.affinity is not None and res.affinity.shape == (3, 3)  # the reference's lookahead beside it
