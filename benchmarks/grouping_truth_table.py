@@ -181,7 +181,7 @@ def truth(seeds: list[int], tasks: list[str], r0: str = "0.7") -> dict[str, Any]
 
 
 def _g(groups: list[list[str]]) -> str:
-    return " | ".join("{" + ",".join(short(t) for t in g) + "}" for g in groups)
+    return " / ".join("{" + ",".join(short(t) for t in g) + "}" for g in groups)  # no "|": a table cell
 
 
 def markdown(doc: dict[str, Any], tasks: list[str]) -> str:
