@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -180,7 +179,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_runfailed_is_a_value_error():
-    assert issubclass(RunFailed, ValueError) and np.isnan(float("nan"))
+    assert issubclass(RunFailed, ValueError)  # the CLI turns it into one line and exit 2
 
 
 def test_messages_name_the_real_problem(tiny_raw, tmp_path, capsys):

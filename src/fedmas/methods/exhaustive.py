@@ -180,7 +180,6 @@ class Exhaustive(Plan):
                "score": "Σ over a group's tasks of the validation skill 1 − L / L_constant of its reported model "
                         "(−L where the constant predictor's loss is unknown)",
                "rule": f"best partition into at most {k} groups by the validation scores of every subset"}
-        st.plan["exhaustive"] = {"chosen": chosen}
         atomic_write_text(server.run_dir / "exhaustive.json", json.dumps(doc, indent=1))
 
     def final_assignment(self, server: Server) -> dict[str, str]:
