@@ -55,3 +55,44 @@ def test_with_select_last_nothing_is_evaluated_at_the_start(tiny_raw, tmp_path):
     for t, fl in s["owner"].items():  # the last round's model is reported: its validation loss
         last = [ln for ln in lines if ln["fl_task"] == fl][-1]
         assert s["val_loss"][t] == last[f"val_loss/{t}"]
+
+
+def test_groups_from_scratch_take_the_same_decision_and_start_afresh(tiny_raw, tmp_path):
+    """``mas.start: scratch``: the merged phase (the same rounds as with ``merged``, the schedule continued)
+    decides the same groups from the same affinity; each group then trains R rounds from fresh weights
+    instead of R − R0 from the merged model, and the merged phase's FLOPs are charged besides."""
+    runs = {}
+    for start in ("merged", "scratch"):
+        raw = json.loads(json.dumps(tiny_raw))
+        raw["mas"].update(start=start, split_schedule="continue", merge_rounds=1)
+        runs[start] = execute(Config.model_validate(raw), tmp_path / start, progress=False)
+    split = {s: json.loads((tmp_path / s / "split.json").read_text()) for s in runs}
+    assert split["scratch"]["affinity"] == split["merged"]["affinity"]
+    assert split["scratch"]["chosen"]["groups"] == split["merged"]["chosen"]["groups"]
+    assert len(split["scratch"]["chosen"]["groups"]) == 2
+    assert split["scratch"]["start"] == "scratch" and split["scratch"]["split_rounds"] == 4
+    assert split["merged"]["start"] == "merged" and split["merged"]["split_rounds"] == 3
+    states = {s: json.loads((tmp_path / s / "checkpoint" / "state.json").read_text()) for s in runs}
+    for s, rounds in (("merged", 3), ("scratch", 4)):
+        groups = [f for f in states[s]["finished"] if f["role"] == "final"]
+        assert len(groups) == 2 and all(f["rounds"] == rounds for f in groups)
+        assert all((f["started_from"] == "merged") == (s == "merged") for f in groups)
+    lines = {s: [json.loads(ln) for ln in (tmp_path / s / "metrics.jsonl").read_text().splitlines()] for s in runs}
+    merged_lines = {s: [ln for ln in lines[s] if ln["fl_task"] == "merged"] for s in runs}
+    assert [ln["total_loss"] for ln in merged_lines["scratch"]] == [ln["total_loss"] for ln in merged_lines["merged"]]
+    flop = {s: {f["name"]: f["costs"]["train_flop"] for f in runs[s]["fl_tasks"]} for s in runs}
+    assert flop["scratch"]["merged"] == flop["merged"]["merged"] > 0
+    for g in ("group1", "group2"):  # a group's FLOPs grow with its rounds: 4 against 3
+        assert flop["scratch"][g] == pytest.approx(flop["merged"][g] * 4 / 3, rel=0.35)
+        assert flop["scratch"][g] > flop["merged"][g]
+
+
+def test_groups_from_scratch_refuse_arriving_tasks(tiny_raw):
+    from fedmas.checks import check_config
+    from fedmas.config import ConfigError
+
+    raw = json.loads(json.dumps(tiny_raw))
+    raw["mas"]["start"] = "scratch"
+    raw["arrival"] = {"tasks": {"reshading": 2}}
+    with pytest.raises(ConfigError, match="mas.start"):
+        check_config(Config.model_validate(raw), "test")

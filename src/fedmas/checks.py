@@ -45,6 +45,9 @@ def check_config(cfg: Config, source: str = "config") -> Config:
         if sorted(flat) != sorted(cfg.start_tasks) or any(not g for g in m_groups):
             raise bad("mas.groups", f"must partition the tasks {list(cfg.start_tasks)} (each once, no empty "
                                     f"group), got {m_groups}")
+    if cfg.mas.start == "scratch" and cfg.arrival.tasks and plan.continues:
+        raise bad("mas.start", "scratch (groups trained afresh) does not take tasks arriving mid-training "
+                               "(arrival.tasks); use mas.start: merged")
     limit = getattr(plan, "max_tasks", None)
     if limit is not None and n > limit:
         raise bad("tasks", f"method {cfg.method} trains every non-empty subset of the tasks: {2 ** n - 1} FL tasks "

@@ -165,6 +165,11 @@ class MASConfig(_Strict):
         "continue", description="continue (default, chosen on validation evidence: docs/results.md): the groups "
                                 "take the poly schedule on from round R0 of R; restart (the reference "
                                 "implementation): each group runs it afresh over its rounds from the base lr")
+    start: Literal["merged", "scratch"] = Field(
+        "merged", description="where the groups start: merged (MAS: from the merged model of round R0, for R − R0 "
+                              "rounds) or scratch (as TAG: afresh for R rounds, the merged phase only measures; "
+                              "set merge_rounds to the affinity window). A single group always continues the "
+                              "merged model")
     lookahead_step: int = Field(10, ge=1, le=1_000_000)
     signal: str = Field("lookahead", description="the grouping signal that decides the split (fedmas.signals: "
                                                  "lookahead, the reference's affinity; cosine; or a plugin's)")

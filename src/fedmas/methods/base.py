@@ -179,8 +179,9 @@ def write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, 
            "merge_rounds": merged.done_rounds if merged else None,
            "merge_rounds_rule": "auto: the affinity ranking settled" if m.merge_rounds == "auto"
            else f"mas.merge_rounds={m.merge_rounds}",
-           "split_rounds": split_rounds(server, merged.done_rounds) if merged else None,
-           "split_schedule": m.split_schedule}
+           "split_rounds": (server.cfg.federation.rounds if m.start == "scratch" and len(chosen["groups"]) > 1
+                            else split_rounds(server, merged.done_rounds) if merged else None),
+           "split_schedule": m.split_schedule, "start": m.start}
     if confidence is not None:
         doc["confidence"] = confidence
     server.state.plan["split"] = doc

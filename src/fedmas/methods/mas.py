@@ -32,13 +32,15 @@ class _MergeThenSplit(Plan):
 
     def expected_rounds(self, server: Server) -> int | None:
         r0 = merge_rounds(server)
-        return r0 + split_rounds(server, r0)
+        return r0 + (server.cfg.federation.rounds if server.cfg.mas.start == "scratch" else split_rounds(server, r0))
 
     def update(self, server: Server) -> None:
         st, m = server.state, server.cfg.mas
         if not st.plan.get("started"):
             r0 = merge_rounds(server)
             total = r0 if m.split_schedule == "restart" else r0 + split_rounds(server, r0)
+            if m.start == "scratch":  # the merged phase measures: its rounds are all-in-one's first R0
+                total = server.cfg.federation.rounds
             server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged",
                                         measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=total,
                                         affinity_rounds=affinity_rounds(server) if self.measure else None,
@@ -51,6 +53,10 @@ class _MergeThenSplit(Plan):
         if done is not None and "groups" not in st.plan:
             groups = self.choose_groups(server)
             st.plan["groups"] = groups
+            if m.start == "scratch" and len(groups) > 1:  # as TAG: each group afresh for R rounds
+                for i, g in enumerate(groups):
+                    server.add_task(FLTaskState(group_name(i), g, server.cfg.federation.rounds))
+                return
             rounds = split_rounds(server, done.done_rounds)
             restart = m.split_schedule == "restart"
             for i, g in enumerate(groups):
@@ -132,7 +138,8 @@ class MAS(_MergeThenSplit):
             write_split(server, tasks, np.zeros((len(tasks), len(tasks))), [], {"k": len(groups), "groups": groups},
                         "fixed partition (mas.groups)")
             return groups
-        key = None if m.signal == signals.REFERENCE else m.signal  # the affinity log's name of the deciding signal
+        measured = signals.measured_as(m.signal)
+        key = None if measured == signals.REFERENCE else measured  # the affinity log's name of its matrices
         got = server.state.affinity.mean(MERGED, affinity_rounds(server), key)
         tasks, z = got if got is not None else (list(server.tasks), None)
         if z is not None:
@@ -173,7 +180,7 @@ class MAS(_MergeThenSplit):
                          f"mas.min_confidence={m.min_confidence}), the affinity cannot tell the partitions apart")
         elif conf is not None:
             conf["sure"] = True
-        if key is not None:
+        if m.signal != signals.REFERENCE:
             rule += f" (grouping signal: {m.signal})"
         write_split(server, tasks, z, cands, chosen, rule, conf)
         return chosen["groups"]
