@@ -140,3 +140,31 @@ def test_fixed_groups_are_used_and_a_bad_partition_is_refused(tiny_raw, tmp_path
     with pytest.raises(Exception, match="mas.groups: must partition the tasks"):
         execute(Config.model_validate(bad), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_lookahead_self_divides_each_target_column_by_its_own_step():
+    from fedmas import signals
+
+    z = np.array([[0.04, 0.001, -0.002], [0.01, 0.002, 0.0], [-0.02, 0.0005, 0.0]])
+    d = signals.get("lookahead-self").decision_matrix(z)
+    # column t divided by |Z(t→t)|: 0.04, 0.002, and 0 (floored at 1e-12, so its column keeps its signs)
+    expected = np.array([[1.0, 0.5, -2e9], [0.25, 1.0, 0.0], [-0.5, 0.25, 0.0]])
+    assert np.allclose(d, expected)
+    assert signals.measured_as("lookahead-self") == "lookahead" and signals.measured_as("cosine") == "cosine"
+
+
+@pytest.mark.slow
+def test_lookahead_self_decides_from_the_reference_matrices_measuring_nothing_more(tiny_raw, tmp_path):
+    from fedmas import signals
+    from fedmas.run import execute
+
+    splits = {}
+    for sig in ("lookahead", "lookahead-self"):
+        raw = {**tiny_raw, "method": "mas", "mas": {**tiny_raw["mas"], "signal": sig}}
+        execute(Config.model_validate(raw), tmp_path / sig, progress=False)
+        splits[sig] = json.loads((tmp_path / sig / "split.json").read_text())
+        assert "signals" not in json.loads((tmp_path / sig / "affinity.json").read_text())
+    ref = np.asarray(splits["lookahead"]["affinity"])
+    assert np.allclose(splits["lookahead-self"]["affinity"], signals.get("lookahead-self").decision_matrix(ref))
+    assert "grouping signal: lookahead-self" in splits["lookahead-self"]["rule"]
+    assert splits["lookahead-self"]["confidence"]["confidence"] is not None

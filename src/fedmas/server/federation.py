@@ -187,7 +187,7 @@ def measured_signals(cfg: Config) -> list[str]:
     """The grouping signals measured on lookahead batches: the lookahead affinity (the reference's, always),
     the one deciding the split and those recorded beside it (``mas.signal``, ``mas.record``)."""
     out = [signals.REFERENCE]
-    for name in [cfg.mas.signal, *cfg.mas.record]:
+    for name in [signals.measured_as(n) for n in (cfg.mas.signal, *cfg.mas.record)]:
         if name not in out:
             out.append(name)
     return out

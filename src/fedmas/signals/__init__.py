@@ -10,11 +10,12 @@ batches measure is decided in one place: :attr:`fedmas.server.state.FLTaskState.
 ``mas.lookahead_step``.
 
 - ``lookahead``  TAG's lookahead affinity (the reference's signal; always measured with the others)
+- ``lookahead-self``  the same matrices, each target's column divided by its own-step affinity (no extra cost)
 - ``cosine``     cosine similarity of the tasks' gradients on the shared encoder
 """
 
 from fedmas.signals import cosine, lookahead  # noqa: F401  (each registers itself)
-from fedmas.signals.base import SIGNALS, LookaheadBatch, Signal, get, register
+from fedmas.signals.base import SIGNALS, LookaheadBatch, Signal, get, measured_as, register
 from fedmas.signals.lookahead import NAME as REFERENCE
 
-__all__ = ["REFERENCE", "SIGNALS", "LookaheadBatch", "Signal", "get", "register"]
+__all__ = ["REFERENCE", "SIGNALS", "LookaheadBatch", "Signal", "get", "measured_as", "register"]

@@ -37,6 +37,9 @@ class Signal:
 
     name: ClassVar[str]
     bounds: ClassVar[tuple[float, float]] = (-1e3, 1.0)  # a reply's values outside are rejected
+    # the name of another signal whose measured matrices this one decides from (only its decision_matrix
+    # differs): nothing more is measured for it
+    reads: ClassVar[str | None] = None
 
     def full_gradients(self, encoder: Sequence[Tensor], last: Sequence[Tensor]) -> list[Tensor]:
         """The encoder parameters whose per-task gradients :meth:`measure` reads (formed whole)."""
@@ -60,6 +63,11 @@ def register(cls: type[Signal]) -> type[Signal]:
         raise ValueError(f"grouping signal {cls.name!r} is already registered ({old.__qualname__})")
     SIGNALS[cls.name] = cls
     return cls
+
+
+def measured_as(name: str) -> str:
+    """The signal whose matrices the clients measure for ``name`` (itself, or the one it reads)."""
+    return get(name).reads or name
 
 
 def get(name: str) -> type[Signal]:
