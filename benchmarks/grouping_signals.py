@@ -1,32 +1,36 @@
-"""Grouping signals scored against the ground truth of ``benchmarks/grouping_truth.py`` (groups that continue
-from the merged model of round R0 = 0.7 R, the learned protocol): for each signal, the partition it picks for
-k ≤ 2 and k ≤ 3, its regret, its rank correlation with the true gains, and its extra training cost.
+"""Grouping signals scored against the ground truth of ``benchmarks/grouping_truth.py``: for each signal, the
+partition it picks for k ≤ 2 and k ≤ 3, its regret, its rank correlation with the true gains, and its extra
+training cost.
 
-    .venv/bin/python benchmarks/grouping_signals.py [--seeds 0,1,2] [--part merged-0.7]
+    .venv/bin/python benchmarks/grouping_signals.py [--seeds 0,1,2] [--truth merged-0.7|scratch]
+        [--signals-from merged-0.7] [--out grouping_signals]
 
-The truth of a partition is its mean skill over the tasks, each task in its group's reported model
-(validation skill decides, test skill is reported). Regret at k: the best partition's validation skill
-among those into ≤ k groups − the chosen one's (and, beside it, the same difference in test skill of the
-validation-best partition and the chosen one). A pair's true gain: the two tasks' summed validation skill in
-the pair − in their single-task models (both from the merged model); a group's: its summed skill − its
-members' alone. Every signal reads only what the merged phase and its probes give on validation data:
+The truth (``--truth``) is every subset from the merged model of round f·R (``merged-<f>``) or from scratch
+for R rounds (``scratch``). The truth of a partition is its mean skill over the tasks, each task in its
+group's reported model (validation skill decides, test skill is reported). Regret at k: the best partition's
+validation skill among those into ≤ k groups − the chosen one's (and, beside it, the same difference in test
+skill of the validation-best partition and the chosen one). A pair's true gain: the two tasks' summed
+validation skill in the pair − in their single-task models (same start); a group's: its summed skill − its
+members' alone. Every signal reads only what the merged phase (``--signals-from``) and the probes give on
+validation data:
 
-- ``lookahead-first``: the reference — MAS's affinity of the first 0.1 R merged rounds (this run's
+- ``lookahead-first``: the reference — MAS's affinity of the first 0.1 R merged rounds (that run's
   ``affinity.json``), MAS's objective;
 - ``lookahead-self``: the same matrix, each target's column divided by its own-step affinity |Z(t→t)| (a slow
-  task's small numbers count as much as a fast one's);
-- ``probe-p``: every subset trained p rounds from the merged model (its validation skill then), the best
+  task's small numbers count as much as a fast one's; fedmas's ``mas.signal: lookahead-self``);
+- ``<signal>@w`` (where the ``record-<f>`` twin of ``--signals-from`` has run: MAS-2 measuring every merged
+  round): ``lookahead``, ``lookahead-self`` and ``cosine`` (gradient cosine on the shared encoder) averaged
+  over the first w·R merged rounds, w in 0.1, 0.2, 0.3, 0.5, 0.7 — the split time's effect on the signal;
+- ``probe-p``: every subset's first p rounds under the truth's start (its validation skill then), the best
   partition of those — an exhaustive search on short probes;
-- ``alone-p``: each task alone p rounds from the merged model, against the merged model continued p rounds:
-  the tasks that gain most by going alone leave the group (k − 1 of them, where the gain is positive);
+- ``alone-p``: each task alone p rounds against all tasks together p rounds: the tasks that gain most by
+  going alone leave the group (k − 1 of them, where the gain is positive);
 - ``hoa-p``: singles and pairs after p rounds, HOA's higher-order estimate;
-- ``lookahead-all``, ``cosine-first``, ``cosine-all`` (where ``record-<f>`` has run): the lookahead over the
-  whole merged phase, and the gradient cosine over the first 0.1 R rounds or all of them, MAS's objective;
 - ``linear-p``: a linear surrogate of each task's skill on group membership, fitted on 12 subsets sampled
   (seeded) besides the singles and the full set, after p rounds.
 
 Extra cost: FL-task rounds of probes, in units of one round of the full model (the merged phase is shared).
-Writes ``benchmarks/results/grouping_signals.json`` and ``.md``.
+Writes ``benchmarks/results/<out>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from _common import RESULTS
-from grouping_truth_table import OUT, _trivial, fl_records, partitions
+from grouping_truth_table import COMMITTED, COMMITTED_HOA, OUT, _trivial, merged_subsets, partitions, scratch_subsets
 
 from fedmas import grouping, stats
 from fedmas.report import short
@@ -56,6 +60,24 @@ def _early(run: Path) -> dict[frozenset[str], dict[int, dict[str, float]]]:
         r = json.loads(ln)
         if r["fl_task"] != "merged" and "val_total_loss" in r:
             out.setdefault(frozenset(r["tasks"]), {})[r["fl_round"]] = {t: r[f"val_loss/{t}"] for t in r["tasks"]}
+    return out
+
+
+def _scratch_early(seed: int, tasks: list[str]) -> dict[frozenset[str], dict[int, dict[str, float]]]:
+    """Each subset from scratch: its validation losses after each round, from the runs the scratch truth
+    reads (one-by-one's singles, HOA's pair probes, the triples and quadruples, all-in-one)."""
+    out: dict[frozenset[str], dict[int, dict[str, float]]] = {}
+    runs = [(COMMITTED / f"seed-{seed}" / "one-by-one", "single-"),
+            (COMMITTED_HOA / f"seed-{seed}" / "hoa-2", "probe-"),
+            (COMMITTED / f"seed-{seed}" / "all-in-one", "all-in-one")]
+    runs += [(p, "all-in-one") for p in sorted((OUT / "scratch" / f"seed-{seed}").glob("*"))]
+    for run, prefix in runs:
+        for ln in (run / "metrics.jsonl").read_text().splitlines():
+            r = json.loads(ln)
+            pair_ok = prefix != "probe-" or len(r["tasks"]) == 2
+            if r["fl_task"].startswith(prefix) and "val_total_loss" in r and pair_ok:
+                out.setdefault(frozenset(r["tasks"]), {})[r["fl_round"]] = {t: r[f"val_loss/{t}"]
+                                                                            for t in r["tasks"]}
     return out
 
 
@@ -91,18 +113,29 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def score_seed(run: Path, tasks: list[str], triv: dict[str, dict[str, float]]) -> dict[str, Any] | None:
-    recs = fl_records(run)
-    if recs is None:
-        return None
-    subs = {frozenset(r["tasks"]): r for n, r in recs.items() if n != "merged"}
+WINDOWS = (0.1, 0.2, 0.3, 0.5, 0.7)  # merged-phase windows (fractions of R) scored from the record-<f> runs
+
+
+def _matrix_signal(zz: np.ndarray, tasks: list[str], true_pair, true_group) -> dict[str, Any]:
+    return {"choose": lambda k, zz=zz: _z_choice(zz, tasks, k), "cost": 0.0,
+            "pair": {g: zz[tasks.index(a), tasks.index(b)] + zz[tasks.index(b), tasks.index(a)]
+                     for g in true_pair for a, b in [sorted(g, key=tasks.index)]},
+            "group": {g: _z_group_value(zz, tasks, g) for g in true_group}}
+
+
+def score_seed(subs: dict[frozenset[str], dict[str, Any]], early: dict[frozenset[str], dict[int, dict[str, float]]],
+               aff_run: Path, record_run: Path | None, tasks: list[str], triv: dict[str, dict[str, float]],
+               rounds: int) -> dict[str, Any]:
+    """Every signal's choice and regret against one seed's truth ``subs`` (each subset's reported losses);
+    ``early``: each subset's validation losses after each of its first rounds (the probes); ``aff_run``: the
+    run whose ``affinity.json`` is the reference's (the first 0.1 R merged rounds); ``record_run``: the
+    MAS-2 run that measured every merged round (lookahead and cosine), where it has finished."""
     val = {g: sum(1 - r["val"][t] / triv["val"][t] for t in g) for g, r in subs.items()}
     test = {g: sum(1 - r["test"][t] / triv["test"][t] for t in g) for g, r in subs.items()}
     n = len(tasks)
     true_pair = {g: val[g] - sum(val[frozenset([t])] for t in g) for g in val if len(g) == 2}
     true_group = {g: val[g] - sum(val[frozenset([t])] for t in g) for g in val if len(g) >= 2}
-    early = _early(run)
-    aff = json.loads((run / "affinity.json").read_text())
+    aff = json.loads((aff_run / "affinity.json").read_text())
     z = np.array([[aff["affinity"][a][b] for b in aff["tasks"]] for a in aff["tasks"]])
     assert aff["tasks"] == tasks
     zn = z / np.maximum(np.abs(np.diag(z)), 1e-12)[None, :]
@@ -112,25 +145,22 @@ def score_seed(run: Path, tasks: list[str], triv: dict[str, dict[str, float]]) -
 
     signals: dict[str, dict[str, Any]] = {}
     for name, zz in (("lookahead-first", z), ("lookahead-self", zn)):
-        signals[name] = {"choose": lambda k, zz=zz: _z_choice(zz, tasks, k), "cost": 0.0,
-                         "pair": {g: zz[tasks.index(a), tasks.index(b)] + zz[tasks.index(b), tasks.index(a)]
-                                  for g in true_pair for a, b in [sorted(g, key=tasks.index)]},
-                         "group": {g: _z_group_value(zz, tasks, g) for g in true_group}}
-    recorded = run.parent.parent / run.parent.name.replace("merged-", "record-") / run.name / "affinity.json"
-    if recorded.exists():  # the whole merged phase measured (lookahead and gradient cosine), in its own run
+        signals[name] = _matrix_signal(zz, tasks, true_pair, true_group)
+    recorded = record_run / "affinity.json" if record_run is not None else None
+    if recorded is not None and recorded.exists() and (record_run / "summary.json").exists():
         doc = json.loads(recorded.read_text())
-        cos = doc["signals"]["cosine"]
-        first = len(json.loads((run / "affinity.json").read_text())["history"])  # as many rounds as the reference
-        for name, hist in (("lookahead", doc["history"]), ("cosine", cos["history"])):
-            for when, rows in (("first", hist[:first]), ("all", hist)):
-                if name == "lookahead" and when == "first":
-                    continue  # the reference: from this run itself, above
-                zz = np.nanmean(np.asarray([r["matrix"] for r in rows], dtype=float), axis=0)
-                signals[f"{name}-{when}"] = {
-                    "choose": lambda k, zz=zz: _z_choice(zz, tasks, k), "cost": 0.0,
-                    "pair": {g: zz[tasks.index(a), tasks.index(b)] + zz[tasks.index(b), tasks.index(a)]
-                             for g in true_pair for a, b in [sorted(g, key=tasks.index)]},
-                    "group": {g: _z_group_value(zz, tasks, g) for g in true_group}}
+        assert doc["tasks"] == tasks
+        hists = {"lookahead": doc["history"], "cosine": doc["signals"]["cosine"]["history"]}
+        for w in WINDOWS:
+            upto = max(1, int(round(w * rounds)))
+            for name, hist in hists.items():
+                if upto > len(hist):
+                    continue
+                zz = np.nanmean(np.asarray([r["matrix"] for r in hist[:upto]], dtype=float), axis=0)
+                signals[f"{name}@{w:g}"] = _matrix_signal(zz, tasks, true_pair, true_group)
+                if name == "lookahead":
+                    zs = zz / np.maximum(np.abs(np.diag(zz)), 1e-12)[None, :]
+                    signals[f"lookahead-self@{w:g}"] = _matrix_signal(zs, tasks, true_pair, true_group)
     full = frozenset(tasks)
     for p in PROBE_ROUNDS:
         probe = {g: skill_at(g, p) for g in subs}
@@ -203,21 +233,35 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--part", default="merged-0.7")
+    ap.add_argument("--truth", default="merged-0.7",
+                    help="the ground truth the signals are scored against: scratch or merged-<f>")
+    ap.add_argument("--signals-from", default="merged-0.7",
+                    help="the merged phase the signals come from (its record-<f> twin adds the windows)")
+    ap.add_argument("--out", default="grouping_signals", help="file stem under benchmarks/results/")
     a = ap.parse_args(argv)
     tasks = yaml.safe_load((Path(__file__).parent / "learned_protocol.yaml").read_text())["tasks"]
+    rounds = int(yaml.safe_load((Path(__file__).parent / "learned_protocol.yaml").read_text())["federation"]["rounds"])
     per_seed, missing = {}, []
     for s in (int(x) for x in a.seeds.split(",")):
-        run = OUT / a.part / f"seed-{s}"
-        got = score_seed(run, tasks, _trivial(run)) if (run / "summary.json").exists() else None
-        if got is None:
+        merged_run = OUT / a.signals_from / f"seed-{s}"
+        record_run = OUT / a.signals_from.replace("merged-", "record-") / f"seed-{s}"
+        if not (merged_run / "summary.json").exists():
             missing.append(s)
+            continue
+        if a.truth == "scratch":
+            subs, _ = scratch_subsets(s, tasks)
+            early = _scratch_early(s, tasks)
         else:
-            per_seed[s] = got
+            got = merged_subsets(a.truth, s)
+            subs, early = (got[0], _early(OUT / a.truth / f"seed-{s}")) if got is not None else (None, {})
+        if subs is None:
+            missing.append(s)
+            continue
+        per_seed[s] = score_seed(subs, early, merged_run, record_run, tasks, _trivial(merged_run), rounds)
     if not per_seed:
-        print(f"no finished run under {OUT / a.part}", file=sys.stderr)
+        print(f"no seed with both the truth ({a.truth}) and the signals ({a.signals_from}) finished", file=sys.stderr)
         return 1
-    names = list(next(iter(per_seed.values())))
+    names = [n for n in next(iter(per_seed.values())) if all(n in per_seed[s] for s in per_seed)]
     summary = {}
     for name in names:
         rows = [per_seed[s][name] for s in per_seed]
@@ -231,11 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             if key in rows[0]:
                 entry[key] = stats.mean_ci([r[key] for r in rows])
         summary[name] = entry
-    doc = {"part": a.part, "seeds": sorted(per_seed), "missing_seeds": missing, "per_seed": per_seed,
+    doc = {"part": f"truth {a.truth}, signals from {a.signals_from}", "seeds": sorted(per_seed),
+           "missing_seeds": missing, "per_seed": per_seed,
            "summary": summary}
-    (RESULTS / "grouping_signals.json").write_text(json.dumps(doc, indent=1, default=list))
+    (RESULTS / f"{a.out}.json").write_text(json.dumps(doc, indent=1, default=list))
     md = _markdown(doc)
-    (RESULTS / "grouping_signals.md").write_text(md)
+    (RESULTS / f"{a.out}.md").write_text(md)
     print(md)
     return 0
 
