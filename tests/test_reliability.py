@@ -143,12 +143,33 @@ def test_derived_files_are_rewritten_on_resume(tiny_raw, tmp_path):
         assert got == want, name
 
 
+# A weighting that sleeps before every backward: each client's reply takes at least SLOW_S, however fast
+# the machine (a sleep never ends early), so a deadline below it is missed by every client.
+SLOW_WEIGHTING = """
+import time
+
+from fedmas.weighting import Weighting, register
+
+
+@register
+class Slow(Weighting):
+    name = "slow_for_test"
+
+    def backward(self, batch):
+        time.sleep(0.5)
+        super().backward(batch)
+"""
+
+
 def test_round_deadline_that_abandons_threads_exits_cleanly(tiny_raw, tmp_path):
+    (tmp_path / "slowweighting.py").write_text(SLOW_WEIGHTING)  # beside the config: found without PYTHONPATH
+    raw = _small(tiny_raw, round_deadline_s=0.05, max_round_retries=0, task_weighting="slow_for_test")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(_small(tiny_raw, round_deadline_s=0.05, max_round_retries=0)))
+    cfg.write_text(yaml.safe_dump({**raw, "plugins": ["slowweighting"]}))
     proc = subprocess.run([sys.executable, "-m", "fedmas.cli", "run", str(cfg), "--out", str(tmp_path / "r"),
                            "--quiet"], capture_output=True, text=True, timeout=600)
-    # every reply is late, so the run trained nothing: a clean failure naming why (exit 2), never a crash
+    # every reply is late (each takes >= 0.5 s against a 0.05 s deadline), so the run trained nothing:
+    # a clean failure naming why (exit 2), never a crash
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no accepted client update" in proc.stderr.splitlines()[-1]
     assert "Traceback" not in proc.stderr and (tmp_path / "r" / "summary.json").exists()
