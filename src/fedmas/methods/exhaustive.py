@@ -133,7 +133,7 @@ class Exhaustive(Plan):
                 # the merged phase measures MAS's affinity as MAS would, so that MAS's choice from these very
                 # weights can be set beside the measured best partition
                 server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged", schedule_total=total,
-                                            measure_affinity=len(server.tasks) > 1,
+                                            measure_affinity=True,
                                             affinity_rounds=affinity_rounds(server),
                                             affinity_skip=affinity_skip(server, r0)))
         if any(t.name == MERGED for t in st.active):

@@ -57,7 +57,7 @@ class _MergeThenSplit(Plan):
             if m.start == "scratch":  # the merged phase measures: its rounds are all-in-one's first R0
                 total = server.cfg.federation.rounds
             server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged",
-                                        measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=total,
+                                        measure_affinity=self.measure, schedule_total=total,
                                         affinity_rounds=affinity_rounds(server) if self.measure else None,
                                         affinity_skip=affinity_skip(server, r0) if self.measure else 0))
             plan.started = True

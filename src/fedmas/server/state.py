@@ -62,9 +62,14 @@ class FLTaskState:
 
     @property
     def measuring(self) -> bool:
-        """Whether this round's clients measure the inter-task affinity."""
+        """Whether this round's clients measure the grouping signals (the one place that decides when)."""
         return self.measure_affinity and len(self.tasks) > 1 and self.done_rounds >= self.affinity_skip and (
             self.affinity_rounds is None or self.done_rounds < self.affinity_skip + self.affinity_rounds)
+
+    def measured_by(self, n_held: int) -> bool:
+        """Whether a client holding labels of ``n_held`` of this FL task's tasks measures this round: a signal
+        between tasks needs two of them."""
+        return self.measuring and n_held > 1
 
 
 def mean_matrix(matrices: list[list[list[float | None]]]) -> np.ndarray:
