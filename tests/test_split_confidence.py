@@ -60,7 +60,7 @@ def test_pooled_matrix_weights_by_samples_and_leaves_unmeasured_pairs_missing():
 def _server(tmp_path, replies: list[np.ndarray], **mas) -> Server:
     cfg = Config.model_validate({"tasks": TASKS, "method": "mas", "federation": {"rounds": 10},
                                  "mas": {"splits": 2, "merge_rounds": 5, "affinity_rounds": 3, **mas}})
-    st = ServerState()
+    st = ServerState(plan=MAS.State())
     for r in range(3):
         chunk = replies[r * 3:(r + 1) * 3]
         st.affinity.append(r, MERGED, TASKS, np.mean(chunk, 0).tolist(), len(chunk), 30.0,
@@ -83,7 +83,7 @@ def test_mas_says_when_it_is_not_sure_and_takes_the_fallback(tmp_path, unsure):
         assert groups == [TASKS] and "no split, the merged model continues" in split["rule"]
     else:
         assert len(groups) == 2 and "not sure" in split["rule"]
-    server.state.plan["groups"] = groups
+    server.state.plan.groups = groups
     assert "NOT SURE" in split_line(server)
 
 
@@ -95,7 +95,7 @@ def test_mas_is_sure_of_a_clear_split(tmp_path):
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["confidence"]["sure"] is True and split["confidence"]["confidence"] == 1.0
     assert sorted(map(sorted, groups)) == sorted(map(sorted, [TASKS[:2], TASKS[2:]]))
-    server.state.plan["groups"] = groups
+    server.state.plan.groups = groups
     assert "confidence 100%" in split_line(server) and "NOT SURE" not in split_line(server)
 
 

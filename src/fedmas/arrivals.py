@@ -13,7 +13,7 @@ A task arriving at round r is handled by ``arrival.policy``:
   tasks come from its probe.
 - ``alone``: it trains as a single-task FL task from scratch for ``federation.rounds`` rounds.
 
-Every decision is read from the server state (``state.plan["arrivals"]``), so a resumed run decides
+Every decision is read from the server state (``state.plan.arrivals``), so a resumed run decides
 exactly as an uninterrupted one; ``arrivals.json`` in the run folder records them.
 """
 
@@ -37,7 +37,10 @@ PROBE = "arrival-probe"  # the role of a probe FL task
 
 def records(server: Server) -> dict[str, dict[str, Any]]:
     """What happened to each arrived task so far (kept in the plan state, checkpointed)."""
-    return server.state.plan.setdefault("arrivals", {})
+    plan = server.state.plan
+    if getattr(plan, "arrivals", None) is None:
+        plan.arrivals = {}  # type: ignore[attr-defined]
+    return plan.arrivals  # type: ignore[attr-defined]
 
 
 Known = Callable[[], "tuple[list[str], np.ndarray] | None"]

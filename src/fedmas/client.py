@@ -61,10 +61,11 @@ class LocalTraining:
         self.aggregation = aggregation.get(cfg.aggregation).client_part(decode_args(cfg.aggregation_args))
         if self.aggregation is not None:
             self.aggregation.start(self.params)
-        kind = weighting.get(cfg.weighting) if n > 1 else weighting.Weighting
+        kind = weighting.for_tasks(cfg.weighting, n)  # a client holding one task's labels trains it plainly
         self.weighting = kind(n, decode_args(cfg.weighting_args), state or {}, dev)
         last = _last_shared(model.encoder)
-        names = [x for x in cfg.signals.split(",") if x] if cfg.lookahead_step > 0 and n > 1 else []
+        # who measures is the server's decision (FLTaskState.measured_by): lookahead_step 0 when not
+        names = [x for x in cfg.signals.split(",") if x] if cfg.lookahead_step > 0 else []
         self.signals = [signals.get(x)() for x in names]
         self.full = self.weighting.full_gradients(self.encoder_params, last) + [
             p for sig in self.signals for p in sig.full_gradients(self.encoder_params, last)]

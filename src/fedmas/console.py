@@ -157,15 +157,15 @@ class RoundTimer:
 def split_line(server: Server) -> str:
     """The console line when the tasks are split: the groups and how they were chosen."""
     st = server.state
-    groups = "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in st.plan["groups"])
-    split = st.plan.get("split") or {}
+    groups = "  |  ".join("{" + ", ".join(short(t) for t in g) + "}" for g in st.plan.groups or [])
+    split = st.plan.split or {}
     why = ""
     if split.get("rule"):
         why = f"; {split['rule']}"
         if split.get("affinity_rounds_rule"):
             why += f", from the mean affinity of {split['affinity_rounds_rule']}"
-    elif "estimate" in st.plan:
-        why = f"; estimated mean validation loss {st.plan['estimate']['estimated_mean_loss']:.4f}"
+    elif getattr(st.plan, "estimate", None):
+        why = f"; estimated mean validation loss {st.plan.estimate['estimated_mean_loss']:.4f}"  # type: ignore
     conf = split.get("confidence")
     if conf:
         why += f"; {confidence_words(conf)}"

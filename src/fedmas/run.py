@@ -196,7 +196,8 @@ def drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: b
 def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: bool = True,
            stop_after: int | None = None, data: FederatedData | None = None) -> dict[str, Any] | None:
     clean_partial_writes(run_dir)
-    state = load_checkpoint(run_dir) if (run_dir / "checkpoint" / "state.json").exists() else None
+    kind = PLANS[cfg.method].State  # the method's typed decisions
+    state = load_checkpoint(run_dir, kind) if (run_dir / "checkpoint" / "state.json").exists() else None
     if state is None:  # nothing checkpointed (check_resumable): round 0's lines, if any, are written again
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     configure_cpu(cfg.cpu_threads)
@@ -205,7 +206,8 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
     if data is None:
         data = load_data(cfg)
     if state is None:
-        state = ServerState(costs=CostLedger(cfg.cost.device_power_w, device_flops_per_s=cfg.cost.device_flops_per_s))
+        state = ServerState(plan=kind(), costs=CostLedger(cfg.cost.device_power_w,
+                                                          device_flops_per_s=cfg.cost.device_flops_per_s))
     truncate_metrics(run_dir, state.round)
     if data.holds is not None and not weighting.get(cfg.federation.task_weighting).supports_partial_labels:
         raise ConfigError(f"federation.task_weighting: {cfg.federation.task_weighting} is not supported with "
@@ -225,7 +227,7 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
         print(f"[fedmas] resuming {run_dir} after round {r0 - 1} (rounds count from 0, as in the files)"
               + (f"; {total - r0} of {total} rounds to go" if total else ""), file=sys.stderr, flush=True)
     eta = RoundTimer()
-    had_groups = "groups" in state.plan
+    had_groups = state.plan.groups is not None
     curves = RoundCurves(run_dir, triv.test_loss) if cfg.tensorboard else None
 
     def on_round(srv: Server) -> None:
@@ -234,13 +236,13 @@ def _drive(cfg: Config, run_dir: Path, engine_factory: EngineFactory, progress: 
         if curves is not None:
             curves.after_round(srv.state.round - 1, srv.state.costs.totals())
         if progress:
-            if not had_groups and "groups" in srv.state.plan and srv.state.round >= 2:  # chosen before this round
+            if not had_groups and srv.state.plan.groups is not None and srv.state.round >= 2:  # chosen just now
                 print(split_line(srv), file=sys.stderr, flush=True)
-            placed = arrivals.console_line(srv) if srv.state.plan.get("arrivals") else None
+            placed = arrivals.console_line(srv) if getattr(srv.state.plan, "arrivals", None) else None
             if placed:
                 print(placed, file=sys.stderr, flush=True)
             print_progress(srv, total, eta.tick())
-        had_groups = "groups" in srv.state.plan
+        had_groups = srv.state.plan.groups is not None
 
     loop = RoundLoop(server, engine, plan, data.test, on_round, data.validation)
     try:
@@ -317,8 +319,8 @@ def _write_derived(server: Server) -> None:
     """Rewrite what derives from the state (affinity.json, split.json) from the checkpoint just loaded,
     so a kill between the checkpoint and these files never leaves a stale one."""
     write_affinity(server, always=True)
-    split = server.state.plan.get("split")
+    split = server.state.plan.split
     if split is not None:
         atomic_write_text(server.run_dir / "split.json", json.dumps(split, indent=1))
-    if server.state.plan.get("arrivals"):
+    if getattr(server.state.plan, "arrivals", None):
         arrivals.write(server)

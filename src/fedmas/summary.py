@@ -13,7 +13,7 @@ from fedmas import trivial
 from fedmas.console import render_summary
 from fedmas.methods import MERGED, affinity_rounds
 from fedmas.server.loop import Server
-from fedmas.server.state import ServerState, atomic_write_text
+from fedmas.server.state import PlanState, ServerState, atomic_write_text
 from fedmas.summaryfile import MAX_SUMMARY_BYTES, read_summary  # noqa: F401 - importable from here too
 
 
@@ -71,8 +71,8 @@ def _val_curves(run_dir: Path, fl_tasks: list[str]) -> dict[str, list[float]]:
     return out
 
 
-def _confidence_title(plan: dict[str, Any]) -> str:
-    conf = (plan.get("split") or {}).get("confidence")
+def _confidence_title(plan: PlanState) -> str:
+    conf = (plan.split or {}).get("confidence")
     if not conf:
         return ""
     return f"\nsplit confidence {conf['confidence']:.0%}" + (" — NOT SURE" if conf.get("sure") is False else "")
@@ -116,7 +116,7 @@ def finish(server: Server, plan, progress: bool, triv: trivial.Trivial | None = 
         rounds = len(st.affinity.of(MERGED, affinity_rounds(server)))
         heatmap(measured[0], measured[1], run_dir / "affinity.png",
                 f"Inter-task affinity, mean of {rounds} merged rounds" + _confidence_title(st.plan),
-                st.plan.get("groups"))  # the split's groups (a newcomer placed later is not in this matrix)
+                st.plan.groups)  # the split's groups (a newcomer placed later is not in this matrix)
     loss_curves(run_dir / "metrics.jsonl", run_dir / "losses.png", summary["trivial_test_loss"],
                 {t.name: t.selected_round for t in st.finished if t.role == "final"})
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))

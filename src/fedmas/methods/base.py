@@ -4,13 +4,14 @@ the merge-and-split schedule every method with a merged phase reads."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fedmas.models import build_model
 from fedmas.server.loop import Server
-from fedmas.server.state import FLTaskState, atomic_write_text
+from fedmas.server.state import FLTaskState, PlanState, atomic_write_text
 
 MERGED = "merged"
 
@@ -24,14 +25,43 @@ def split_count(cfg) -> int:
     return 2 if cfg.mas.splits == "auto" else int(cfg.mas.splits)
 
 
+@dataclass
+class Schedule:
+    """The merge-and-split schedule (:func:`mas_schedule`): the split time in its one form."""
+
+    merge_rounds: int  # R0: rounds of the merged phase (the maximum under mas.merge_rounds: auto until it stops)
+    affinity_rounds: int | None  # N: the merged rounds whose mean signal decides; None: every merged round
+
+
+@dataclass
+class MergedPhaseState(PlanState):
+    """The state of a method with a merged phase before its groups (MAS, random, TAG, exhaustive)."""
+
+    schedule: Schedule | None = None  # resolved once, at the start (mas_schedule)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]):  # type: ignore[override]
+        out = super().from_json(doc)
+        if isinstance(out.schedule, dict):
+            out.schedule = Schedule(**out.schedule)
+        return out
+
+
+@dataclass
+class OneByOneState(PlanState):
+    next: int = 0  # the index of the next task to train
+
+
 class Plan:
     """A method: which FL tasks exist and when they change, plus the facts the CLI and reports need.
 
-    ``update`` runs before every round (and again after a resume) and must be idempotent;
+    ``update`` runs before every round (and again after a resume) and must be idempotent; it keeps what it
+    decides in ``server.state.plan``, an instance of its :attr:`State` (checkpointed whole);
     ``final_assignment`` maps each task to the FL task whose evaluation reports its loss.
     """
 
     name: ClassVar[str]
+    State: ClassVar[type[PlanState]] = PlanState
     label: ClassVar[str]  # how figures and tables name it
     splits: ClassVar[bool] = False  # takes a number of groups (``name:K`` in ``fedmas compare``)
     auto_splits: ClassVar[bool] = False  # understands ``mas.splits: auto``
@@ -52,12 +82,15 @@ class Plan:
         raise NotImplementedError
 
     def final_assignment(self, server: Server) -> dict[str, str]:
-        groups = server.state.plan["groups"]
-        return {t: group_name(i) for i, g in enumerate(groups) for t in g}
+        plan = server.state.plan
+        if plan.assignment is not None:
+            return dict(plan.assignment)
+        assert plan.groups is not None
+        return {t: group_name(i) for i, g in enumerate(plan.groups) for t in g}
 
     def groups(self, server: Server) -> list[list[str]] | None:
         """The task groups the run ended with (for the summary and figures), or None."""
-        return server.state.plan.get("groups")
+        return server.state.plan.groups
 
 
 PLANS: dict[str, type[Plan]] = {}
@@ -86,9 +119,9 @@ class AllInOne(Plan):
                 "all-in-one-famo": {"federation": {"task_weighting": "famo"}}}
 
     def update(self, server: Server) -> None:
-        if not server.state.plan.get("started"):
+        if not server.state.plan.started:
             server.add_task(FLTaskState("all-in-one", list(server.tasks), server.cfg.federation.rounds))
-            server.state.plan["started"] = True
+            server.state.plan.started = True
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         return {t: "all-in-one" for t in server.tasks}
@@ -97,49 +130,54 @@ class AllInOne(Plan):
 @register
 class OneByOne(Plan):
     name, label = "one-by-one", "one-by-one"
+    State = OneByOneState
 
     def expected_rounds(self, server: Server) -> int | None:
         return len(server.tasks) * server.cfg.federation.rounds
 
     def update(self, server: Server) -> None:
         st = server.state
+        plan = st.plan
+        assert isinstance(plan, OneByOneState)
         if st.active:
             return
-        nxt = st.plan.get("next", 0)
-        if nxt < len(server.tasks):
-            t = server.tasks[nxt]
+        if plan.next < len(server.tasks):
+            t = server.tasks[plan.next]
             server.add_task(FLTaskState(f"single-{t}", [t], server.cfg.federation.rounds))
-            st.plan["next"] = nxt + 1
+            plan.next += 1
 
     def final_assignment(self, server: Server) -> dict[str, str]:
         return {t: f"single-{t}" for t in server.tasks}
 
 
-def mas_schedule(server: Server) -> dict[str, int | None]:
+def mas_schedule(server: Server) -> Schedule:
     """The merge-and-split schedule, resolved once from the config and kept in the plan's state (so the
     checkpoint holds it and everything reads the same numbers): ``merge_rounds`` R0 (the maximum when
     ``mas.merge_rounds`` is auto), ``affinity_rounds`` N (the merged rounds whose mean affinity decides the
     split; None: every merged round — ``mas.affinity_rounds: all``, and always with ``merge_rounds: auto``)."""
-    got = server.state.plan.get("schedule")
-    if got is None:
+    plan = server.state.plan
+    assert isinstance(plan, MergedPhaseState), f"{type(plan).__name__} has no merge-and-split schedule"
+    if plan.schedule is None:
         m, R = server.cfg.mas, server.cfg.federation.rounds
         r0 = min(m.max_merge_rounds, R - 1) if m.merge_rounds == "auto" else m.rounds_of(m.merge_rounds, R)
         n = None if m.affinity_rounds == "all" or m.merge_rounds == "auto" else min(m.rounds_of(m.affinity_rounds, R),
                                                                                    r0)
-        got = server.state.plan["schedule"] = {"merge_rounds": r0, "affinity_rounds": n}
-    return got
+        plan.schedule = Schedule(r0, n)
+    return plan.schedule
 
 
 def merge_rounds(server: Server) -> int:
     """R0: rounds of the merged phase (:func:`mas_schedule`)."""
-    return int(mas_schedule(server)["merge_rounds"])  # type: ignore[arg-type]
+    return mas_schedule(server).merge_rounds
 
 
 def affinity_rounds(server: Server) -> int | None:
     """The N merged rounds whose mean affinity decides the split (the first N, after which measuring stops,
     or with ``mas.affinity_window: last`` the N just before the split); None: every merged round
-    (:func:`mas_schedule`)."""
-    return mas_schedule(server)["affinity_rounds"]
+    (:func:`mas_schedule`); None too for a method without a merged phase (it measures nothing)."""
+    if not isinstance(server.state.plan, MergedPhaseState):
+        return None
+    return mas_schedule(server).affinity_rounds
 
 
 def affinity_skip(server: Server, phase_rounds: int) -> int:
@@ -184,5 +222,5 @@ def write_split(server: Server, tasks: list[str], z: np.ndarray, cands, chosen, 
            "split_schedule": m.split_schedule, "start": m.start}
     if confidence is not None:
         doc["confidence"] = confidence
-    server.state.plan["split"] = doc
+    server.state.plan.split = doc
     atomic_write_text(server.run_dir / "split.json", json.dumps(doc, indent=1))

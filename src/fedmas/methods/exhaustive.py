@@ -14,12 +14,14 @@ import heapq
 import itertools
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedmas import grouping
 from fedmas.methods.base import (
     MERGED,
+    MergedPhaseState,
     Plan,
     affinity_rounds,
     affinity_skip,
@@ -71,12 +73,18 @@ def makespan(durations: Sequence[int], slots: int) -> int:
     return max(ends, default=0)
 
 
+@dataclass
+class ExhaustiveState(MergedPhaseState):
+    next: int = 0  # the index of the next subset to start (in _candidates' order)
+
+
 @register
 class Exhaustive(Plan):
     """Every subset trained (from scratch, from the merged weights, or both), the best partition on validation
     skill reported; the subsets not chosen are charged in full."""
 
     name, label = "exhaustive", "exhaustive"
+    State = ExhaustiveState
     splits = True
     max_tasks = MAX_TASKS
 
@@ -115,31 +123,32 @@ class Exhaustive(Plan):
 
     def update(self, server: Server) -> None:
         st, m = server.state, server.cfg.mas
-        if not st.plan.get("started"):
-            st.plan["started"] = True
+        plan = st.plan
+        assert isinstance(plan, ExhaustiveState)
+        if not plan.started:
+            plan.started = True
             r0 = self._merged_rounds(server)
             if r0:
                 total = r0 if m.split_schedule == "restart" else r0 + split_rounds(server, r0)
                 # the merged phase measures MAS's affinity as MAS would, so that MAS's choice from these very
                 # weights can be set beside the measured best partition
                 server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged", schedule_total=total,
-                                            measure_affinity=len(server.tasks) > 1,
+                                            measure_affinity=True,
                                             affinity_rounds=affinity_rounds(server),
                                             affinity_skip=affinity_skip(server, r0)))
         if any(t.name == MERGED for t in st.active):
             return
         cands = self._candidates(server)
-        nxt = st.plan.setdefault("next", 0)
         running = [t for t in st.active if t.name != MERGED]
-        while nxt < len(cands) and len(running) < server.capacity():
-            name, tasks, start = cands[nxt]
+        while plan.next < len(cands) and len(running) < server.capacity():
+            name, tasks, start = cands[plan.next]
             running.append(self._start(server, name, tasks, start))
-            nxt += 1
-        st.plan["next"] = nxt
+            plan.next += 1
+        kept = set((plan.assignment or {}).values())
         for fl in st.finished:  # a finished subset's numbers are kept; its weights are not needed again
-            if fl.name != MERGED and fl.name in st.weights and fl.name not in st.plan.get("assignment", {}).values():
+            if fl.name != MERGED and fl.name in st.weights and fl.name not in kept:
                 del st.weights[fl.name]
-        if nxt == len(cands) and not running and "groups" not in st.plan:
+        if plan.next == len(cands) and not running and plan.groups is None:
             self._choose(server, cands)
 
     def _start(self, server: Server, name: str, tasks: list[str], start: str) -> FLTaskState:
@@ -174,17 +183,10 @@ class Exhaustive(Plan):
             by_k.append({"k": j, "groups": groups, "score": score,
                          "fl_tasks": [source[frozenset(g)] for g in groups]})
         chosen = by_k[k - 1]
-        st.plan["groups"] = chosen["groups"]
-        st.plan["assignment"] = {t: name for g, name in zip(chosen["groups"], chosen["fl_tasks"]) for t in g}
+        st.plan.groups = chosen["groups"]
+        st.plan.assignment = {t: name for g, name in zip(chosen["groups"], chosen["fl_tasks"]) for t in g}
         doc = {"round": st.round, "tasks": tasks, "k": k, "chosen": chosen, "by_k": by_k, "subsets": rows,
                "score": "Σ over a group's tasks of the validation skill 1 − L / L_constant of its reported model "
                         "(−L where the constant predictor's loss is unknown)",
                "rule": f"best partition into at most {k} groups by the validation scores of every subset"}
         atomic_write_text(server.run_dir / "exhaustive.json", json.dumps(doc, indent=1))
-
-    def final_assignment(self, server: Server) -> dict[str, str]:
-        return dict(server.state.plan["assignment"])
-
-    def groups(self, server: Server) -> list[list[str]] | None:
-        return server.state.plan.get("groups")
-

@@ -4,13 +4,21 @@ partition, retrained from scratch."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedmas import grouping
 from fedmas.methods.base import Plan, group_name, pair_rounds, register, split_count
 from fedmas.server.loop import Server
-from fedmas.server.state import FLTaskState
+from fedmas.server.state import FLTaskState, PlanState
+
+
+@dataclass
+class HOAState(PlanState):
+    probes_started: int = 0  # singles and pairs started so far
+    estimate: dict[str, Any] | None = None  # the probes' validation losses and the chosen partition's estimate
 
 
 @register
@@ -19,6 +27,7 @@ class HOA(Plan):
     a group's loss is estimated from the pairs, the best partition is retrained from scratch."""
 
     name, label = "hoa", "HOA"
+    State = HOAState
     splits = True
 
     def expected_rounds(self, server: Server) -> int | None:
@@ -29,16 +38,18 @@ class HOA(Plan):
     def update(self, server: Server) -> None:
         st, tasks = server.state, list(server.tasks)
         probes = [[t] for t in tasks] + [list(p) for p in itertools.combinations(tasks, 2)]
-        started = st.plan.setdefault("probes_started", 0)
+        plan = st.plan
+        assert isinstance(plan, HOAState)
+        started = plan.probes_started
         if started < len(probes) and not any(t.role == "probe" for t in st.active):
             wave = probes[started:started + server.capacity()]
             for p in wave:
                 server.add_task(FLTaskState("probe-" + "+".join(p), p, pair_rounds(server), role="probe"))
-            st.plan["probes_started"] = started + len(wave)
+            plan.probes_started = started + len(wave)
             return
-        if started == len(probes) and not st.active and "groups" not in st.plan:
+        if started == len(probes) and not st.active and plan.groups is None:
             groups = self._choose(server, tasks)
-            st.plan["groups"] = groups
+            plan.groups = groups
             for i, g in enumerate(groups):
                 server.add_task(FLTaskState(group_name(i), g, server.cfg.federation.rounds))
 
@@ -61,6 +72,8 @@ class HOA(Plan):
         k = split_count(server.cfg)
         best = grouping.partition_by_values(val, n, k)
         groups = [[tasks[i] for i in g] for g in best.groups]
-        server.state.plan["estimate"] = {"single": single.tolist(), "pair": pair.tolist(),
+        plan = server.state.plan
+        assert isinstance(plan, HOAState)
+        plan.estimate = {"single": single.tolist(), "pair": pair.tolist(),
                                          "estimated_mean_loss": -best.score / n}
         return groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,10 +10,12 @@ import numpy as np
 from fedmas import arrivals, grouping, signals
 from fedmas.methods.base import (
     MERGED,
+    MergedPhaseState,
     Plan,
     affinity_rounds,
     affinity_skip,
     group_name,
+    mas_schedule,
     merge_rounds,
     param_count,
     register,
@@ -24,9 +27,19 @@ from fedmas.server.loop import Server, stable_seed
 from fedmas.server.state import FLTaskState, mean_matrix
 
 
+@dataclass
+class MergeSplitState(MergedPhaseState):
+    """MAS's and the random control's decisions besides the schedule and the split."""
+
+    settle_rho: list[float] | None = None  # merge_rounds auto: successive rank correlations of the affinity
+    merge_stopped: dict[str, Any] | None = None  # merge_rounds auto: when the merged phase stopped, and why
+    arrivals: dict[str, dict[str, Any]] | None = None  # what happened to each task that arrived (fedmas.arrivals)
+
+
 class _MergeThenSplit(Plan):
     """Shared by MAS and the random control: a merged phase, then groups from its weights."""
 
+    State = MergeSplitState
     measure = True
     splits = merges = continues = True
 
@@ -36,23 +49,25 @@ class _MergeThenSplit(Plan):
 
     def update(self, server: Server) -> None:
         st, m = server.state, server.cfg.mas
-        if not st.plan.get("started"):
+        plan = st.plan
+        assert isinstance(plan, MergeSplitState)
+        if not plan.started:
             r0 = merge_rounds(server)
             total = r0 if m.split_schedule == "restart" else r0 + split_rounds(server, r0)
             if m.start == "scratch":  # the merged phase measures: its rounds are all-in-one's first R0
                 total = server.cfg.federation.rounds
             server.add_task(FLTaskState(MERGED, list(server.tasks), r0, role="merged",
-                                        measure_affinity=self.measure and len(server.tasks) > 1, schedule_total=total,
+                                        measure_affinity=self.measure, schedule_total=total,
                                         affinity_rounds=affinity_rounds(server) if self.measure else None,
                                         affinity_skip=affinity_skip(server, r0) if self.measure else 0))
-            st.plan["started"] = True
+            plan.started = True
         merged = next((t for t in st.active if t.name == MERGED), None)
         if merged is not None and m.merge_rounds == "auto" and self.measure:
             self._maybe_stop_merge(server, merged)
         done = server.finished(MERGED)
-        if done is not None and "groups" not in st.plan:
+        if done is not None and plan.groups is None:
             groups = self.choose_groups(server)
-            st.plan["groups"] = groups
+            plan.groups = groups
             if m.start == "scratch" and len(groups) > 1:  # as TAG: each group afresh for R rounds
                 for i, g in enumerate(groups):
                     server.add_task(FLTaskState(group_name(i), g, server.cfg.federation.rounds))
@@ -69,14 +84,17 @@ class _MergeThenSplit(Plan):
         rows = [a["matrix"] for a in server.state.affinity.of(MERGED)]
         rhos = [grouping.spearman(grouping.fill_missing(mean_matrix(rows[:i + 1])),
                                   grouping.fill_missing(mean_matrix(rows[:i]))) for i in range(1, len(rows))]
-        server.state.plan["settle_rho"] = rhos
+        plan = server.state.plan
+        assert isinstance(plan, MergeSplitState)
+        plan.settle_rho = rhos
         settled = len(rhos) >= m.settle_patience and all(r >= m.settle_threshold for r in rhos[-m.settle_patience:])
         if settled and merged.done_rounds >= m.min_merge_rounds:
             merged.rounds = merged.done_rounds
             server.state.retire(merged, server.state.round - 1)
-            server.state.plan["merge_stopped"] = {"round": merged.done_rounds, "rho": rhos[-m.settle_patience:],
-                                                  "rule": f"rank correlation of successive running-mean affinity "
-                                                          f"≥ {m.settle_threshold} for {m.settle_patience} rounds"}
+            mas_schedule(server).merge_rounds = merged.done_rounds  # the split time, now known, in its one place
+            plan.merge_stopped = {"round": merged.done_rounds, "rho": rhos[-m.settle_patience:],
+                                  "rule": f"rank correlation of successive running-mean affinity "
+                                          f"≥ {m.settle_threshold} for {m.settle_patience} rounds"}
 
     def choose_groups(self, server: Server) -> list[list[str]]:
         raise NotImplementedError
@@ -115,18 +133,18 @@ class MAS(_MergeThenSplit):
     @staticmethod
     def _known(server: Server) -> tuple[list[str], np.ndarray] | None:
         """The affinity among the current tasks that the split used, or before the split will use."""
-        split = server.state.plan.get("split")
+        split = server.state.plan.split
         if split:
             return split["tasks"], np.asarray(split["affinity"])
         return server.state.affinity.mean(MERGED, affinity_rounds(server))
 
     def final_assignment(self, server: Server) -> dict[str, str]:
-        if not server.state.plan.get("arrivals"):
+        if not server.state.plan.arrivals:  # type: ignore[attr-defined]
             return super().final_assignment(server)
         return {t: fl.name for fl in server.state.finished if fl.role == "final" for t in fl.tasks}
 
     def groups(self, server: Server) -> list[list[str]] | None:
-        if not server.state.plan.get("arrivals"):
+        if not server.state.plan.arrivals:  # type: ignore[attr-defined]
             return super().groups(server)
         return [list(fl.tasks) for fl in server.state.finished + server.state.active if fl.role == "final"]
 

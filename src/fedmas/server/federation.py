@@ -131,7 +131,7 @@ def _check_tensor(ck: Path, fl_task: str, name: str, got: Tensor, ref: Tensor, w
 
 def weighting_of(cfg: Config, n_tasks: int) -> type[weighting.Weighting]:
     """The task weighting an FL task of ``n_tasks`` tasks uses (one task needs none: equal)."""
-    return weighting.get(cfg.federation.task_weighting) if n_tasks > 1 else weighting.Weighting
+    return weighting.for_tasks(cfg.federation.task_weighting, n_tasks)
 
 
 def schedule(rng: np.random.Generator, clients: list[str], fl_tasks: list[FLTaskState], per_round: int,
@@ -204,7 +204,7 @@ def local_config(cfg: Config, fl: FLTaskState, round_index: int, client: str, at
         weighting=(kind := weighting_of(cfg, len(fl.tasks))).name,
         weighting_args=encode_args(kind.local_args(f)),
         aggregation=f.aggregation, aggregation_args=encode_args(aggregation.get(f.aggregation).client_args(f)),
-        lookahead_step=cfg.mas.lookahead_step if fl.measuring and len(tasks) > 1 else 0,
+        lookahead_step=cfg.mas.lookahead_step if fl.measured_by(len(tasks)) else 0,
         signals=",".join(measured_signals(cfg)),
         encoder_grad_scale=encoder_grad_scale(cfg, len(tasks)),
         seed=stable_seed(cfg.seed, round_index, client, fl.name, attempt), round=round_index,

@@ -257,7 +257,7 @@ class RoundLoop:
             for r in replies:
                 try:
                     n_mine = len(mine[r.client])
-                    why = check_reply(r, sent[r.client], n_mine, fl.measuring and n_mine > 1,
+                    why = check_reply(r, sent[r.client], n_mine, fl.measured_by(n_mine),
                                       self.server.max_samples(r.client), state, others)
                 except Exception as e:  # noqa: BLE001 - no reply may raise in the server
                     why = f"malformed reply: {type(e).__name__}"

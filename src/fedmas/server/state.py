@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -62,9 +62,14 @@ class FLTaskState:
 
     @property
     def measuring(self) -> bool:
-        """Whether this round's clients measure the inter-task affinity."""
+        """Whether this round's clients measure the grouping signals (the one place that decides when)."""
         return self.measure_affinity and len(self.tasks) > 1 and self.done_rounds >= self.affinity_skip and (
             self.affinity_rounds is None or self.done_rounds < self.affinity_skip + self.affinity_rounds)
+
+    def measured_by(self, n_held: int) -> bool:
+        """Whether a client holding labels of ``n_held`` of this FL task's tasks measures this round: a signal
+        between tasks needs two of them."""
+        return self.measuring and n_held > 1
 
 
 def mean_matrix(matrices: list[list[list[float | None]]]) -> np.ndarray:
@@ -163,6 +168,34 @@ class AffinityLog:
                             for a in self.of(fl_task, None, signal)]}
 
 
+P = TypeVar("P", bound="PlanState")
+
+
+@dataclass
+class PlanState:
+    """What a method has decided so far, checkpointed whole and read back on resume. Each method keeps its
+    own fields in a subclass (:attr:`fedmas.methods.Plan.State`); those here are the ones every reader (the
+    console, the summary, the figures) shares."""
+
+    started: bool = False  # the method has created its first FL tasks
+    groups: list[list[str]] | None = None  # the task groups it ended with (once chosen)
+    assignment: dict[str, str] | None = None  # task → the FL task that reports it, where not group<i>
+    split: dict[str, Any] | None = None  # the split decision, as split.json holds it
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls: type[P], doc: dict[str, Any]) -> P:
+        """The state from a checkpoint's ``plan``. The base class (a reader that does not know the method)
+        keeps the shared fields; a method's class refuses fields it does not know."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown and cls is not PlanState:
+            raise ValueError(f"the plan state of this method has no field(s) {unknown}")
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
 @dataclass
 class ServerState:
     round: int = 0
@@ -170,7 +203,7 @@ class ServerState:
     finished: list[FLTaskState] = field(default_factory=list)
     weights: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     strategy: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # per FL task: the weighting's state
-    plan: dict[str, Any] = field(default_factory=dict)
+    plan: PlanState = field(default_factory=PlanState)
     affinity: AffinityLog = field(default_factory=AffinityLog)
     faults: dict[str, int] = field(default_factory=dict)
     costs: CostLedger = field(default_factory=lambda: CostLedger(15.0))
@@ -211,7 +244,7 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
         "config_sha256": config_sha256(run_dir), "trivial_sha256": file_sha256_or_none(run_dir / TRIVIAL),
         "round": state.round,
         "active": [asdict(t) for t in state.active], "finished": [asdict(t) for t in state.finished],
-        "plan": state.plan, "affinity": state.affinity.rows, "faults": state.faults,
+        "plan": state.plan.to_json(), "affinity": state.affinity.rows, "faults": state.faults,
         "costs": state.costs.to_json(), "rng": state.rng,
     }
     _write_state_doc(ck / "state.json", doc)
@@ -317,9 +350,10 @@ def recorded_trivial_sha256(run_dir: Path) -> str | None:
     return _verified_doc(sp).get("trivial_sha256") if sp.is_file() else None
 
 
-def load_checkpoint(run_dir: Path) -> ServerState:
-    """The state saved in ``run_dir/checkpoint``; :class:`CheckpointError` naming the file when it is
-    missing, unreadable, not a regular file, or holds fields of the wrong kind."""
+def load_checkpoint(run_dir: Path, plan_state: type[PlanState] = PlanState) -> ServerState:
+    """The state saved in ``run_dir/checkpoint``, the method's decisions read as ``plan_state`` (its
+    :attr:`~fedmas.methods.Plan.State`); :class:`CheckpointError` naming the file when it is missing,
+    unreadable, not a regular file, or holds fields of the wrong kind."""
     ck = run_dir / "checkpoint"
     sp = ck / "state.json"
     if not sp.is_file():
@@ -337,7 +371,7 @@ def load_checkpoint(run_dir: Path) -> ServerState:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for malformed files
         raise CheckpointError(f"unreadable checkpoint weights {wpath}: {e}") from None
     try:
-        return _state_from(doc, flat)
+        return _state_from(doc, flat, plan_state)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any malformed field is a refusal naming the file
@@ -349,7 +383,7 @@ _OLD_STATE_NAMES = ("gradnorm.weights",)  # kept among the model weights before 
 MAX_ROUND = 10**9  # far above any schedule the schema admits (a tampered 10^20 is refused)
 
 
-def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
+def _state_from(doc: dict[str, Any], flat: dict[str, Tensor], plan_state: type[PlanState]) -> ServerState:
     weights: dict[str, dict[str, Tensor]] = {}
     strategy: dict[str, dict[str, Tensor]] = {}
     torch_rng = flat.pop("__rng__/torch", None)
@@ -376,6 +410,6 @@ def _state_from(doc: dict[str, Any], flat: dict[str, Tensor]) -> ServerState:
     n_active = len(doc["active"])
     return ServerState(
         round=doc["round"], active=tasks[:n_active], finished=tasks[n_active:], weights=weights,
-        strategy={fl: strategy.get(fl, {}) for fl in weights}, plan=doc["plan"],
+        strategy={fl: strategy.get(fl, {}) for fl in weights}, plan=plan_state.from_json(doc["plan"]),
         affinity=AffinityLog(doc["affinity"]), faults=dict(doc.get("faults", {})),
         costs=CostLedger.from_json(doc["costs"]), rng=rng, torch_rng=torch_rng)

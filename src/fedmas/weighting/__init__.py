@@ -15,11 +15,12 @@ from fedmas.weighting.base import (
                                    Weighting,
                                    decode_args,
                                    encode_args,
+                                   for_tasks,
                                    get,
                                    grad_norm,
                                    register,
                                    weighted_sum,
 )
 
-__all__ = ['TaskGrads', 'Weighting', 'WEIGHTINGS', 'decode_args', 'encode_args', 'get', 'grad_norm', 'register',
-           'weighted_sum']
+__all__ = ['TaskGrads', 'Weighting', 'WEIGHTINGS', 'decode_args', 'encode_args', 'for_tasks', 'get', 'grad_norm',
+           'register', 'weighted_sum']

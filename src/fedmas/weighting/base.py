@@ -143,4 +143,9 @@ def get(name: str) -> type[Weighting]:
     return WEIGHTINGS[name]
 
 
+def for_tasks(name: str, n_tasks: int) -> type[Weighting]:
+    """The weighting a model of ``n_tasks`` tasks trains with: ``name``'s, or none (equal) for a single task."""
+    return get(name) if n_tasks > 1 else Weighting
+
+
 register(Weighting)
