@@ -84,7 +84,8 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
                     raise RunFailed(failed_line(run_dir, done))
                 return done
             with ConsoleLog(run_dir):
-                return _launch(cfg, run_dir, load_data(cfg, data), progress, stop_after, engine, engine_factory)
+                return _launch(cfg, run_dir, load_data(cfg, data), resolve_device(cfg.device), progress,
+                               stop_after, engine, engine_factory)
     assert cfg is not None
     check_config(cfg)
     check_new_run_dir(run_dir, force)
@@ -102,7 +103,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
                 note = PLANS[cfg.method].cost_note(cfg)
                 if note:
                     print(note, file=sys.stderr, flush=True)
-            return _launch(cfg, run_dir, data, progress, stop_after, engine, engine_factory)
+            return _launch(cfg, run_dir, data, device, progress, stop_after, engine, engine_factory)
 
 
 def _input_size(data: FederatedData | None, cfg: Config) -> int:
@@ -135,13 +136,15 @@ def add_arrivals(cfg: Config, run_dir: Path, names: tuple[str, ...]) -> Config:
     return new
 
 
-def _launch(cfg: Config, run_dir: Path, data: FederatedData, progress: bool, stop_after: int | None,
+def _launch(cfg: Config, run_dir: Path, data: FederatedData, device: str, progress: bool, stop_after: int | None,
             engine: Engine | None, engine_factory: EngineFactory | None) -> dict[str, Any] | None:
+    """Hand the prepared run to its engine; ``device``: ``cfg.device`` as resolved in this process (the
+    process that drives the rounds, here or in a Flower ServerApp, resolves its own: :func:`drive`)."""
     if engine is not None:
         engine_factory = lambda _cfg, _data, _spec: engine  # noqa: E731
     if engine_factory is not None:
         return drive(cfg, run_dir, engine_factory, progress, stop_after, data)
-    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data))
+    launch(cfg, run_dir, lambda factory: drive(cfg, run_dir, factory, progress, stop_after, data), device)
     return finished_summary(run_dir)
 
 

@@ -42,9 +42,10 @@ def engine_module(name: str):
         raise ValueError(f"engine {name} needs the optional extra: pip install '{extra}' ({e})") from None
 
 
-def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
-    """Run the prepared run folder ``run_dir`` on the engine ``cfg.engine`` names."""
-    engine_module(cfg.engine).launch(cfg, run_dir, drive)
+def launch(cfg: Config, run_dir: Path, drive: Drive, device: str) -> None:
+    """Run the prepared run folder ``run_dir`` on the engine ``cfg.engine`` names; ``device``: the torch device
+    ``cfg.device`` resolves to in this process."""
+    engine_module(cfg.engine).launch(cfg, run_dir, drive, device)
 
 
 def preflight(cfg: Config) -> None:

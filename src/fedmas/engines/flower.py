@@ -278,7 +278,7 @@ def make_server_app(serve: Callable[[Context, EngineFactory], Any]) -> ServerApp
     return app
 
 
-def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+def launch(cfg: Config, run_dir: Path, drive: Drive, device: str) -> None:
     """``engine: flower-sim``: Flower's Ray-backed simulation on this machine; its ServerApp drives this run."""
     from flwr.simulation import run_simulation as flwr_sim
 
@@ -290,19 +290,18 @@ def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
     ray_tmp = Path(tempfile.mkdtemp(prefix="fedmas-ray-")) if own else Path(os.environ["RAY_TMPDIR"])
     os.environ["RAY_TMPDIR"] = str(ray_tmp)
     try:
-        _simulate(cfg, drive, flwr_sim, make_client_app)
+        _simulate(cfg, drive, flwr_sim, make_client_app, device)
     finally:
         if own:
             os.environ.pop("RAY_TMPDIR", None)
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _simulate(cfg: Config, drive: Drive, flwr_sim: Callable[..., Any], make_client_app: Callable[[], Any]) -> None:
-    from fedmas.runtime import resolve_device
-
+def _simulate(cfg: Config, drive: Drive, flwr_sim: Callable[..., Any], make_client_app: Callable[[], Any],
+              device: str) -> None:
     cpus = max(1, cfg.cpu_threads)
     # on a GPU, the clients Ray runs at once (one per CPU it is given) share it: each asks for its fraction
-    gpus = 1.0 / cpus if resolve_device(cfg.device).startswith("cuda") else 0.0
+    gpus = 1.0 / cpus if device.startswith("cuda") else 0.0
     flwr_sim(server_app=make_server_app(lambda _ctx, factory: drive(factory)), client_app=make_client_app(),
              num_supernodes=cfg.flower.nodes,
              backend_config={"client_resources": {"num_cpus": 1, "num_gpus": gpus},

@@ -63,7 +63,7 @@ def submit(cfg: Config, run_dir: Path, home: Path | None = None, timeout_s: floa
     return proc.returncode
 
 
-def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+def launch(cfg: Config, run_dir: Path, drive: Drive, device: str) -> None:
     """``engine: flower``: submit the prepared run folder to the SuperLink; its ServerApp drives the run."""
     rc = submit(cfg, run_dir)
     if rc != 0:

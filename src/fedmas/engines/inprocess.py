@@ -82,6 +82,6 @@ class InProcessEngine:
         self.abandoned.clear()
 
 
-def launch(cfg: Config, run_dir: Path, drive: Drive) -> None:
+def launch(cfg: Config, run_dir: Path, drive: Drive, device: str) -> None:
     """Clients run in this process, beside the server."""
     drive(lambda _cfg, data, spec: InProcessEngine(data.clients, spec))
