@@ -30,5 +30,15 @@ wait $LABELS
 .venv/bin/python benchmarks/grouping_truth.py run --seeds 0,1,2 --jobs 2
 .venv/bin/python benchmarks/grouping_truth.py table --seeds 0,1,2
 .venv/bin/python benchmarks/grouping_signals.py --seeds 0,1,2
+.venv/bin/python benchmarks/grouping_signals.py --seeds 0,1,2 --truth scratch --out grouping_signals_scratch
+.venv/bin/python benchmarks/grouping_figure.py
+#    the preregistered default (validation data of seeds 0-2 only; committed before any run of the next step)
+.venv/bin/python benchmarks/grouping_choice.py --seeds 0,1,2
+#    its confirmation on fresh seeds 10-19 (run it from the preregistration commit), then the table
+.venv/bin/python benchmarks/grouping_confirm.py run --jobs 2
+.venv/bin/python benchmarks/grouping_confirm.py table
+#    when to split: R0 in {0.1, 0.3, 0.5} R with the best and the chosen partition, and merge_rounds: auto
+.venv/bin/python benchmarks/grouping_split_time.py run --seeds 0 --jobs 2
+.venv/bin/python benchmarks/grouping_split_time.py table --seeds 0
 # 6. PCGrad and FAMO as all-in-one weightings, the same 10 seeds as 2. (reported beside it, paired by seed)
 $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_weightings --methods all-in-one-pcgrad,all-in-one-famo
