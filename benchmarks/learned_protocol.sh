@@ -42,3 +42,4 @@ wait $LABELS
 .venv/bin/python benchmarks/grouping_split_time.py table --seeds 0
 # 6. PCGrad and FAMO as all-in-one weightings, the same 10 seeds as 2. (reported beside it, paired by seed)
 $F compare $P --seeds $TEN --jobs 2 --out $R/learned_protocol_weightings --methods all-in-one-pcgrad,all-in-one-famo
+.venv/bin/python benchmarks/weightings_learned.py
