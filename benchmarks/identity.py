@@ -25,7 +25,7 @@ TINY: dict[str, Any] = {
     "name": "tiny", "seed": 0, "tasks": ["segment_semantic", "depth_zbuffer", "normal"],
     "data": {"buildings": 4, "train_images": 8, "test_images": 4, "resolution": 32, "views_per_room": 4},
     "model": {"width": 8}, "federation": {"rounds": 4, "clients_per_round": 2, "batch_size": 4},
-    "mas": {"splits": 2, "merge_rounds": 2, "lookahead_step": 1}, "threads": 1}
+    "mas": {"splits": 2, "merge_rounds": 2, "lookahead_step": 1, "start": "merged"}, "threads": 1}
 TIMES = ("bytes", "_s", "compute_h", "energy")
 
 

@@ -56,8 +56,8 @@ TINY = {
     "data": {"buildings": 4, "train_images": 8, "test_images": 4, "resolution": 32, "views_per_room": 4},
     "model": {"width": 8},
     "federation": {"rounds": 4, "clients_per_round": 2, "batch_size": 4},
-    "mas": {"splits": 2, "merge_rounds": 2, "lookahead_step": 1},
-}
+    "mas": {"splits": 2, "merge_rounds": 2, "lookahead_step": 1, "start": "merged"},
+}  # the MAS reference's start (groups continue the merged model); tests of fedmas's default set start: scratch
 
 
 @pytest.fixture

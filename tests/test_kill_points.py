@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 RUNNER = str(Path(__file__).with_name("kill_runner.py"))
 
 
-def _raw(tiny_raw: dict) -> dict:
+def _raw(tiny_raw: dict, start: str = "merged") -> dict:
     raw = copy.deepcopy(tiny_raw)
     raw["threads"] = 1
     raw["federation"] = {**raw["federation"], "rounds": 3}
-    raw["mas"] = {**raw["mas"], "merge_rounds": 1}
+    raw["mas"] = {**raw["mas"], "merge_rounds": 1, "start": start}
     return raw
 
 
@@ -50,9 +50,10 @@ def _boundaries(proc: subprocess.CompletedProcess) -> int:
     return int(last.split()[-1])
 
 
-def test_a_run_killed_at_every_write_boundary_resumes_to_the_same_numbers(tiny_raw, tmp_path):
+@pytest.mark.parametrize("start", ["scratch", "merged"])  # fedmas's default and the reference's
+def test_a_run_killed_at_every_write_boundary_resumes_to_the_same_numbers(tiny_raw, tmp_path, start):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(_raw(tiny_raw)))
+    cfg.write_text(yaml.safe_dump(_raw(tiny_raw, start)))
     ref = tmp_path / "ref"
     assert _boundaries(_fedmas(["run", str(cfg), "--out", str(ref)], 0)) >= 20
     want = _numbers(ref)

@@ -17,7 +17,7 @@ def _cfg(clients: int, **extra) -> Config:
         "data": {"dataset": "python:fedmas.testing:synthetic_federation", "resolution": 16,
                  "options": {"clients": clients, "images": 2}},
         "model": {"width": 8}, "federation": {"rounds": 3, "clients_per_round": 20, "batch_size": 2},
-        "mas": {"splits": 2, "merge_rounds": 2, "affinity_rounds": 1, "lookahead_step": 1}, **extra})
+        "mas": {"splits": 2, "merge_rounds": 2, "affinity_rounds": 1, "lookahead_step": 1, "start": "merged"}, **extra})
 
 
 def test_two_hundred_clients_run_mas_without_per_client_state(tmp_path):

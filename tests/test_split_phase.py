@@ -96,3 +96,27 @@ def test_groups_from_scratch_refuse_arriving_tasks(tiny_raw):
     raw["arrival"] = {"tasks": {"reshading": 2}}
     with pytest.raises(ConfigError, match="mas.start"):
         check_config(Config.model_validate(raw), "test")
+
+
+def test_the_default_trains_groups_from_scratch_after_the_window_and_the_reference_is_one_line(tiny_raw):
+    """fedmas's default MAS: the merged phase lasts the affinity window and the groups start afresh; the
+    reference is ``start: merged`` (R0 = 0.7·R); with arriving tasks an unset start is ``merged``; a value the
+    user sets wins."""
+    raw = json.loads(json.dumps(tiny_raw))
+    raw["mas"] = {"splits": 2}
+    m = Config.model_validate(raw).mas
+    assert (m.start, m.merge_rounds, m.affinity_rounds) == ("scratch", 0.1, 0.1)
+    raw["mas"] = {"affinity_rounds": 0.3}
+    assert Config.model_validate(raw).mas.merge_rounds == 0.3
+    raw["mas"] = {"affinity_rounds": "all"}
+    assert Config.model_validate(raw).mas.merge_rounds == 0.1
+    raw["mas"] = {"start": "merged"}
+    m = Config.model_validate(raw).mas
+    assert (m.start, m.merge_rounds, m.affinity_rounds) == ("merged", 0.7, 0.1)
+    raw["mas"] = {"start": "scratch", "merge_rounds": 3}
+    assert Config.model_validate(raw).mas.merge_rounds == 3
+    raw["mas"], raw["arrival"] = {}, {"tasks": {"reshading": 2}}
+    m = Config.model_validate(raw).mas
+    assert (m.start, m.merge_rounds) == ("merged", 0.7)
+    dumped = Config.model_validate(raw).model_dump()  # the resolved values are written out: a resume reads them
+    assert dumped["mas"]["start"] == "merged" and dumped["mas"]["merge_rounds"] == 0.7

@@ -46,8 +46,9 @@ def check_config(cfg: Config, source: str = "config") -> Config:
             raise bad("mas.groups", f"must partition the tasks {list(cfg.start_tasks)} (each once, no empty "
                                     f"group), got {m_groups}")
     if cfg.mas.start == "scratch" and cfg.arrival.tasks and plan.continues:
-        raise bad("mas.start", "scratch (groups trained afresh) does not take tasks arriving mid-training "
-                               "(arrival.tasks); use mas.start: merged")
+        raise bad("mas.start", "scratch (groups trained afresh, fedmas's default) does not take tasks arriving "
+                               "mid-training (arrival.tasks or --add-task); a run that will take them sets "
+                               "mas.start: merged from its start")
     limit = getattr(plan, "max_tasks", None)
     if limit is not None and n > limit:
         raise bad("tasks", f"method {cfg.method} trains every non-empty subset of the tasks: {2 ** n - 1} FL tasks "

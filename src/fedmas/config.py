@@ -87,6 +87,17 @@ class Config(_Strict):
             raise ValueError("tasks must be a non-empty list without repeats")
         return list(names)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _arrivals_join_the_merged_model(cls, data: Any) -> Any:
+        """With tasks arriving mid-training an unset ``mas.start`` is ``merged``: the newcomers join the merged
+        model, which groups trained afresh would not continue."""
+        if isinstance(data, dict) and isinstance(data.get("arrival"), dict) and data["arrival"].get("tasks"):
+            mas = data.get("mas") or {}
+            if isinstance(mas, dict) and "start" not in mas:
+                data = {**data, "mas": {**mas, "start": "merged"}}
+        return data
+
     @model_validator(mode="after")
     def _cross(self) -> Config:
         """Checks across keys that need nothing registered; the method's and engine's names, and what the method
