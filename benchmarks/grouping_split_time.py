@@ -84,6 +84,8 @@ def _skills(run: Path, triv: dict[str, dict[str, float]]) -> dict[str, Any] | No
     summary = json.loads((run / "summary.json").read_text())
     val, test, groups = [], [], []
     for rec in recs.values():
+        if "val" not in rec:  # the merged phase: its FLOPs are in the total, its tasks reported by the groups
+            continue
         tasks = list(rec["val"])
         groups.append(tasks)
         val += [1 - rec["val"][t] / triv["val"][t] for t in tasks]
