@@ -244,3 +244,27 @@ def test_an_interrupted_parallel_comparison_starts_nothing_more():
     with pytest.raises(KeyboardInterrupt):
         gather({finished: 0, queued: 1}, interrupted)
     assert queued.cancelled()
+
+
+def test_a_comparison_resumes_a_run_with_its_own_thread_count(tiny_raw, tmp_path):
+    """A run started with 2 torch threads and resumed by ``compare --jobs 2`` (1 thread per run) trains on 1:
+    threads change float order only, and two runs of 2 threads on 2 cores would oversubscribe them. Its
+    config.yaml is left as it was, so a later resume still matches its checkpoint."""
+    from fedmas.compare import _run_one
+    from fedmas.config import Config
+    from fedmas.run import execute
+
+    raw = json.loads(json.dumps(tiny_raw))
+    raw["threads"] = 2
+    run = tmp_path / "r"
+    before = torch.get_num_threads()
+    try:
+        assert execute(Config.model_validate(raw), run, progress=False, stop_after=1) is None
+        saved = (run / "config.yaml").read_text()
+        raw["threads"] = 1
+        summary = _run_one(Config.model_validate(raw), run, "mas", False)
+        assert torch.get_num_threads() == 1
+        assert summary["rounds"] >= 2 and (run / "config.yaml").read_text() == saved
+        assert execute(None, run, resume=True, progress=False) is not None  # finished: read back, hash intact
+    finally:
+        torch.set_num_threads(before)

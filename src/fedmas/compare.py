@@ -134,7 +134,7 @@ def _run_one(run_cfg: Config, run_dir: Path, label: str, progress: bool,
         return execute(None, run_dir, resume=True, progress=False)  # type: ignore[return-value]
     loaded = _data_for(run_cfg, data if data is not None else {})
     if holds_run(run_dir):  # interrupted
-        summary = execute(None, run_dir, resume=True, progress=progress, data=loaded)
+        summary = execute(None, run_dir, resume=True, progress=progress, data=loaded, threads=run_cfg.threads)
     else:  # new, or a run of this config that never checkpointed
         summary = execute(run_cfg, run_dir, progress=progress, force=(run_dir / "config.yaml").exists(), data=loaded)
     assert summary is not None

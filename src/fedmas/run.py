@@ -56,7 +56,7 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
             engine: Engine | None = None, stop_after: int | None = None,
             engine_factory: EngineFactory | None = None, force: bool = False,
             allow_plugins: tuple[str, ...] = (), data: FederatedData | None = None,
-            add_tasks: tuple[str, ...] = ()) -> dict[str, Any] | None:
+            add_tasks: tuple[str, ...] = (), threads: int | str | None = None) -> dict[str, Any] | None:
     """Run (or resume) to the end; returns the summary, or ``None`` if stopped early by ``stop_after``.
 
     The config and the data are checked before the run folder is created (once, here); then the
@@ -65,10 +65,14 @@ def execute(cfg: Config | None, run_dir: Path, resume: bool = False, progress: b
     choice (tests, benchmarks). ``data``: the federated data of ``cfg.data`` when the caller has it
     loaded already (a comparison loads it once); it is checked against the method all the same.
     The folder is locked for this process while it runs. ``add_tasks`` (with ``resume``): tasks that
-    arrive now, at the checkpoint's round (written into the run's config.yaml as ``arrival.tasks``)."""
+    arrive now, at the checkpoint's round (written into the run's config.yaml as ``arrival.tasks``).
+    ``threads`` (with ``resume``): the torch threads of this process instead of the saved config's — they
+    change float order only, and a comparison resuming with another ``--jobs`` must not oversubscribe."""
     run_dir = Path(run_dir)
     if resume:
         cfg = check_config(resume_config(run_dir, allow_plugins), str(run_dir / "config.yaml"))
+        if threads is not None:
+            cfg = cfg.model_copy(update={"threads": threads})
         with RunLock(run_dir):
             check_resumable(run_dir)
             done = finished_summary(run_dir)
