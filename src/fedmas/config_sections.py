@@ -165,7 +165,8 @@ class MASConfig(_Strict):
         "first", description="which merged rounds affinity_rounds counts: first (the reference: measure the "
                              "first N, then stop) or last (measure only the N rounds just before the split)")
     split_rounds: int | None = Field(None, ge=1, le=1_000_000,
-                                     description="rounds each group trains after the split; None = R − R0")
+                                     description="rounds each group trains after the split with start: merged; None = "
+                                                 "R − R0 (groups from scratch train R rounds)")
     split_schedule: Literal["restart", "continue"] = Field(
         "continue", description="continue (default, chosen on validation evidence: docs/results.md): the groups "
                                 "take the poly schedule on from round R0 of R; restart (the reference "
