@@ -120,3 +120,26 @@ def test_the_default_trains_groups_from_scratch_after_the_window_and_the_referen
     assert (m.start, m.merge_rounds) == ("merged", 0.7)
     dumped = Config.model_validate(raw).model_dump()  # the resolved values are written out: a resume reads them
     assert dumped["mas"]["start"] == "merged" and dumped["mas"]["merge_rounds"] == 0.7
+
+
+def test_a_run_saved_before_mas_start_existed_resumes_and_compares_as_it_began(tiny_raw, tmp_path):
+    """A run folder's config.yaml is written resolved; one without ``mas.start`` was written when the groups
+    continued the merged model: a resume (``load_config(..., saved=True)``) and ``compare`` read it so, not as
+    today's default (scratch)."""
+    import yaml
+
+    from fedmas.compare import config_changes
+    from fedmas.config import load_config
+
+    raw = json.loads(json.dumps(tiny_raw))
+    run = tmp_path / "r"
+    assert execute(Config.model_validate(raw), run, progress=False, stop_after=1) is None
+    p = run / "config.yaml"
+    old = yaml.safe_load(p.read_text())
+    del old["mas"]["start"]  # as fedmas wrote it before the key existed
+    p.write_text(yaml.safe_dump(old))
+    assert load_config(p).mas.start == "scratch"  # a user's config: today's default
+    assert load_config(p, saved=True).mas.start == "merged"
+    assert config_changes(run, Config.model_validate(raw)) == []
+    raw["mas"]["start"] = "scratch"
+    assert any(d.startswith("mas.start") for d in config_changes(run, Config.model_validate(raw)))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmas.checks import check_config
-from fedmas.config import Config, ConfigError, read_yaml_mapping
+from fedmas.config import Config, ConfigError, as_saved, read_yaml_mapping
 from fedmas.data import FederatedData, load_federated
 from fedmas.methods import PLANS
 from fedmas.report import comparison_figure, energy_figure, short, table
@@ -117,7 +117,7 @@ def config_changes(run_dir: Path, run_cfg: Config) -> list[str]:
         return []
     old = read_yaml_mapping(saved, "run config")
     try:  # as this version reads it: a key added since then takes its default, like --resume does
-        old = Config.model_validate(old).model_dump()
+        old = Config.model_validate(as_saved(old)).model_dump()
     except ValueError:
         pass  # not a valid config any more: compared as written, so the difference is named
     return [d for d in _diff(old, run_cfg.model_dump()) if not d.startswith("threads:")]

@@ -194,9 +194,20 @@ def _section(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def as_saved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run folder's config.yaml as the fedmas that wrote it meant it. A run folder's config is written
+    resolved, every key present; one without ``mas.start`` was written before that key existed, when the
+    groups continued the merged model — read so, a resumed run goes on as it began."""
+    mas = raw.get("mas")
+    if isinstance(mas, dict) and "start" not in mas:
+        return {**raw, "mas": {**mas, "start": "merged"}}
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> Config:
-    """Read, override and validate a config; raises :class:`ConfigError` with a readable message."""
+                base: dict[str, Any] | None = None, saved: bool = False) -> Config:
+    """Read, override and validate a config; raises :class:`ConfigError` with a readable message.
+    ``saved``: ``path`` is a run folder's config.yaml (:func:`as_saved`)."""
     raw: dict[str, Any] = dict(base or {})
     source = "config"
     if path is not None:
@@ -204,6 +215,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         source = str(p)
         raw.update(read_yaml_mapping(p, "config file"))
         add_import_path(p.parent)  # plugins may live beside their config, no PYTHONPATH needed
+    if saved:
+        raw = as_saved(raw)
     apply_overrides(raw, overrides or [])
     try:
         return Config.model_validate(raw)

@@ -319,7 +319,8 @@ def serve_run_folder(run_dir: Path, engine_factory: EngineFactory, config: str |
         done = finished_summary(run_dir)  # ... it may have finished the run
         if done is not None:
             return done
-        return _drive(load_config(run_dir / "config.yaml"), run_dir, engine_factory)  # the submitter checked it
+        # the submitter checked it
+        return _drive(load_config(run_dir / "config.yaml", saved=True), run_dir, engine_factory)
 
 
 def _write_derived(server: Server) -> None:

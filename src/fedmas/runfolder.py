@@ -203,7 +203,7 @@ def resume_config(run_dir: Path, allow_plugins: Sequence[str] = ()) -> Config:
         for mod in plugins:
             if isinstance(mod, str) and mod not in allow_plugins:
                 _check_plugin_origin(mod, run_dir, p)
-    return load_config(p)
+    return load_config(p, saved=True)
 
 
 def _check_plugin_origin(mod: str, run_dir: Path, source: Path) -> None:
