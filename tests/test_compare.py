@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from fedmas.cli import main
-from fedmas.compare import gather, parse_methods
-from fedmas.config import ConfigError
+from fedmas.compare import _run_one, gather, parse_methods
+from fedmas.config import Config, ConfigError
+from fedmas.run import execute
 from fedmas.stats import mean_ci
 
 pytestmark = pytest.mark.slow
@@ -250,10 +251,6 @@ def test_a_comparison_resumes_a_run_with_its_own_thread_count(tiny_raw, tmp_path
     """A run started with 2 torch threads and resumed by ``compare --jobs 2`` (1 thread per run) trains on 1:
     threads change float order only, and two runs of 2 threads on 2 cores would oversubscribe them. Its
     config.yaml is left as it was, so a later resume still matches its checkpoint."""
-    from fedmas.compare import _run_one
-    from fedmas.config import Config
-    from fedmas.run import execute
-
     raw = json.loads(json.dumps(tiny_raw))
     raw["threads"] = 2
     run = tmp_path / "r"

@@ -93,9 +93,7 @@ class Config(_Strict):
         """With tasks arriving mid-training an unset ``mas.start`` is ``merged``: the newcomers join the merged
         model, which groups trained afresh would not continue."""
         if isinstance(data, dict) and isinstance(data.get("arrival"), dict) and data["arrival"].get("tasks"):
-            mas = data.get("mas") or {}
-            if isinstance(mas, dict) and "start" not in mas:
-                data = {**data, "mas": {**mas, "start": "merged"}}
+            return _start_merged_unless_set(data)
         return data
 
     @model_validator(mode="after")
@@ -194,14 +192,20 @@ def _section(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _start_merged_unless_set(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``mas.start: merged`` where it names no start (a ``mas`` that is not a mapping is left for
+    validation to name)."""
+    mas = raw.get("mas") or {}
+    if isinstance(mas, dict) and "start" not in mas:
+        return {**raw, "mas": {**mas, "start": "merged"}}
+    return raw
+
+
 def as_saved(raw: dict[str, Any]) -> dict[str, Any]:
     """A run folder's config.yaml as the fedmas that wrote it meant it. A run folder's config is written
     resolved, every key present; one without ``mas.start`` was written before that key existed, when the
     groups continued the merged model — read so, a resumed run goes on as it began."""
-    mas = raw.get("mas")
-    if isinstance(mas, dict) and "start" not in mas:
-        return {**raw, "mas": {**mas, "start": "merged"}}
-    return raw
+    return _start_merged_unless_set(raw) if isinstance(raw.get("mas"), dict) else raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
