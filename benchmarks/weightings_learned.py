@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/weightings_learned.py
 
 Reads the finished runs of ``results/learned_protocol_weightings`` and the committed ``results/learned_protocol``
-(all-in-one, one-by-one, MAS-2) and writes ``results/weightings_learned.{json,md}``: per method the mean test
+(all-in-one, one-by-one, MAS-2) and writes ``results/weightings_learned.{json,md,png}``: per method the mean test
 skill per task, the mean skill and training TFLOP; paired differences of mean skill (on the tasks both learned)
 over the seeds both ran. Works on whatever seeds have finished (say how many).
 """
@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from _common import RESULTS
-from learned_results import compare, load_folder, table
+from learned_results import compare, figure, load_folder, table
 
 from fedmas import stats
 from fedmas.report import short
@@ -27,10 +27,14 @@ BASE = ("all-in-one", "one-by-one", "mas:2")
 NEW = ("all-in-one-pcgrad", "all-in-one-famo")
 
 
-def build() -> dict[str, Any]:
+def load() -> dict[str, Any]:
     runs = {k: v for k, v in load_folder(RESULTS / "learned_protocol").items() if k in BASE}
     if WEIGHTINGS.exists():
         load_folder(WEIGHTINGS, "", runs)
+    return runs
+
+
+def build(runs: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {"seeds": {k: sorted(v) for k, v in runs.items()}}
     if not any(k in runs for k in NEW):
         return doc
@@ -62,7 +66,10 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    doc = build()
+    runs = load()
+    doc = build(runs)
+    if "methods" in doc:
+        figure(runs, RESULTS / "weightings_learned.png")
     (RESULTS / "weightings_learned.json").write_text(json.dumps(doc, indent=1))
     md = markdown(doc)
     (RESULTS / "weightings_learned.md").write_text(md)
