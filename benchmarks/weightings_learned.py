@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from _common import RESULTS
-from learned_results import compare, figure, load_folder, table
+from learned_results import compare, figure, load_folder, per_task, table
 
 from fedmas import stats
 from fedmas.report import short
@@ -41,6 +41,7 @@ def build(runs: dict[str, Any]) -> dict[str, Any]:
     tasks, rows = table(runs)
     doc["tasks"], doc["methods"] = tasks, rows
     doc["pairs"] = {f"{a} − {b}": compare(runs, a, b, +1) for a in NEW for b in BASE}
+    doc["per_task"] = {f"{a} − all-in-one": per_task(runs, a, "all-in-one") for a in NEW}
     return doc
 
 
@@ -62,6 +63,12 @@ def markdown(doc: dict[str, Any]) -> str:
             continue
         verdict = {"holds": "higher", "refuted": "lower"}.get(d["finding"], d["finding"])
         out.append(f"| {name} | {d['seeds']} | {stats.fmt(d['diff'], d['ci'], 3)} | {verdict} |")
+    out += ["", "Per task, paired differences of test skill against all-in-one (described, not ranked on):", "",
+            "| difference | " + " | ".join(short(t) for t in tasks) + " |",
+            "| --- | " + " | ".join("---" for _ in tasks) + " |"]
+    for name, per in doc.get("per_task", {}).items():
+        if per:
+            out.append(f"| {name} | " + " | ".join(stats.fmt(per[t]["diff"], per[t]["ci"], 3) for t in tasks) + " |")
     return "\n".join(out + [""])
 
 
