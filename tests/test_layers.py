@@ -81,7 +81,7 @@ LAYERS = [
      "engines.flower", "engines.flower_deploy"),
     ("engines.flower_rehearsal",),
     ("checks", "runfolder", "summary", "run"),
-    ("compare", "cli", "flower_app.fedmas_server", "flower_app.fedmas_client"),
+    ("compare_summary", "compare", "cli", "flower_app.fedmas_server", "flower_app.fedmas_client"),
 ]
 
 
