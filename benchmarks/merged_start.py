@@ -17,7 +17,8 @@ the poly schedule continued), per seed:
 
 Central training is a proxy for a group of one task continuing in the federation: it removes client
 sampling and averaging, so what is left is the starting weights. No test data is read. Resumable per seed:
-a seed's finished record is read back. Writes ``results/merged_start.{json,md}``.
+a seed's finished record is read back. Writes ``results/merged_start.{json,md}`` (with the paired differences
+against ``init``).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def run_seed(seed: int, epochs: int) -> dict[str, Any]:
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    from fedmas.stats import mean_ci
+    from fedmas.stats import fmt, mean_ci, paired
 
     tasks = list(records[0]["tasks"])
     last = records[0]["epochs"]
@@ -153,23 +154,19 @@ def table(records: list[dict[str, Any]]) -> str:
              + " | ".join(f"grad ratio {s}" for s in STARTS[1:]) + " |",
              "| --- |" + " --- |" * (2 * len(STARTS) - 1)]
     for task in tasks:
-        cells = []
-        for s in STARTS:
-            vals = [r["tasks"][task][s]["val_skill"][-1] for r in records]
-            cells.append(_fmt(vals, mean_ci))
-        for s in STARTS[1:]:
-            vals = [r["tasks"][task][s]["encoder_grad_norm"] / r["tasks"][task]["init"]["encoder_grad_norm"]
-                    for r in records]
-            cells.append(_fmt(vals, mean_ci, "{:.2f}"))
+        per = [r["tasks"][task] for r in records]
+        cells = [fmt(*mean_ci([p[s]["val_skill"][-1] for p in per]), 3) for s in STARTS]
+        cells += [fmt(*mean_ci([p[s]["encoder_grad_norm"] / p["init"]["encoder_grad_norm"] for p in per]), 2)
+                  for s in STARTS[1:]]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences of that validation skill against `init` (mean ± 95% half-width over seeds):", "",
+              "| task | " + " | ".join(f"{s} − init" for s in STARTS[1:]) + " |",
+              "| --- |" + " --- |" * (len(STARTS) - 1)]
+    for task in tasks:
+        per = [r["tasks"][task] for r in records]
+        diffs = [paired([(p[s]["val_skill"][-1], p["init"]["val_skill"][-1]) for p in per]) for s in STARTS[1:]]
+        lines.append(f"| {task} | " + " | ".join(fmt(d["diff"], d["ci"], 3) for d in diffs) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(vals: list[float], mean_ci, spec: str = "{:.3f}") -> str:
-    if len(vals) == 1:
-        return spec.format(vals[0])
-    m, h = mean_ci(vals)
-    return f"{spec.format(m)} ± {spec.format(h)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
-from fedmas.config import Config
+from fedmas.compare import config_changes
+from fedmas.config import Config, load_config
 from fedmas.run import execute
 
 pytestmark = pytest.mark.slow
@@ -126,11 +128,6 @@ def test_a_run_saved_before_mas_start_existed_resumes_and_compares_as_it_began(t
     """A run folder's config.yaml is written resolved; one without ``mas.start`` was written when the groups
     continued the merged model: a resume (``load_config(..., saved=True)``) and ``compare`` read it so, not as
     today's default (scratch)."""
-    import yaml
-
-    from fedmas.compare import config_changes
-    from fedmas.config import load_config
-
     raw = json.loads(json.dumps(tiny_raw))
     run = tmp_path / "r"
     assert execute(Config.model_validate(raw), run, progress=False, stop_after=1) is None

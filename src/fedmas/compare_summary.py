@@ -96,12 +96,12 @@ def wins(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
-def wins_text(wins: list[dict[str, Any]], n_seeds: int) -> str:
+def wins_text(rows: list[dict[str, Any]], n_seeds: int) -> str:
     if n_seeds < 2:
         return "One seed: differences between methods cannot be told from seed-to-seed noise."
     lines = [f"- {label_of(w['mas'])} − {label_of(w['other'])}: {fmt(w['paired_diff'], w['paired_diff_ci'])} "
              f"total test loss ({w['verdict']}); lower in {w['lower_loss_in']} of {w['seeds']} seeds"
-             + (f" (equal in {w['tied_in']})" if w["tied_in"] else "") for w in wins if w["seeds"]]
+             + (f" (equal in {w['tied_in']})" if w["tied_in"] else "") for w in rows if w["seeds"]]
     return "Intervals: mean ± 95% Student-t half-width over seeds. Paired: the difference of two methods " \
            "run under the same seed, whose interval decides: where it contains 0 the two cannot be told " \
            "apart at this many seeds.\n\n" + "\n".join(lines) + "\n"
